@@ -1,0 +1,131 @@
+import { CairnError } from '../../../shared/errors.js';
+import { vaultTypes, type VaultType } from '../../../shared/vault/config.js';
+import { collectGarbage } from '../../../shared/vault/gc.js';
+import { Vault } from '../../../shared/vault/vault.js';
+import { verifyVault } from '../../../shared/vault/verify.js';
+import { WorkerPool } from '../../../shared/vault/worker-pool.js';
+import { parse, parseDuration, parseSize, vaultOptions } from '../args.js';
+import { openStore, openVault, readPassphrase } from '../context.js';
+import { formatBytes } from '../format.js';
+import { ProgressBar } from '../progress.js';
+
+export const vaultHelp = `Usage:
+  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE] [--json]
+  cairn vault gc --vault <vault> [--grace DURATION] [--json]
+  cairn vault verify --vault <vault> [--read-data] [--json]
+
+<vault> is a folder path or file:///path. The passphrase comes from CAIRN_PASSPHRASE or
+--passphrase-file FILE.
+  init     create a vault; --chunk-size is the fixed chunk size of disk block maps (default 64K)
+  gc       delete data no backup needs; keeps data younger than --grace (default 15m) and data of
+           backups still running
+  verify   check that every backup is complete; --read-data also decrypts and hashes every chunk`;
+
+export async function vaultCommand(argv: string[], out: (s: string) => void): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'init':
+      return init(rest, out);
+    case 'gc':
+      return gc(rest, out);
+    case 'verify':
+      return verify(rest, out);
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      out(vaultHelp);
+      return 0;
+    default:
+      throw new CairnError('USAGE', `unknown command 'cairn vault ${sub}'; see 'cairn vault --help'`);
+  }
+}
+
+async function init(argv: string[], out: (s: string) => void): Promise<number> {
+  const { values, positionals } = parse('vault init', argv, {
+    ...vaultOptions,
+    type: { type: 'string' },
+    'chunk-size': { type: 'string' },
+    'compression-level': { type: 'string' },
+  });
+  if (values.help) return (out(vaultHelp), 0);
+  const location = positionals[0] ?? values.vault;
+  if (!location || positionals.length > 1) {
+    throw new CairnError('USAGE', `vault init: give exactly one vault location, e.g. 'cairn vault init /srv/vault'`);
+  }
+  const type = (values.type ?? 'disk') as VaultType;
+  if (!vaultTypes.includes(type)) {
+    throw new CairnError('USAGE', `vault init: --type must be one of ${vaultTypes.join(', ')}, not '${values.type}'`);
+  }
+  const chunkSize = values['chunk-size'] ? parseSize(values['chunk-size'], '--chunk-size') : undefined;
+  const level = values['compression-level'] !== undefined ? Number(values['compression-level']) : undefined;
+  if (level !== undefined && (!Number.isInteger(level) || level < -7 || level > 19)) {
+    throw new CairnError('USAGE', `vault init: --compression-level must be an integer from -7 to 19`);
+  }
+  const passphrase = readPassphrase(values['passphrase-file']);
+  const vault = await Vault.init(openStore(location), passphrase, { type, chunkSize, compressionLevel: level });
+  const c = vault.config;
+  if (values.json) out(JSON.stringify({ location: vault.store.location, ...c }));
+  else {
+    out(`created ${c.type} vault ${c.id} at ${vault.store.location}`);
+    out(`chunk size ${formatBytes(c.chunkSize)}, packs of ${formatBytes(c.packSize)}, zstd level ${c.compression.level}`);
+    out('keep the passphrase safe: without it the backups cannot be read');
+  }
+  return 0;
+}
+
+async function gc(argv: string[], out: (s: string) => void): Promise<number> {
+  const { values, positionals } = parse('vault gc', argv, { ...vaultOptions, grace: { type: 'string' } });
+  if (values.help) return (out(vaultHelp), 0);
+  if (positionals.length) throw new CairnError('USAGE', `vault gc: unexpected argument '${positionals[0]}'`);
+  const graceMs = parseDuration(values.grace ?? '15m', '--grace');
+  const vault = await openVault(values.vault, values['passphrase-file'], 'vault gc');
+  const r = await collectGarbage(vault, { graceMs });
+  if (values.json) out(JSON.stringify(r));
+  else {
+    out(`${r.backups} backups keep ${r.packsAfter} of ${r.packsBefore} packs`);
+    out(`deleted ${r.packsDeleted} packs (${formatBytes(r.bytesFreed)} freed), repacked ${r.packsRepacked} (${formatBytes(r.bytesRepacked)} copied)`);
+    if (r.blockMapsDeleted) out(`deleted ${r.blockMapsDeleted} block maps of deleted backups`);
+    if (r.packsTooYoung) out(`kept ${r.packsTooYoung} unreferenced packs younger than the grace period or a running backup`);
+    if (r.deferred) {
+      out(`deletion waits for ${r.deferred.leases} backup(s) that started before gc; run 'cairn vault gc' again after they finish`);
+    }
+  }
+  return 0;
+}
+
+async function verify(argv: string[], out: (s: string) => void): Promise<number> {
+  const { values, positionals } = parse('vault verify', argv, { ...vaultOptions, 'read-data': { type: 'boolean' } });
+  if (values.help) return (out(vaultHelp), 0);
+  if (positionals.length) throw new CairnError('USAGE', `vault verify: unexpected argument '${positionals[0]}'`);
+  const vault = await openVault(values.vault, values['passphrase-file'], 'vault verify');
+  const readData = values['read-data'] ?? false;
+  const pool = readData ? new WorkerPool(vault.key, vault.config.compression.level) : undefined;
+  const bar = new ProgressBar('verify', !values.json && process.stderr.isTTY === true);
+  try {
+    const r = await verifyVault(vault, { readData, pool, onProgress: (d, t) => bar.update(d, t) });
+    bar.done();
+    if (values.json) out(JSON.stringify(r));
+    else {
+      out(
+        `checked ${r.backups} backups, ${r.packs} packs` +
+          (readData ? `, ${r.chunksChecked} chunks (${formatBytes(r.bytesChecked)} read)` : ' (structure only; --read-data reads every chunk)'),
+      );
+      for (const p of r.problems) out(`problem: ${p.kind}: ${p.message}`);
+      for (const a of r.affected) {
+        out(`affected backup: ${a.name} (${a.id}): ${a.missingChunks} missing, ${a.corruptChunks} corrupt chunks`);
+      }
+      out(r.ok ? 'vault is healthy' : `vault has ${r.problems.length} problem(s); ${r.affected.length} backup(s) cannot be fully restored`);
+    }
+    if (!r.ok) {
+      throw new CairnError(
+        'VERIFY_FAILED',
+        `verify found ${r.problems.length} problem(s) in ${vault.store.location}` +
+          (r.affected.length ? `; affected: ${r.affected.map((a) => a.name).join(', ')}` : ''),
+      );
+    }
+    return 0;
+  } finally {
+    await pool?.close();
+  }
+}

@@ -1,0 +1,76 @@
+import { readFileSync } from 'node:fs';
+import { CairnError, exitCodeFor } from '../../shared/errors.js';
+import { backupCommand } from './commands/backup.js';
+import { backupsCommand } from './commands/backups.js';
+import { quickstartCommand } from './commands/quickstart.js';
+import { restoreCommand } from './commands/restore.js';
+import { vaultCommand } from './commands/vault.js';
+import { closeState } from './context.js';
+
+const help = `cairn: block-level backups of disks into deduplicated, compressed, encrypted vaults
+
+Usage:
+  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE]
+  cairn backup <source>... --vault <vault> [--name NAME] [--json]
+  cairn backups list --vault <vault> [--json]
+  cairn backups show <id|name> --vault <vault> [--json]
+  cairn backups delete <id|name> --vault <vault>
+  cairn restore <id|name> --vault <vault> --to <path> [--disk N] [--force]
+  cairn vault gc --vault <vault>
+  cairn vault verify --vault <vault> [--read-data]
+  cairn quickstart [--dir DIR]
+
+<vault> is a folder path or file:///path. The passphrase comes from the CAIRN_PASSPHRASE environment
+variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN_STATE_DIR, by default
+~/.local/state/cairn. 'cairn COMMAND --help' tells more about each command.`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const out = (s: string) => process.stdout.write(s + '\n');
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'vault':
+        return await vaultCommand(rest, out);
+      case 'backup':
+        return await backupCommand(rest, out);
+      case 'backups':
+        return await backupsCommand(rest, out);
+      case 'restore':
+        return await restoreCommand(rest, out);
+      case 'quickstart':
+        return await quickstartCommand(rest, out);
+      case '--version':
+      case '-V':
+        out(version());
+        return 0;
+      case undefined:
+      case '--help':
+      case '-h':
+      case 'help':
+        out(help);
+        return 0;
+      default:
+        throw new CairnError('USAGE', `unknown command '${command}'; see 'cairn --help'`);
+    }
+  } catch (err) {
+    reportError(err);
+    return exitCodeFor(err);
+  } finally {
+    closeState();
+  }
+}
+
+/** One line for the user; the stack only with CAIRN_DEBUG=1. */
+export function reportError(err: unknown): void {
+  if (err instanceof CairnError) {
+    process.stderr.write(`cairn: error: ${err.message}\n`);
+  } else {
+    process.stderr.write(`cairn: internal error: ${(err as Error)?.message ?? String(err)} (set CAIRN_DEBUG=1 for details and report it)\n`);
+  }
+  if (process.env.CAIRN_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+}

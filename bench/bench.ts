@@ -1,0 +1,1026 @@
+/**
+ * Cairn against restic on the same disk image: full backup, incremental backup after a 1 % change,
+ * restore. A program, not a test: it prints a table (ours beside the peer, ratio per row) and writes
+ * the same numbers as JSON. It never fails because the machine was slow; it exits non-zero only when
+ * a command fails or a restore is not bit-identical to the image it came from.
+ *
+ * Order of work, chosen so both tools see the image in the same state and page-cache warmth:
+ *   build image -> hash (warms the cache) -> cairn full, restic full -> modify 1 % -> hash ->
+ *   cairn incremental, restic incremental -> cairn restore, restic restore -> compare hashes.
+ *
+ * Progress goes to stderr; the results (header and table) go to stdout. See bench/README.md.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+/** Granularity of the "is this part of the image in use" map and alignment of modified blocks. */
+const ALIGN = 4 * KiB;
+/** Size of each modified block. */
+const CHANGE_BLOCK = 64 * KiB;
+/** Share of the image size that is overwritten between full and incremental backup. */
+const CHANGE_FRACTION = 0.01;
+const SCAN_BUFFER = 8 * MiB;
+const PASSPHRASE = 'bench-pass';
+const TIME_BIN = '/usr/bin/time';
+const IMAGE_UUID = 'c41a0b3e-5e7d-4f1a-9c2b-6d8e0f1a2b3c';
+/** 2024-01-01T00:00:00Z, the creation time written into the image's superblock. */
+const IMAGE_TIME = 1704067200;
+
+/** Directories copied into the image, in this order, until the wanted used size is reached. */
+const TREE_SOURCES = ['/usr/bin', '/usr/include', '/usr/share', '/usr/lib', '/usr/sbin', '/usr/libexec', '/opt'];
+
+/** Every name the bench creates in the work directory; cleanup removes exactly these. */
+const WORK_NAMES = {
+  tree: 'tree',
+  image: 'image.img',
+  cairnVault: 'cairn-vault',
+  cairnState: 'cairn-state',
+  cairnRestore: 'restore.img',
+  resticRepo: 'restic-repo',
+  resticCache: 'restic-cache',
+  resticRestore: 'restic-restore',
+  rss: 'rss',
+} as const;
+const DEFAULT_JSON_NAME = 'bench.json';
+
+type Tool = 'cairn' | 'restic';
+
+interface Options {
+  sizeBytes: number;
+  usedBytes: number;
+  dir: string | undefined;
+  keep: boolean;
+  tools: Tool[];
+  chunkSize: string | undefined;
+  skipRestore: boolean;
+  jsonOut: string | undefined;
+  seed: number;
+}
+
+class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+/** A step of the benchmark could not be carried out; the message says which command and why. */
+class StepError extends Error {
+  override name = 'StepError';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+const USAGE = `usage: npm run bench -- [options]
+
+  --size GiB          size of the disk image (default 6)
+  --used GiB          bytes of real files put into it (default 3)
+  --dir DIR           work directory (default: a new directory under ${os.tmpdir()})
+  --keep              keep the image, vault, repository and restores afterwards
+  --only TOOL         run only cairn or only restic
+  --chunk-size SIZE   passed to \`cairn vault init --chunk-size\`
+  --skip-restore      measure backups only
+  --json-out FILE     where to write the results as JSON (default: <work>/${DEFAULT_JSON_NAME})
+  --seed N            seed of the change pattern (default 1)
+`;
+
+function parseOptions(argv: string[]): Options | 'help' {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        size: { type: 'string', default: '6' },
+        used: { type: 'string', default: '3' },
+        dir: { type: 'string' },
+        keep: { type: 'boolean', default: false },
+        only: { type: 'string' },
+        'chunk-size': { type: 'string' },
+        'skip-restore': { type: 'boolean', default: false },
+        'json-out': { type: 'string' },
+        seed: { type: 'string', default: '1' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) return 'help';
+
+  const sizeGiB = positiveNumber('--size', values.size);
+  const usedGiB = positiveNumber('--used', values.used);
+  // Whole MiB keeps every offset 4 KiB-aligned and gives mke2fs a size it takes as is.
+  const sizeBytes = Math.round(sizeGiB * 1024) * MiB;
+  const usedBytes = Math.round(usedGiB * GiB);
+  if (sizeBytes < 64 * MiB) throw new UsageError(`--size ${values.size} is too small; use at least 0.0625 GiB`);
+  // ext4 keeps a few percent for inode tables, journal and reserved blocks.
+  if (usedBytes > sizeBytes * 0.85) {
+    throw new UsageError(`--used ${values.used} GiB does not fit a ${values.size} GiB ext4 image; keep it below 85 % of --size`);
+  }
+  let tools: Tool[] = ['cairn', 'restic'];
+  if (values.only !== undefined) {
+    if (values.only !== 'cairn' && values.only !== 'restic') {
+      throw new UsageError(`--only takes cairn or restic, not ${JSON.stringify(values.only)}`);
+    }
+    tools = [values.only];
+  }
+  const seed = Number(values.seed);
+  if (!Number.isInteger(seed)) throw new UsageError(`--seed takes an integer, not ${JSON.stringify(values.seed)}`);
+  return {
+    sizeBytes,
+    usedBytes,
+    dir: values.dir === undefined ? undefined : path.resolve(values.dir),
+    keep: values.keep,
+    tools,
+    chunkSize: values['chunk-size'],
+    skipRestore: values['skip-restore'],
+    jsonOut: values['json-out'] === undefined ? undefined : path.resolve(values['json-out']),
+    seed,
+  };
+}
+
+function positiveNumber(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${flag} takes a positive number of GiB, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+function log(message: string): void {
+  process.stderr.write(`[bench] ${message}\n`);
+}
+
+interface Command {
+  file: string;
+  args: string[];
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+interface ProcessResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  wallMs: number;
+}
+
+/** Keeps the last `limit` bytes written to it. */
+class TailBuffer {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  constructor(private readonly limit: number) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    while (this.length - this.chunks[0]!.length >= this.limit) this.length -= this.chunks.shift()!.length;
+  }
+
+  text(): string {
+    const all = Buffer.concat(this.chunks);
+    return all.subarray(Math.max(0, all.length - this.limit)).toString('utf8');
+  }
+}
+
+let runningChild: ChildProcess | undefined;
+
+/** Runs a command without a terminal, capturing its output; wall time runs from spawn to exit. */
+function runProcess(cmd: Command): Promise<ProcessResult> {
+  return new Promise((resolve, reject) => {
+    const stdout = new TailBuffer(16 * MiB);
+    const stderr = new TailBuffer(64 * KiB);
+    const start = performance.now();
+    let end = start;
+    const child = spawn(cmd.file, cmd.args, { cwd: cmd.cwd, env: cmd.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    runningChild = child;
+    child.stdout.on('data', (c: Buffer) => stdout.push(c));
+    child.stderr.on('data', (c: Buffer) => stderr.push(c));
+    child.on('exit', () => {
+      end = performance.now();
+    });
+    child.on('error', (err) => {
+      runningChild = undefined;
+      reject(new StepError(`cannot start ${cmd.file}: ${err.message}`, { cause: err }));
+    });
+    child.on('close', (code, signal) => {
+      runningChild = undefined;
+      resolve({ code, signal, stdout: stdout.text(), stderr: stderr.text(), wallMs: end - start });
+    });
+  });
+}
+
+function commandLine(cmd: Command): string {
+  return [cmd.file, ...cmd.args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
+}
+
+function failure(what: string, cmd: Command, result: ProcessResult): StepError {
+  const how = result.signal !== null ? `was killed by ${result.signal}` : `exited with status ${result.code}`;
+  const stderr = result.stderr.trim();
+  const stdout = result.stdout.trim();
+  return new StepError(
+    `${what} failed: ${commandLine(cmd)} ${how}` +
+      (stderr ? `\n--- stderr ---\n${stderr}` : '') +
+      (stdout ? `\n--- stdout ---\n${stdout.slice(-4000)}` : ''),
+  );
+}
+
+/** Runs a command that must succeed; not measured. */
+async function runChecked(what: string, cmd: Command): Promise<ProcessResult> {
+  const result = await runProcess(cmd);
+  if (result.code !== 0) throw failure(what, cmd, result);
+  return result;
+}
+
+interface Measurement {
+  wallMs: number;
+  /** Peak resident set of the child as reported by GNU time, or null if it reported nothing. */
+  peakRssBytes: number | null;
+  stdout: string;
+}
+
+/** Runs a command under GNU time; wall time and peak RSS of the child. Throws if it fails. */
+async function runMeasured(what: string, cmd: Command, rssFile: string): Promise<Measurement> {
+  const timed: Command = { ...cmd, file: TIME_BIN, args: ['-f', '%M', '-o', rssFile, cmd.file, ...cmd.args] };
+  // Writeback left over from an earlier step must not be charged to this one.
+  spawnSync('sync');
+  const result = await runProcess(timed);
+  if (result.code !== 0) throw failure(what, cmd, result);
+  return { wallMs: result.wallMs, peakRssBytes: readPeakRss(rssFile), stdout: result.stdout };
+}
+
+function readPeakRss(rssFile: string): number | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(rssFile, 'utf8');
+  } catch {
+    return null;
+  }
+  // GNU time puts "Command exited with non-zero status N" before the format on failure.
+  const lines = text.trim().split('\n');
+  const kib = Number(lines[lines.length - 1]);
+  return Number.isFinite(kib) ? kib * KiB : null;
+}
+
+/** Apparent size of a directory tree in bytes (`du -sb`); 0 if it does not exist. */
+function apparentSize(dir: string): number {
+  if (!fs.existsSync(dir)) return 0;
+  const r = spawnSync('du', ['-sb', dir], { encoding: 'utf8' });
+  if (r.status !== 0) throw new StepError(`du -sb ${dir} failed: ${r.error?.message ?? r.stderr.trim()}`);
+  return Number(r.stdout.split('\t')[0]);
+}
+
+function allocatedSize(file: string): number {
+  return fs.statSync(file).blocks * 512;
+}
+
+/** The parent's environment without variables that would steer cairn or restic elsewhere. */
+function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('CAIRN_') && !k.startsWith('RESTIC_')) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+function toolVersion(file: string, args: string[]): string | null {
+  const r = spawnSync(file, args, { encoding: 'utf8' });
+  if (r.error || r.status !== 0) return null;
+  return r.stdout.trim().split('\n')[0] ?? '';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness: the change pattern must be the same on every run with the same seed.
+
+/** mulberry32; small, fast and good enough to pick offsets and fill blocks that do not compress. */
+class SeededRandom {
+  private state: number;
+  constructor(seed: number) {
+    this.state = seed >>> 0;
+  }
+
+  nextUint32(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  }
+
+  /** Uniform integer in [0, n). */
+  below(n: number): number {
+    return Math.floor((this.nextUint32() / 2 ** 32) * n);
+  }
+
+  fill(buf: Buffer): void {
+    const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2);
+    for (let i = 0; i < words.length; i++) words[i] = this.nextUint32();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The disk image
+
+interface TreeInfo {
+  /** Source directories copied, the last one possibly in part. */
+  sources: string[];
+  files: number;
+  /** `du -sb` of the staged tree. */
+  bytes: number;
+}
+
+/**
+ * Copies real files from TREE_SOURCES into `staging` (keeping relative paths, modes and times)
+ * until their sizes add up to `targetBytes`. Copies, not hard links: a hard link would change the
+ * ctime of system files, which makes the host's own backup tool read them again.
+ */
+function stageTree(staging: string, targetBytes: number, skip: string): TreeInfo {
+  const isRoot = process.getuid?.() === 0;
+  let total = 0;
+  let files = 0;
+  const sources: string[] = [];
+
+  const copyEntry = (src: string, dst: string, st: fs.Stats): void => {
+    fs.copyFileSync(src, dst);
+    fs.chmodSync(dst, st.mode & 0o7777);
+    if (isRoot) fs.chownSync(dst, st.uid, st.gid);
+    fs.utimesSync(dst, st.atime, st.mtime);
+  };
+
+  const walk = (srcDir: string, dstDir: string, dev: number): void => {
+    let names: string[];
+    try {
+      names = fs.readdirSync(srcDir).sort();
+    } catch {
+      return; // unreadable directory: leave it out
+    }
+    for (const name of names) {
+      if (total >= targetBytes) return;
+      const src = path.join(srcDir, name);
+      if (src === skip || src.startsWith(skip + path.sep)) continue;
+      const dst = path.join(dstDir, name);
+      let st: fs.Stats;
+      try {
+        st = fs.lstatSync(src);
+      } catch {
+        continue;
+      }
+      if (st.dev !== dev) continue; // another file system mounted inside
+      try {
+        if (st.isDirectory()) {
+          fs.mkdirSync(dst);
+          fs.chmodSync(dst, st.mode & 0o7777);
+          walk(src, dst, dev);
+        } else if (st.isSymbolicLink()) {
+          fs.symlinkSync(fs.readlinkSync(src), dst);
+        } else if (st.isFile()) {
+          if (total + st.size > targetBytes * 1.01) continue; // one large file would overshoot
+          fs.accessSync(src, fs.constants.R_OK);
+          copyEntry(src, dst, st);
+          total += st.size;
+          files++;
+        }
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOSPC') throw new StepError(`no space left copying ${src} to ${dst}`, { cause: err });
+        // EACCES and friends: a file we may not read is simply not part of the tree.
+      }
+    }
+  };
+
+  for (const root of TREE_SOURCES) {
+    if (total >= targetBytes) break;
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(root);
+    } catch {
+      continue;
+    }
+    if (!st.isDirectory()) continue;
+    const dst = path.join(staging, root);
+    fs.mkdirSync(dst, { recursive: true });
+    walk(root, dst, st.dev);
+    sources.push(total >= targetBytes ? `${root} (part)` : root);
+  }
+  if (total < targetBytes) {
+    log(`only ${formatBytes(total)} of readable files found under ${TREE_SOURCES.join(', ')}; using that`);
+  }
+  return { sources, files, bytes: apparentSize(staging) };
+}
+
+async function buildImage(image: string, staging: string, options: Options, skip: string): Promise<TreeInfo> {
+  log(`staging ${formatBytes(options.usedBytes)} of files from ${TREE_SOURCES.join(', ')} in ${staging}`);
+  fs.mkdirSync(staging);
+  const tree = stageTree(staging, options.usedBytes, skip);
+  log(`staged ${tree.files} files, ${formatBytes(tree.bytes)} (du -sb); formatting ext4 image ${image}`);
+  const fd = fs.openSync(image, 'wx');
+  fs.ftruncateSync(fd, options.sizeBytes); // sparse
+  fs.closeSync(fd);
+  // Fixed UUID, hash seed and clock: the same tree gives the same block layout (only inode change
+  // times and their checksums differ), so a seed changes the same places on every run.
+  await runChecked('building the ext4 image', {
+    file: 'mke2fs',
+    args: [
+      '-q', '-t', 'ext4', '-U', IMAGE_UUID, '-E', `hash_seed=${IMAGE_UUID}`,
+      '-d', staging, '-F', image, `${options.sizeBytes / KiB}k`,
+    ],
+    env: { ...process.env, E2FSPROGS_FAKE_TIME: String(IMAGE_TIME) },
+  });
+  fs.rmSync(staging, { recursive: true, force: true });
+  return tree;
+}
+
+interface ImageScan {
+  sha256: string;
+  /** Indexes of the ALIGN-sized blocks that hold a non-zero byte, ascending. */
+  usedBlocks: Uint32Array | null;
+}
+
+/** Reads `fh` at `position` until `buf` is full or the file ends; returns the bytes read. */
+async function readFull(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<number> {
+  let filled = 0;
+  while (filled < buf.length) {
+    const { bytesRead } = await fh.read(buf, filled, buf.length - filled, position + filled);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return filled;
+}
+
+/** sha256 of a file and, if asked, which 4 KiB blocks of it are not all zeros. */
+async function scanFile(file: string, mapUsed: boolean): Promise<ImageScan> {
+  const fh = await fsp.open(file, 'r');
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(SCAN_BUFFER);
+  const zero = Buffer.alloc(ALIGN);
+  let used = new Uint32Array(mapUsed ? 1 << 16 : 0);
+  let usedCount = 0;
+  let position = 0;
+  try {
+    for (;;) {
+      const n = await readFull(fh, buf, position);
+      if (n === 0) break;
+      const chunk = buf.subarray(0, n);
+      hash.update(chunk);
+      if (mapUsed) {
+        for (let off = 0; off < n; off += ALIGN) {
+          const block = chunk.subarray(off, Math.min(off + ALIGN, n));
+          if (block.equals(zero.subarray(0, block.length))) continue;
+          if (usedCount === used.length) {
+            const grown = new Uint32Array(used.length * 2);
+            grown.set(used);
+            used = grown;
+          }
+          used[usedCount++] = (position + off) / ALIGN;
+        }
+      }
+      position += n;
+      if (n < buf.length) break;
+    }
+  } finally {
+    await fh.close();
+  }
+  return { sha256: hash.digest('hex'), usedBlocks: mapUsed ? used.slice(0, usedCount) : null };
+}
+
+interface ChangePlan {
+  blocks: number;
+  blockSize: number;
+  bytesWritten: number;
+  /** Byte offsets, in the order written. */
+  offsets: number[];
+}
+
+/**
+ * Overwrites CHANGE_FRACTION of the image with random bytes: CHANGE_BLOCK-sized blocks at
+ * ALIGN-aligned offsets that start in a used (non-zero) part of the image, never overlapping each
+ * other, chosen and filled from `random` so the same seed gives the same image.
+ */
+function modifyImage(image: string, sizeBytes: number, usedBlocks: Uint32Array, random: SeededRandom): ChangePlan {
+  if (usedBlocks.length === 0) throw new StepError(`the image ${image} holds no data to modify`);
+  const count = Math.max(1, Math.round((sizeBytes * CHANGE_FRACTION) / CHANGE_BLOCK));
+  const totalBlocks = sizeBytes / ALIGN;
+  const span = CHANGE_BLOCK / ALIGN;
+  const taken = new Uint8Array(totalBlocks);
+  const offsets: number[] = [];
+  for (let attempts = 0; offsets.length < count; attempts++) {
+    if (attempts > count * 1000) {
+      throw new StepError(`could not place ${count} non-overlapping ${CHANGE_BLOCK}-byte blocks in the used part of ${image}`);
+    }
+    const first = Math.min(usedBlocks[random.below(usedBlocks.length)]!, totalBlocks - span);
+    let free = true;
+    for (let b = first; b < first + span && free; b++) free = taken[b] === 0;
+    if (!free) continue;
+    taken.fill(1, first, first + span);
+    offsets.push(first * ALIGN);
+  }
+
+  const fd = fs.openSync(image, 'r+');
+  try {
+    const buf = Buffer.allocUnsafe(CHANGE_BLOCK);
+    for (const offset of offsets) {
+      random.fill(buf);
+      let done = 0;
+      while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, offset + done);
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { blocks: count, blockSize: CHANGE_BLOCK, bytesWritten: count * CHANGE_BLOCK, offsets };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two tools. Each implements the same three steps against its own repository.
+
+interface BackupStep {
+  wallMs: number;
+  peakRssBytes: number | null;
+  /** Growth of the vault / repository directory, apparent bytes (`du -sb` after minus before). */
+  repoGrowthBytes: number;
+  /** What the tool itself reported (cairn: --json object; restic: --json summary). */
+  report: Record<string, unknown> | null;
+}
+
+interface RestoreStep {
+  wallMs: number;
+  peakRssBytes: number | null;
+  apparentBytes: number;
+  allocatedBytes: number;
+  sha256: string;
+  identical: boolean;
+}
+
+interface ToolRun {
+  tool: Tool;
+  version: string | null;
+  full?: BackupStep;
+  incremental?: BackupStep;
+  restore?: RestoreStep;
+  /** Set when a step failed; later steps of this tool are skipped. */
+  error?: string;
+}
+
+interface Subject {
+  init(): Promise<void>;
+  repoDir: string;
+  backup(step: 'full' | 'incremental'): Promise<BackupStep>;
+  /** Restores the latest backup; returns the path of the restored image. */
+  restore(): Promise<{ measurement: Measurement; file: string }>;
+}
+
+interface CairnBackupReport extends Record<string, unknown> {
+  id: string;
+  name: string;
+  kind: string;
+  bytesRead: number;
+  bytesStored: number;
+  durationMs: number;
+}
+
+/** Takes the one JSON object `cairn backup --json` prints; tolerates log lines around it. */
+function parseCairnReport(stdout: string): CairnBackupReport {
+  const trimmed = stdout.trim();
+  const candidates = [trimmed, ...trimmed.split('\n').reverse().filter((l) => l.trim().startsWith('{'))];
+  for (const text of candidates) {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      continue;
+    }
+    const r = value as Partial<CairnBackupReport>;
+    if (
+      r !== null &&
+      typeof r === 'object' &&
+      typeof r.id === 'string' &&
+      typeof r.kind === 'string' &&
+      typeof r.bytesRead === 'number' &&
+      typeof r.bytesStored === 'number'
+    ) {
+      return r as CairnBackupReport;
+    }
+  }
+  throw new StepError(
+    `cairn backup --json printed no object with id, kind, bytesRead and bytesStored; stdout was:\n${trimmed.slice(-4000) || '(empty)'}`,
+  );
+}
+
+function cairnSubject(work: string, repoRoot: string, image: string, options: Options, rssDir: string): Subject {
+  const vault = path.join(work, WORK_NAMES.cairnVault);
+  const bin = path.join(repoRoot, 'bin', 'cairn.js');
+  const env = childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) });
+  const cairn = (args: string[]): Command => ({ file: process.execPath, args: [bin, ...args], cwd: repoRoot, env });
+  let lastId: string | undefined;
+  let lastKind: string | undefined;
+
+  return {
+    repoDir: vault,
+    async init() {
+      const args = ['vault', 'init', vault];
+      if (options.chunkSize !== undefined) args.push('--chunk-size', options.chunkSize);
+      await runChecked('cairn vault init', cairn(args));
+    },
+    async backup(step) {
+      const before = apparentSize(vault);
+      const m = await runMeasured(`cairn ${step} backup`, cairn(['backup', image, '--vault', vault, '--json']), path.join(rssDir, `cairn-${step}`));
+      const report = parseCairnReport(m.stdout);
+      if (step === 'incremental' && report.kind !== 'incremental') {
+        log(`warning: cairn's second backup is kind "${report.kind}", expected "incremental" (first was "${lastKind}")`);
+      }
+      lastId = report.id;
+      lastKind = report.kind;
+      return { wallMs: m.wallMs, peakRssBytes: m.peakRssBytes, repoGrowthBytes: apparentSize(vault) - before, report };
+    },
+    async restore() {
+      if (lastId === undefined) throw new StepError('cairn restore: no backup id to restore');
+      const file = path.join(work, WORK_NAMES.cairnRestore);
+      const m = await runMeasured('cairn restore', cairn(['restore', lastId, '--vault', vault, '--to', file]), path.join(rssDir, 'cairn-restore'));
+      return { measurement: m, file };
+    },
+  };
+}
+
+function resticSubject(work: string, image: string, rssDir: string): Subject {
+  const repo = path.join(work, WORK_NAMES.resticRepo);
+  const common = ['--repo', repo, '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'];
+  const env = childEnv({ RESTIC_PASSWORD: PASSPHRASE });
+  const restic = (args: string[]): Command => ({ file: 'restic', args: [...args, ...common], env });
+
+  return {
+    repoDir: repo,
+    async init() {
+      await runChecked('restic init', restic(['init']));
+    },
+    async backup(step) {
+      const before = apparentSize(repo);
+      const m = await runMeasured(`restic ${step} backup`, restic(['backup', '--json', image]), path.join(rssDir, `restic-${step}`));
+      let report: Record<string, unknown> | null = null;
+      for (const line of m.stdout.split('\n')) {
+        try {
+          const v = JSON.parse(line) as Record<string, unknown>;
+          if (v.message_type === 'summary') report = v;
+        } catch {
+          // not a JSON line
+        }
+      }
+      return { wallMs: m.wallMs, peakRssBytes: m.peakRssBytes, repoGrowthBytes: apparentSize(repo) - before, report };
+    },
+    async restore() {
+      const target = path.join(work, WORK_NAMES.resticRestore);
+      const m = await runMeasured('restic restore', restic(['restore', 'latest', '--target', target]), path.join(rssDir, 'restic-restore'));
+      // restic restores a file under the target at its full original path.
+      const file = path.join(target, image);
+      if (!fs.existsSync(file)) throw new StepError(`restic restore wrote no ${file}`);
+      return { measurement: m, file };
+    },
+  };
+}
+
+/** Runs `fn` for a tool unless an earlier step of it failed; a failure is recorded, not thrown. */
+async function step(run: ToolRun | undefined, what: string, fn: (run: ToolRun) => Promise<void>): Promise<void> {
+  if (run === undefined || run.error !== undefined) return;
+  log(`${run.tool}: ${what}`);
+  try {
+    await fn(run);
+  } catch (err) {
+    if (!(err instanceof StepError)) throw err;
+    run.error = err.message;
+    log(`${run.tool}: ${what} FAILED; skipping its remaining steps\n${err.message}`);
+  }
+}
+
+async function measureRestore(subject: Subject, expectedSha256: string, keep: boolean): Promise<RestoreStep> {
+  const { measurement, file } = await subject.restore();
+  const st = fs.statSync(file);
+  const { sha256 } = await scanFile(file, false);
+  const result: RestoreStep = {
+    wallMs: measurement.wallMs,
+    peakRssBytes: measurement.peakRssBytes,
+    apparentBytes: st.size,
+    allocatedBytes: st.blocks * 512,
+    sha256,
+    identical: sha256 === expectedSha256,
+  };
+  // Two restored 6 GiB images on top of the original add up; drop each once it is checked.
+  if (!keep) fs.rmSync(file, { force: true });
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function formatBytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  const digits = u === 0 || Math.abs(v) >= 100 ? 0 : 1;
+  return `${v.toFixed(digits)} ${units[u]}`;
+}
+
+function formatSeconds(ms: number): string {
+  const s = ms / 1000;
+  return `${s.toFixed(s >= 1 ? 1 : 2)} s`;
+}
+
+type Unit = 'ms' | 'bytes' | 'bool';
+
+interface Row {
+  step: string;
+  unit: Unit;
+  cairn: number | boolean | null;
+  restic: number | boolean | null;
+  /** cairn / restic for numeric rows where both are known and restic is not zero. */
+  ratio: number | null;
+}
+
+function row(step: string, unit: Unit, cairn: number | boolean | null | undefined, restic: number | boolean | null | undefined): Row {
+  const c = cairn ?? null;
+  const r = restic ?? null;
+  const ratio = typeof c === 'number' && typeof r === 'number' && r !== 0 ? c / r : null;
+  return { step, unit, cairn: c, restic: r, ratio };
+}
+
+function buildRows(cairn: ToolRun | undefined, restic: ToolRun | undefined): Row[] {
+  const rows: Row[] = [
+    row('full backup', 'ms', cairn?.full?.wallMs, restic?.full?.wallMs),
+    row('incremental backup', 'ms', cairn?.incremental?.wallMs, restic?.incremental?.wallMs),
+    row('vault growth (full)', 'bytes', cairn?.full?.repoGrowthBytes, restic?.full?.repoGrowthBytes),
+    row('vault growth (1%)', 'bytes', cairn?.incremental?.repoGrowthBytes, restic?.incremental?.repoGrowthBytes),
+  ];
+  if (cairn?.restore !== undefined || restic?.restore !== undefined) {
+    rows.push(
+      row('restore', 'ms', cairn?.restore?.wallMs, restic?.restore?.wallMs),
+      row('restore allocated', 'bytes', cairn?.restore?.allocatedBytes, restic?.restore?.allocatedBytes),
+      row('restore identical', 'bool', cairn?.restore?.identical, restic?.restore?.identical),
+    );
+  }
+  rows.push(
+    row('peak RSS full', 'bytes', cairn?.full?.peakRssBytes, restic?.full?.peakRssBytes),
+    row('peak RSS incremental', 'bytes', cairn?.incremental?.peakRssBytes, restic?.incremental?.peakRssBytes),
+  );
+  if (cairn?.restore !== undefined || restic?.restore !== undefined) {
+    rows.push(row('peak RSS restore', 'bytes', cairn?.restore?.peakRssBytes, restic?.restore?.peakRssBytes));
+  }
+  return rows;
+}
+
+function formatCell(unit: Unit, v: number | boolean | null): string {
+  if (v === null) return '-';
+  if (typeof v === 'boolean') return v ? 'yes' : 'NO';
+  return unit === 'ms' ? formatSeconds(v) : formatBytes(v);
+}
+
+function formatRatio(r: Row): string {
+  if (r.ratio === null) return '-';
+  const x = (v: number): string => `${v.toFixed(v >= 10 ? 1 : 2)}x`;
+  if (r.unit !== 'ms' || r.ratio === 0) return x(r.ratio);
+  return r.ratio <= 1 ? `${x(r.ratio)}  (${(1 / r.ratio).toFixed(1)}x faster)` : `${x(r.ratio)}  (${r.ratio.toFixed(1)}x slower)`;
+}
+
+function renderTable(rows: Row[]): string {
+  const lines = [['step', 'cairn', 'restic', 'cairn/restic']];
+  for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
+  const widths = [22, 12, 12];
+  return lines.map((cols) => cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd()).join('\n');
+}
+
+function reportField(report: Record<string, unknown> | null | undefined, key: string): number | null {
+  const v = report?.[key];
+  return typeof v === 'number' ? v : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+interface Preflight {
+  resticVersion: string | null;
+}
+
+function preflight(options: Options, repoRoot: string): Preflight {
+  const missing: string[] = [];
+  if (!fs.existsSync(TIME_BIN)) missing.push(`${TIME_BIN} (GNU time) is missing; install it with: apt-get install time`);
+  if (spawnSync('mke2fs', ['-V']).error) missing.push('mke2fs is missing; install it with: apt-get install e2fsprogs');
+  if (spawnSync('du', ['--version']).error) missing.push('du is missing; install coreutils');
+  let resticVersion: string | null = null;
+  if (options.tools.includes('restic')) {
+    resticVersion = toolVersion('restic', ['version']);
+    if (resticVersion === null) missing.push('restic is missing or does not run; install it with: apt-get install restic (or run with --only cairn)');
+  }
+  if (options.tools.includes('cairn')) {
+    const bin = path.join(repoRoot, 'bin', 'cairn.js');
+    if (!fs.existsSync(bin)) missing.push(`the cairn CLI ${bin} does not exist yet; build it, or run with --only restic`);
+  }
+  if (missing.length > 0) throw new StepError(`cannot run the benchmark:\n  ${missing.join('\n  ')}`);
+  return { resticVersion };
+}
+
+async function main(): Promise<number> {
+  let options: Options | 'help';
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`bench: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (options === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const opts = options;
+
+  // dist/bench/bench.js -> repository root
+  const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const { resticVersion } = preflight(opts, repoRoot);
+
+  let createdWork = false;
+  let work: string;
+  if (opts.dir !== undefined) {
+    createdWork = !fs.existsSync(opts.dir);
+    fs.mkdirSync(opts.dir, { recursive: true });
+    work = opts.dir;
+    const leftovers = Object.values(WORK_NAMES).filter((n) => fs.existsSync(path.join(work, n)));
+    if (leftovers.length > 0) {
+      throw new StepError(`${work} holds ${leftovers.join(', ')} from an earlier run; remove them or choose another --dir`);
+    }
+  } else {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-bench-'));
+    createdWork = true;
+  }
+  const jsonOut = opts.jsonOut ?? path.join(work, DEFAULT_JSON_NAME);
+
+  const cleanup = (): void => {
+    if (opts.keep) return;
+    for (const name of Object.values(WORK_NAMES)) fs.rmSync(path.join(work, name), { recursive: true, force: true });
+    if (createdWork && fs.readdirSync(work).length === 0) fs.rmdirSync(work);
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    runningChild?.kill(signal);
+    log(`${signal}: cleaning up ${work}`);
+    cleanup();
+    process.exit(128 + (os.constants.signals[signal] ?? 1));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    return await runBenchmark(opts, repoRoot, work, jsonOut, resticVersion);
+  } finally {
+    cleanup();
+    if (opts.keep) log(`kept everything in ${work}`);
+  }
+}
+
+async function runBenchmark(
+  opts: Options,
+  repoRoot: string,
+  work: string,
+  jsonOut: string,
+  resticVersion: string | null,
+): Promise<number> {
+  const image = path.join(work, WORK_NAMES.image);
+  const rssDir = path.join(work, WORK_NAMES.rss);
+  fs.mkdirSync(rssDir);
+  log(`work directory ${work}`);
+
+  const buildStart = performance.now();
+  const tree = await buildImage(image, path.join(work, WORK_NAMES.tree), opts, work);
+  const imageAllocated = allocatedSize(image);
+  log(`image built in ${formatSeconds(performance.now() - buildStart)}: ${formatBytes(opts.sizeBytes)}, ${formatBytes(imageAllocated)} allocated`);
+
+  // Untimed; also brings the whole image into the page cache before either tool reads it.
+  log('hashing the image and mapping its used blocks');
+  const original = await scanFile(image, true);
+
+  const subjects: Partial<Record<Tool, Subject>> = {};
+  const runs: Partial<Record<Tool, ToolRun>> = {};
+  if (opts.tools.includes('cairn')) {
+    subjects.cairn = cairnSubject(work, repoRoot, image, opts, rssDir);
+    runs.cairn = { tool: 'cairn', version: null };
+  }
+  if (opts.tools.includes('restic')) {
+    subjects.restic = resticSubject(work, image, rssDir);
+    runs.restic = { tool: 'restic', version: resticVersion };
+  }
+  const each = async (what: string, fn: (subject: Subject, run: ToolRun) => Promise<void>): Promise<void> => {
+    for (const tool of ['cairn', 'restic'] as const) {
+      const subject = subjects[tool];
+      if (subject !== undefined) await step(runs[tool], what, (run) => fn(subject, run));
+    }
+  };
+
+  await each('init', (s) => s.init());
+  await each('full backup', async (s, run) => {
+    run.full = await s.backup('full');
+  });
+
+  log(`modifying ${CHANGE_FRACTION * 100} % of the image (seed ${opts.seed})`);
+  const changes = modifyImage(image, opts.sizeBytes, original.usedBlocks!, new SeededRandom(opts.seed));
+  const modified = await scanFile(image, false);
+
+  await each('incremental backup', async (s, run) => {
+    run.incremental = await s.backup('incremental');
+  });
+  if (!opts.skipRestore) {
+    await each('restore', async (s, run) => {
+      run.restore = await measureRestore(s, modified.sha256, opts.keep);
+      if (!run.restore.identical) {
+        log(`${run.tool}: restored image differs from the source (sha256 ${run.restore.sha256}, expected ${modified.sha256})`);
+      }
+    });
+  }
+
+  const rows = buildRows(runs.cairn, runs.restic);
+  const header = [
+    `cairn bench  ${new Date().toISOString()}  node ${process.version}  ${resticVersion ?? 'restic not run'}  ${os.cpus().length} cpus  ${formatBytes(os.totalmem())} RAM`,
+    `image        ${(opts.sizeBytes / GiB).toFixed(2)} GiB (${opts.sizeBytes} bytes) ext4, ${formatBytes(imageAllocated)} allocated`,
+    `used         ${formatBytes(tree.bytes)} (${tree.bytes} bytes, du -sb) in ${tree.files} files from ${tree.sources.join(', ')}`,
+    `changed      ${changes.blocks} blocks x ${changes.blockSize / KiB} KiB at 4 KiB-aligned offsets = ${formatBytes(changes.bytesWritten)} (seed ${opts.seed})`,
+  ];
+  if (runs.cairn !== undefined) {
+    const c = runs.cairn;
+    const f = c.full?.report;
+    const i = c.incremental?.report;
+    const fmt = (v: number | null): string => (v === null ? '-' : formatBytes(v));
+    header.push(
+      `cairn        full: read ${fmt(reportField(f, 'bytesRead'))}, stored ${fmt(reportField(f, 'bytesStored'))}; ` +
+        `incremental (${String(i?.kind ?? '-')}): read ${fmt(reportField(i, 'bytesRead'))}, stored ${fmt(reportField(i, 'bytesStored'))}` +
+        (opts.chunkSize !== undefined ? `; chunk size ${opts.chunkSize}` : ''),
+    );
+  }
+  if (runs.restic !== undefined) {
+    const r = runs.restic;
+    const fmt = (v: number | null): string => (v === null ? '-' : formatBytes(v));
+    header.push(
+      `restic       full: added ${fmt(reportField(r.full?.report, 'data_added'))}; incremental: added ${fmt(reportField(r.incremental?.report, 'data_added'))}`,
+    );
+  }
+  const failures = Object.values(runs).filter((r) => r.error !== undefined);
+  const mismatches = Object.values(runs).filter((r) => r.restore !== undefined && !r.restore.identical);
+
+  process.stdout.write(`${header.join('\n')}\n\n${renderTable(rows)}\n`);
+  for (const r of failures) {
+    process.stdout.write(`\n${r.tool} FAILED: ${r.error!.split('\n')[0]}\n`);
+    log(`${r.tool} failed:\n${r.error}`);
+  }
+  for (const r of mismatches) process.stdout.write(`\n${r.tool} restore is NOT identical to the modified image\n`);
+
+  const result = {
+    date: new Date().toISOString(),
+    host: { node: process.version, platform: `${os.platform()} ${os.release()}`, cpus: os.cpus().length, memoryBytes: os.totalmem() },
+    options: {
+      sizeBytes: opts.sizeBytes,
+      usedBytes: opts.usedBytes,
+      tools: opts.tools,
+      chunkSize: opts.chunkSize ?? null,
+      skipRestore: opts.skipRestore,
+      seed: opts.seed,
+    },
+    image: {
+      sizeBytes: opts.sizeBytes,
+      allocatedBytes: imageAllocated,
+      tree,
+      sha256: original.sha256,
+      modifiedSha256: modified.sha256,
+      changes: { blocks: changes.blocks, blockSize: changes.blockSize, bytesWritten: changes.bytesWritten },
+    },
+    runs,
+    rows,
+  };
+  fs.writeFileSync(jsonOut, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`\nresults as JSON: ${jsonOut}\n`);
+
+  return failures.length > 0 || mismatches.length > 0 ? 1 : 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof StepError || err instanceof UsageError) {
+      process.stderr.write(`bench: ${err.message}\n`);
+    } else {
+      process.stderr.write(`bench: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    }
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,58 @@
+/**
+ * The storage seam. A vault sees only this interface; concrete backends (local folder, S3) live
+ * beside it and never import anything from the vault. Keys are '/'-separated relative paths made of
+ * [A-Za-z0-9._-] segments (no leading '/', no '..', no empty segment).
+ *
+ * Contracts every backend keeps (checked by the conformance suite in conformance.ts):
+ * - put is atomic: a reader sees either no object or the whole object, never a part.
+ * - put with ifAbsent fails with ALREADY_EXISTS when the key exists, and never overwrites it.
+ * - get of a missing key fails with NOT_FOUND (a CairnError), never returns empty data.
+ * - get with a range returns exactly those bytes; a range past the end is clipped to the end.
+ * - stat of a missing key resolves to undefined.
+ * - list yields every key under the prefix exactly once, in no promised order, with size and mtime.
+ * - delete of a missing key succeeds (idempotent).
+ */
+
+export interface PutOptions {
+  /** Fail with ALREADY_EXISTS instead of replacing an existing object. */
+  ifAbsent?: boolean;
+  /** Ask the store to keep the object immutable until this time (object lock); ignored where unsupported. */
+  retainUntil?: Date;
+}
+
+export interface ByteRange {
+  /** First byte, 0-based. */
+  offset: number;
+  /** Number of bytes; the range is clipped at the end of the object. */
+  length: number;
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** Last modification as the store reports it. */
+  modified: Date;
+}
+
+/**
+ * A body is a factory so that a retrying wrapper can produce it again. Backends call it once per
+ * attempt and must not keep the returned buffers after put resolves.
+ */
+export type Body = () => Buffer | Buffer[];
+
+export interface ObjectStore {
+  /** A human-readable location for messages, e.g. "/srv/vault" or "s3://bucket/prefix". */
+  readonly location: string;
+  put(key: string, body: Body, options?: PutOptions): Promise<void>;
+  get(key: string, range?: ByteRange): Promise<Buffer>;
+  stat(key: string): Promise<ObjectInfo | undefined>;
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  delete(key: string): Promise<void>;
+}
+
+const keyPattern = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
+
+/** True for a key every backend accepts (see the key rules at the top of this file). */
+export function isValidKey(key: string): boolean {
+  return keyPattern.test(key) && !key.split('/').some((s) => s === '.' || s === '..');
+}

@@ -1,0 +1,57 @@
+import { CairnError } from '../errors.js';
+
+/**
+ * The vault's `config` object (FORMAT.md, "config"): plaintext JSON, written once by `vault init`
+ * and never changed. It is the commit point of init: a folder without it is not a vault.
+ */
+
+export const FORMAT_NAME = 'cairn-vault';
+export const FORMAT_VERSION = 1;
+
+export type VaultType = 'disk' | 'server' | 'filesystem' | 'hybrid';
+export const vaultTypes: readonly VaultType[] = ['disk', 'server', 'filesystem', 'hybrid'];
+
+export interface VaultConfig {
+  format: typeof FORMAT_NAME;
+  version: number;
+  id: string;
+  type: VaultType;
+  createdAt: string;
+  /** Fixed chunk size for disk block maps, a power of two between 4 KiB and 4 MiB. */
+  chunkSize: number;
+  /** Target pack size; packs close when they reach it. */
+  packSize: number;
+  compression: { algorithm: 'zstd'; level: number };
+}
+
+export const MIN_CHUNK = 4 * 1024;
+export const MAX_CHUNK = 4 * 1024 * 1024;
+export const DEFAULT_CHUNK = 64 * 1024;
+export const DEFAULT_PACK = 16 * 1024 * 1024;
+export const DEFAULT_ZSTD_LEVEL = 1;
+
+export function validChunkSize(n: number): boolean {
+  return Number.isInteger(n) && n >= MIN_CHUNK && n <= MAX_CHUNK && (n & (n - 1)) === 0;
+}
+
+export function parseConfig(raw: Buffer, location: string): VaultConfig {
+  let cfg: VaultConfig;
+  try {
+    cfg = JSON.parse(raw.toString('utf8')) as VaultConfig;
+  } catch (err) {
+    throw new CairnError('VAULT_CORRUPT', `the config of the vault at ${location} is not valid JSON`, { cause: err });
+  }
+  if (cfg?.format !== FORMAT_NAME || typeof cfg.version !== 'number') {
+    throw new CairnError('VAULT_CORRUPT', `${location} holds a config that is not a Cairn vault's`);
+  }
+  if (cfg.version > FORMAT_VERSION) {
+    throw new CairnError(
+      'VAULT_VERSION',
+      `the vault at ${location} has format version ${cfg.version}, newer than this Cairn reads (${FORMAT_VERSION}); upgrade Cairn`,
+    );
+  }
+  if (!validChunkSize(cfg.chunkSize) || !(cfg.packSize > 0) || cfg.compression?.algorithm !== 'zstd') {
+    throw new CairnError('VAULT_CORRUPT', `the config of the vault at ${location} has invalid parameters`);
+  }
+  return cfg;
+}

@@ -1,0 +1,82 @@
+import { hostname } from 'node:os';
+import { hexId } from '../clock.js';
+import type { Vault } from './vault.js';
+
+/**
+ * Leases (FORMAT.md, "Leases"): `leases/<id>`, plaintext JSON written by every backup and gc run
+ * before it writes anything else, renewed while it runs, deleted when it ends. A lease whose
+ * expiresAt has passed belongs to a process that died. gc never deletes a pack newer than the
+ * oldest live lease, and never deletes condemned packs while a lease older than the plan lives.
+ */
+
+export interface LeaseRecord {
+  id: string;
+  purpose: 'backup' | 'gc';
+  host: string;
+  pid: number;
+  createdAt: string;
+  expiresAt: string;
+}
+
+export const LEASE_TTL_MS = 15 * 60 * 1000;
+const RENEW_EVERY_MS = 60 * 1000;
+
+export class Lease {
+  private timer: NodeJS.Timeout | undefined;
+  private constructor(
+    private readonly vault: Vault,
+    readonly record: LeaseRecord,
+  ) {}
+
+  static async acquire(vault: Vault, purpose: LeaseRecord['purpose']): Promise<Lease> {
+    const now = vault.clock.now();
+    const record: LeaseRecord = {
+      id: hexId(vault.ids, 8),
+      purpose,
+      host: hostname(),
+      pid: process.pid,
+      createdAt: now.toISOString(),
+      expiresAt: new Date(now.getTime() + LEASE_TTL_MS).toISOString(),
+    };
+    const lease = new Lease(vault, record);
+    await lease.write();
+    lease.timer = setInterval(() => {
+      lease.record.expiresAt = new Date(vault.clock.now().getTime() + LEASE_TTL_MS).toISOString();
+      lease.write().catch(() => undefined);
+    }, RENEW_EVERY_MS);
+    lease.timer.unref();
+    return lease;
+  }
+
+  private write(): Promise<void> {
+    return this.vault.store.put(`leases/${this.record.id}`, () => Buffer.from(JSON.stringify(this.record)));
+  }
+
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.vault.store.delete(`leases/${this.record.id}`);
+  }
+}
+
+/** Leases that have not expired, oldest first. Unreadable lease objects count as live (safe side). */
+export async function liveLeases(vault: Vault): Promise<LeaseRecord[]> {
+  const now = vault.clock.now().getTime();
+  const out: LeaseRecord[] = [];
+  for await (const o of vault.store.list('leases/')) {
+    try {
+      const rec = JSON.parse((await vault.store.get(o.key)).toString('utf8')) as LeaseRecord;
+      if (Date.parse(rec.expiresAt) > now) out.push(rec);
+    } catch {
+      out.push({
+        id: o.key,
+        purpose: 'backup',
+        host: '?',
+        pid: 0,
+        createdAt: o.modified.toISOString(),
+        expiresAt: new Date(now + LEASE_TTL_MS).toISOString(),
+      });
+    }
+  }
+  return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+}

@@ -1,0 +1,105 @@
+import { CairnError } from '../errors.js';
+import { hexId } from '../clock.js';
+import type { ChunkIndex, ChunkLocation } from './chunk-index.js';
+import type { IndexedPack } from './index-file.js';
+import { packKey, packTail, type PackEntry } from './pack.js';
+import type { Vault } from './vault.js';
+
+/**
+ * Collects encoded chunk blobs into packs and uploads them, a bounded number at a time. After every
+ * `indexEvery` stored packs, and on flush, it writes an index object naming them: an index object
+ * never names a pack that is not stored yet (FORMAT.md, "Write order").
+ */
+export class PackWriter {
+  private packId = '';
+  private parts: Buffer[] = [];
+  private entries: PackEntry[] = [];
+  private size = 0;
+  private readonly uploads = new Set<Promise<void>>();
+  private unindexed: IndexedPack[] = [];
+  private indexing: Promise<void> = Promise.resolve();
+  private failure: unknown;
+  /** Bytes of packs and index objects written so far. */
+  bytesWritten = 0;
+  packsWritten = 0;
+
+  constructor(
+    private readonly vault: Vault,
+    private readonly index: ChunkIndex,
+    private readonly maxUploads = 2,
+    private readonly indexEvery = 8,
+  ) {}
+
+  /** Appends a chunk blob to the current pack and records its location in the index at once. */
+  add(id: Buffer, blob: Buffer, codec: number, rawLength: number): ChunkLocation {
+    this.throwIfFailed();
+    if (this.size > 0 && this.size + blob.length > this.vault.config.packSize) this.seal();
+    if (this.size === 0) this.packId = hexId(this.vault.ids, 16);
+    const loc: ChunkLocation = { packId: this.packId, offset: this.size, length: blob.length, rawLength, codec };
+    this.parts.push(blob);
+    this.entries.push({ id: Buffer.from(id), offset: this.size, length: blob.length, rawLength, codec });
+    this.size += blob.length;
+    this.index.add(id, loc);
+    return loc;
+  }
+
+  /** Resolves when fewer than maxUploads packs are in flight (back-pressure for the reader). */
+  async waitForCapacity(): Promise<void> {
+    while (this.uploads.size >= this.maxUploads) {
+      await Promise.race(this.uploads);
+      this.throwIfFailed();
+    }
+    this.throwIfFailed();
+  }
+
+  /** Seals the open pack, waits for every upload and writes the index for all stored packs. */
+  async flush(): Promise<void> {
+    if (this.size > 0) this.seal();
+    await Promise.all(this.uploads);
+    await this.indexing;
+    this.throwIfFailed();
+    await this.writeIndex();
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  private seal(): void {
+    const packId = this.packId;
+    const entries = this.entries;
+    const tail = packTail(this.vault.key.encryption, packId, entries);
+    const body = [...this.parts, tail];
+    const total = this.size + tail.length;
+    this.parts = [];
+    this.entries = [];
+    this.size = 0;
+    const upload = this.vault.store
+      .put(packKey(packId), () => body, { ifAbsent: true })
+      .then(() => {
+        this.bytesWritten += total;
+        this.packsWritten++;
+        this.unindexed.push({ packId, entries });
+        if (this.unindexed.length >= this.indexEvery) {
+          this.indexing = this.indexing.then(() => this.writeIndex());
+        }
+      })
+      .catch((err) => {
+        this.failure ??= err instanceof CairnError ? err : new CairnError('INTERNAL', String(err), { cause: err });
+      })
+      .finally(() => this.uploads.delete(upload));
+    this.uploads.add(upload);
+  }
+
+  private async writeIndex(): Promise<void> {
+    if (this.unindexed.length === 0) return;
+    const packs = this.unindexed;
+    this.unindexed = [];
+    try {
+      this.bytesWritten += (await this.vault.writeIndex(packs)).size;
+    } catch (err) {
+      this.failure ??= err;
+      throw err;
+    }
+  }
+}

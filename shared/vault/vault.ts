@@ -1,0 +1,278 @@
+import { hostname } from 'node:os';
+import { CairnError, isCairnError } from '../errors.js';
+import { hexId, randomIdSource, systemClock, type Clock, type IdSource } from '../clock.js';
+import type { ObjectStore } from '../store/object-store.js';
+import {
+  DEFAULT_CHUNK,
+  DEFAULT_PACK,
+  DEFAULT_ZSTD_LEVEL,
+  FORMAT_NAME,
+  FORMAT_VERSION,
+  parseConfig,
+  validChunkSize,
+  type VaultConfig,
+  type VaultType,
+} from './config.js';
+import { newMasterKey, type MasterKey } from './crypto.js';
+import { unwrapMasterKey, wrapMasterKey } from './keys.js';
+import { ChunkIndex } from './chunk-index.js';
+import { decodeIndex, encodeIndex, indexKey, type IndexedPack } from './index-file.js';
+import { openPackHeader, packIdFromKey, packKey, parseTrailer, PACK_TRAILER_BYTES, type PackEntry } from './pack.js';
+import { decodeManifest, encodeManifest, manifestKey, type Manifest } from './manifest.js';
+import { BlockMap, decodeBlockMap, encodeBlockMap } from './block-map.js';
+import { readGcPlan } from './gc-plan.js';
+import type { IndexCache } from './index-cache.js';
+
+export interface InitOptions {
+  type?: VaultType;
+  chunkSize?: number;
+  packSize?: number;
+  compressionLevel?: number;
+}
+
+export interface VaultDeps {
+  clock?: Clock;
+  ids?: IdSource;
+  /** Optional local cache of index objects (the agent's state database). */
+  indexCache?: IndexCache;
+}
+
+/**
+ * An open (unlocked) vault: the format's operations on top of an ObjectStore. It holds no state
+ * beyond the config and key, so several processes may open the same vault at once; the only
+ * coordination is through objects (leases, the gc plan) described in FORMAT.md.
+ */
+export class Vault {
+  readonly clock: Clock;
+  readonly ids: IdSource;
+  private readonly indexCache: IndexCache | undefined;
+
+  private constructor(
+    readonly store: ObjectStore,
+    readonly config: VaultConfig,
+    readonly key: MasterKey,
+    deps: VaultDeps,
+  ) {
+    this.clock = deps.clock ?? systemClock;
+    this.ids = deps.ids ?? randomIdSource;
+    this.indexCache = deps.indexCache;
+  }
+
+  static async init(store: ObjectStore, passphrase: string, opts: InitOptions = {}, deps: VaultDeps = {}): Promise<Vault> {
+    const clock = deps.clock ?? systemClock;
+    const ids = deps.ids ?? randomIdSource;
+    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+    if (!validChunkSize(chunkSize)) {
+      throw new CairnError('USAGE', `chunk size ${chunkSize} is invalid: use a power of two from 4K to 4M, e.g. 64K`);
+    }
+    if (await store.stat('config')) {
+      throw new CairnError('VAULT_EXISTS', `a vault exists already at ${store.location}; use it, or choose an empty location`);
+    }
+    const now = clock.now().toISOString();
+    const config: VaultConfig = {
+      format: FORMAT_NAME,
+      version: FORMAT_VERSION,
+      id: hexId(ids, 16),
+      type: opts.type ?? 'disk',
+      createdAt: now,
+      chunkSize,
+      packSize: opts.packSize ?? DEFAULT_PACK,
+      compression: { algorithm: 'zstd', level: opts.compressionLevel ?? DEFAULT_ZSTD_LEVEL },
+    };
+    const master = newMasterKey();
+    const keyFile = await wrapMasterKey(master, passphrase, { createdAt: now, host: hostname() });
+    await store.put(`keys/${hexId(ids, 16)}`, () => Buffer.from(JSON.stringify(keyFile, null, 2)), { ifAbsent: true });
+    // The config is written last and only if absent: it is the commit point of init.
+    await store.put('config', () => Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true }).catch((err) => {
+      if (isCairnError(err, 'ALREADY_EXISTS')) {
+        throw new CairnError('VAULT_EXISTS', `a vault was created at ${store.location} at the same time; use it`);
+      }
+      throw err;
+    });
+    return new Vault(store, config, master, deps);
+  }
+
+  static async open(store: ObjectStore, passphrase: string, deps: VaultDeps = {}): Promise<Vault> {
+    const config = await Vault.readConfig(store);
+    const keyNames: string[] = [];
+    for await (const o of store.list('keys/')) keyNames.push(o.key);
+    if (keyNames.length === 0) {
+      throw new CairnError('VAULT_CORRUPT', `the vault at ${store.location} has no key files (keys/ is empty)`);
+    }
+    for (const name of keyNames.sort()) {
+      const master = await unwrapMasterKey(await store.get(name), passphrase, name);
+      if (master) return new Vault(store, config, master, deps);
+    }
+    throw new CairnError(
+      'WRONG_PASSPHRASE',
+      `the passphrase opens none of the ${keyNames.length} key(s) of the vault at ${store.location}; check CAIRN_PASSPHRASE or --passphrase-file`,
+    );
+  }
+
+  /** Reads and checks the config without a passphrase. */
+  static async readConfig(store: ObjectStore): Promise<VaultConfig> {
+    let raw: Buffer;
+    try {
+      raw = await store.get('config');
+    } catch (err) {
+      if (isCairnError(err, 'NOT_FOUND')) {
+        throw new CairnError(
+          'VAULT_NOT_FOUND',
+          `no vault at ${store.location} (no config object); create one with 'cairn vault init ${store.location}'`,
+        );
+      }
+      throw err;
+    }
+    return parseConfig(raw, store.location);
+  }
+
+  /** A new backup id: sortable by time, unique by its random tail. */
+  newBackupId(): string {
+    const t = this.clock.now().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+    return `${t}-${hexId(this.ids, 4)}`;
+  }
+
+  // ---- index -------------------------------------------------------------------------------
+
+  /** Index object keys currently in the vault. */
+  async listIndexKeys(): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const o of this.store.list('index/')) keys.push(o.key);
+    return keys;
+  }
+
+  async readIndexObject(key: string): Promise<IndexedPack[]> {
+    const id = key.slice('index/'.length);
+    const cached = this.indexCache?.getIndex(this.config.id, key);
+    if (cached) {
+      try {
+        return decodeIndex(this.key.encryption, id, cached);
+      } catch {
+        // A damaged cache entry: fall through to the vault.
+      }
+    }
+    const body = await this.store.get(key);
+    const packs = decodeIndex(this.key.encryption, id, body);
+    this.indexCache?.putIndex(this.config.id, key, body);
+    return packs;
+  }
+
+  /**
+   * Loads every index object. Packs condemned by a pending gc plan are left out (unless asked for,
+   * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete.
+   */
+  async loadIndex(opts: { includeCondemned?: boolean } = {}): Promise<{ index: ChunkIndex; indexKeys: string[] }> {
+    const plan = opts.includeCondemned ? undefined : await readGcPlan(this);
+    const condemned = new Set(plan?.condemnedPacks ?? []);
+    const index = new ChunkIndex();
+    const indexKeys = await this.listIndexKeys();
+    this.indexCache?.retainIndexes(this.config.id, indexKeys);
+    for (const key of indexKeys) {
+      for (const p of await this.readIndexObject(key)) {
+        if (!condemned.has(p.packId)) index.addPack(p.packId, p.entries);
+      }
+    }
+    return { index, indexKeys };
+  }
+
+  /** Writes a new index object naming `packs` (all stored already); returns its key and size. */
+  async writeIndex(packs: IndexedPack[]): Promise<{ key: string; size: number }> {
+    const id = hexId(this.ids, 16);
+    const body = encodeIndex(this.key.encryption, id, packs);
+    await this.store.put(indexKey(id), () => body, { ifAbsent: true });
+    this.indexCache?.putIndex(this.config.id, indexKey(id), body);
+    return { key: indexKey(id), size: body.length };
+  }
+
+  /** Every pack object in the store, with size and time. */
+  async listPacks(): Promise<Map<string, { size: number; modified: Date }>> {
+    const packs = new Map<string, { size: number; modified: Date }>();
+    for await (const o of this.store.list('packs/')) {
+      const id = packIdFromKey(o.key);
+      if (id) packs.set(id, { size: o.size, modified: o.modified });
+    }
+    return packs;
+  }
+
+  /** Reads a pack's header with two ranged gets (trailer, then sealed header). */
+  async readPackHeader(packId: string, size?: number): Promise<PackEntry[]> {
+    const key = packKey(packId);
+    const total = size ?? (await this.store.stat(key))?.size;
+    if (total === undefined) throw new CairnError('NOT_FOUND', `pack ${packId} is missing from ${this.store.location}`);
+    if (total < PACK_TRAILER_BYTES) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is truncated`);
+    const trailer = await this.store.get(key, { offset: total - PACK_TRAILER_BYTES, length: PACK_TRAILER_BYTES });
+    const headerLength = parseTrailer(trailer, packId);
+    if (headerLength > total - PACK_TRAILER_BYTES) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is truncated`);
+    const sealed = await this.store.get(key, { offset: total - PACK_TRAILER_BYTES - headerLength, length: headerLength });
+    return openPackHeader(this.key.encryption, packId, sealed);
+  }
+
+  /**
+   * Finds packs that no index object names (left by an interrupted backup), reads their headers,
+   * adds them to `index` and writes an index object for them, so their chunks are reused rather
+   * than uploaded again. Packs condemned by a gc plan and unreadable packs are skipped.
+   */
+  async recoverUnindexedPacks(index: ChunkIndex): Promise<number> {
+    const plan = await readGcPlan(this);
+    const condemned = new Set(plan?.condemnedPacks ?? []);
+    const recovered: IndexedPack[] = [];
+    for (const [packId, info] of await this.listPacks()) {
+      if (index.hasPack(packId) || condemned.has(packId)) continue;
+      try {
+        const entries = await this.readPackHeader(packId, info.size);
+        recovered.push({ packId, entries });
+        index.addPack(packId, entries);
+      } catch (err) {
+        if (!isCairnError(err, 'VAULT_CORRUPT') && !isCairnError(err, 'NOT_FOUND')) throw err;
+      }
+    }
+    if (recovered.length > 0) await this.writeIndex(recovered);
+    return recovered.length;
+  }
+
+  // ---- backups -----------------------------------------------------------------------------
+
+  async listBackups(): Promise<Manifest[]> {
+    const out: Manifest[] = [];
+    for await (const o of this.store.list('backups/')) {
+      const id = o.key.slice('backups/'.length);
+      out.push(decodeManifest(this.key.encryption, id, await this.store.get(o.key)));
+    }
+    return out.sort((a, b) => (a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : a.id < b.id ? -1 : 1));
+  }
+
+  async readManifest(id: string): Promise<Manifest> {
+    return decodeManifest(this.key.encryption, id, await this.store.get(manifestKey(id)));
+  }
+
+  /** Finds a backup by id or name; NOT_FOUND with a hint otherwise. */
+  async findBackup(idOrName: string): Promise<Manifest> {
+    const all = await this.listBackups();
+    const hit = all.find((m) => m.id === idOrName) ?? all.find((m) => m.name === idOrName);
+    if (!hit) {
+      throw new CairnError(
+        'NOT_FOUND',
+        `no backup named or with id '${idOrName}' in the vault at ${this.store.location}; list them with 'cairn backups list'`,
+      );
+    }
+    return hit;
+  }
+
+  /** Writes a manifest (the commit point of a backup); returns the bytes written. */
+  async writeManifest(m: Manifest): Promise<number> {
+    const body = encodeManifest(this.key.encryption, m);
+    await this.store.put(manifestKey(m.id), () => body, { ifAbsent: true });
+    return body.length;
+  }
+
+  async readBlockMap(key: string): Promise<BlockMap> {
+    return decodeBlockMap(this.key.encryption, key, await this.store.get(key));
+  }
+
+  /** Writes a block map; returns the bytes written. */
+  async writeBlockMap(key: string, map: BlockMap): Promise<number> {
+    const body = encodeBlockMap(this.key.encryption, key, map);
+    await this.store.put(key, () => body);
+    return body.length;
+  }
+}
