@@ -18,7 +18,7 @@ export interface RestoreDiskResult {
 /**
  * Restores one disk of a backup to a file or block device.
  * - File: written as `.<name>.cairn-partial-<random>` beside the target, sparse (zero chunks stay
- *   holes), fsynced, then renamed over the target; an interrupted restore never leaves a
+ *   holes), then renamed over the target; an interrupted restore never leaves a
  *   half-written file under the target's name. An existing target is replaced only with `force`.
  * - Block device: written in place (zero chunks written as zeros, since the device holds old data);
  *   needs `force` because it overwrites whatever is on the device.
@@ -71,7 +71,9 @@ export async function restoreDisk(
         if (map.isZero(p)) await writeAll(fh, zero.subarray(0, map.lengthAt(p)), p * map.chunkSize);
       }
     }
-    await fh.sync();
+    // A device is flushed before we report success; a file is left to the page cache like cp and
+    // restic do (an fsync of a large image would double the restore time), and is renamed into place.
+    if (device) await fh.sync();
     await fh.close();
   } catch (err) {
     await fh.close().catch(() => undefined);

@@ -96,7 +96,8 @@ export class PackWriter {
     const packs = this.unindexed;
     this.unindexed = [];
     try {
-      this.bytesWritten += (await this.vault.writeIndex(packs)).size;
+      const { size } = await this.vault.writeIndex(packs);
+      this.bytesWritten += size;
     } catch (err) {
       this.failure ??= err;
       throw err;

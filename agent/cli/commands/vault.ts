@@ -10,7 +10,8 @@ import { formatBytes } from '../format.js';
 import { ProgressBar } from '../progress.js';
 
 export const vaultHelp = `Usage:
-  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE] [--json]
+  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE]
+                   [--pack-size SIZE] [--compression-level N] [--json]
   cairn vault gc --vault <vault> [--grace DURATION] [--json]
   cairn vault verify --vault <vault> [--read-data] [--json]
 
@@ -47,6 +48,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
     type: { type: 'string' },
     'chunk-size': { type: 'string' },
     'compression-level': { type: 'string' },
+    'pack-size': { type: 'string' },
   });
   if (values.help) return (out(vaultHelp), 0);
   const location = positionals[0] ?? values.vault;
@@ -62,8 +64,12 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   if (level !== undefined && (!Number.isInteger(level) || level < -7 || level > 19)) {
     throw new CairnError('USAGE', `vault init: --compression-level must be an integer from -7 to 19`);
   }
+  const packSize = values['pack-size'] ? parseSize(values['pack-size'], '--pack-size') : undefined;
+  if (packSize !== undefined && (packSize < 1024 * 1024 || packSize > 128 * 1024 * 1024)) {
+    throw new CairnError('USAGE', `vault init: --pack-size must be from 1M to 128M (16M to 64M suits object stores)`);
+  }
   const passphrase = readPassphrase(values['passphrase-file']);
-  const vault = await Vault.init(openStore(location), passphrase, { type, chunkSize, compressionLevel: level });
+  const vault = await Vault.init(openStore(location), passphrase, { type, chunkSize, compressionLevel: level, packSize });
   const c = vault.config;
   if (values.json) out(JSON.stringify({ location: vault.store.location, ...c }));
   else {
