@@ -50,7 +50,7 @@ const WORK_NAMES = {
   resticRepo: 'restic-repo',
   resticCache: 'restic-cache',
   resticRestore: 'restic-restore',
-  rss: 'rss',
+  time: 'gnu-time',
 } as const;
 const DEFAULT_JSON_NAME = 'bench.json';
 
@@ -224,7 +224,8 @@ function runProcess(cmd: Command): Promise<ProcessResult> {
 }
 
 function commandLine(cmd: Command): string {
-  return [cmd.file, ...cmd.args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
+  const quote = (a: string): string => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+  return [cmd.file, ...cmd.args].map(quote).join(' ');
 }
 
 function failure(what: string, cmd: Command, result: ProcessResult): StepError {
@@ -245,34 +246,45 @@ async function runChecked(what: string, cmd: Command): Promise<ProcessResult> {
   return result;
 }
 
-interface Measurement {
+/** What one run of a tool cost. */
+interface Cost {
   wallMs: number;
-  /** Peak resident set of the child as reported by GNU time, or null if it reported nothing. */
+  /** User plus system CPU time of the child, from GNU time; null if it reported nothing. */
+  cpuMs: number | null;
+  /** Peak resident set of the child, from GNU time; null if it reported nothing. */
   peakRssBytes: number | null;
+}
+
+interface Measurement extends Cost {
   stdout: string;
 }
 
-/** Runs a command under GNU time; wall time and peak RSS of the child. Throws if it fails. */
-async function runMeasured(what: string, cmd: Command, rssFile: string): Promise<Measurement> {
-  const timed: Command = { ...cmd, file: TIME_BIN, args: ['-f', '%M', '-o', rssFile, cmd.file, ...cmd.args] };
+/** Runs a command under GNU time: wall time, CPU time and peak RSS of the child. Throws if it fails. */
+async function runMeasured(what: string, cmd: Command, timeFile: string): Promise<Measurement> {
+  const timed: Command = { ...cmd, file: TIME_BIN, args: ['-f', '%M %U %S', '-o', timeFile, cmd.file, ...cmd.args] };
   // Writeback left over from an earlier step must not be charged to this one.
   spawnSync('sync');
   const result = await runProcess(timed);
   if (result.code !== 0) throw failure(what, cmd, result);
-  return { wallMs: result.wallMs, peakRssBytes: readPeakRss(rssFile), stdout: result.stdout };
+  return { wallMs: result.wallMs, ...readTimeFile(timeFile), stdout: result.stdout };
 }
 
-function readPeakRss(rssFile: string): number | null {
+/** Parses GNU time's `%M %U %S` line: peak RSS in KiB, user and system seconds. */
+function readTimeFile(timeFile: string): { cpuMs: number | null; peakRssBytes: number | null } {
   let text: string;
   try {
-    text = fs.readFileSync(rssFile, 'utf8');
+    text = fs.readFileSync(timeFile, 'utf8');
   } catch {
-    return null;
+    return { cpuMs: null, peakRssBytes: null };
   }
   // GNU time puts "Command exited with non-zero status N" before the format on failure.
   const lines = text.trim().split('\n');
-  const kib = Number(lines[lines.length - 1]);
-  return Number.isFinite(kib) ? kib * KiB : null;
+  const [kib, user, sys] = (lines[lines.length - 1] ?? '').split(' ').map(Number);
+  const known = (v: number | undefined): v is number => v !== undefined && Number.isFinite(v);
+  return {
+    peakRssBytes: known(kib) ? kib * KiB : null,
+    cpuMs: known(user) && known(sys) ? (user + sys) * 1000 : null,
+  };
 }
 
 /** Apparent size of a directory tree in bytes (`du -sb`); 0 if it does not exist. */
@@ -424,8 +436,9 @@ function stageTree(staging: string, targetBytes: number, skip: string): TreeInfo
 async function buildImage(image: string, staging: string, options: Options, skip: string): Promise<TreeInfo> {
   log(`staging ${formatBytes(options.usedBytes)} of files from ${TREE_SOURCES.join(', ')} in ${staging}`);
   fs.mkdirSync(staging);
+  const start = performance.now();
   const tree = stageTree(staging, options.usedBytes, skip);
-  log(`staged ${tree.files} files, ${formatBytes(tree.bytes)} (du -sb); formatting ext4 image ${image}`);
+  log(`staged ${tree.files} files, ${formatBytes(tree.bytes)} (du -sb) in ${formatSeconds(performance.now() - start)}; formatting ext4 image ${image}`);
   const fd = fs.openSync(image, 'wx');
   fs.ftruncateSync(fd, options.sizeBytes); // sparse
   fs.closeSync(fd);
@@ -546,18 +559,14 @@ function modifyImage(image: string, sizeBytes: number, usedBlocks: Uint32Array, 
 // ---------------------------------------------------------------------------------------------
 // The two tools. Each implements the same three steps against its own repository.
 
-interface BackupStep {
-  wallMs: number;
-  peakRssBytes: number | null;
+interface BackupStep extends Cost {
   /** Growth of the vault / repository directory, apparent bytes (`du -sb` after minus before). */
   repoGrowthBytes: number;
   /** What the tool itself reported (cairn: --json object; restic: --json summary). */
   report: Record<string, unknown> | null;
 }
 
-interface RestoreStep {
-  wallMs: number;
-  peakRssBytes: number | null;
+interface RestoreStep extends Cost {
   apparentBytes: number;
   allocatedBytes: number;
   sha256: string;
@@ -619,7 +628,7 @@ function parseCairnReport(stdout: string): CairnBackupReport {
   );
 }
 
-function cairnSubject(work: string, repoRoot: string, image: string, options: Options, rssDir: string): Subject {
+function cairnSubject(work: string, repoRoot: string, image: string, options: Options, timeDir: string): Subject {
   const vault = path.join(work, WORK_NAMES.cairnVault);
   const bin = path.join(repoRoot, 'bin', 'cairn.js');
   const env = childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) });
@@ -636,25 +645,34 @@ function cairnSubject(work: string, repoRoot: string, image: string, options: Op
     },
     async backup(step) {
       const before = apparentSize(vault);
-      const m = await runMeasured(`cairn ${step} backup`, cairn(['backup', image, '--vault', vault, '--json']), path.join(rssDir, `cairn-${step}`));
+      const m = await runMeasured(
+        `cairn ${step} backup`,
+        cairn(['backup', image, '--vault', vault, '--json']),
+        path.join(timeDir, `cairn-${step}`),
+      );
       const report = parseCairnReport(m.stdout);
       if (step === 'incremental' && report.kind !== 'incremental') {
         log(`warning: cairn's second backup is kind "${report.kind}", expected "incremental" (first was "${lastKind}")`);
       }
       lastId = report.id;
       lastKind = report.kind;
-      return { wallMs: m.wallMs, peakRssBytes: m.peakRssBytes, repoGrowthBytes: apparentSize(vault) - before, report };
+      const { wallMs, cpuMs, peakRssBytes } = m;
+      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: apparentSize(vault) - before, report };
     },
     async restore() {
       if (lastId === undefined) throw new StepError('cairn restore: no backup id to restore');
       const file = path.join(work, WORK_NAMES.cairnRestore);
-      const m = await runMeasured('cairn restore', cairn(['restore', lastId, '--vault', vault, '--to', file]), path.join(rssDir, 'cairn-restore'));
+      const m = await runMeasured(
+        'cairn restore',
+        cairn(['restore', lastId, '--vault', vault, '--to', file]),
+        path.join(timeDir, 'cairn-restore'),
+      );
       return { measurement: m, file };
     },
   };
 }
 
-function resticSubject(work: string, image: string, rssDir: string): Subject {
+function resticSubject(work: string, image: string, timeDir: string): Subject {
   const repo = path.join(work, WORK_NAMES.resticRepo);
   const common = ['--repo', repo, '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'];
   const env = childEnv({ RESTIC_PASSWORD: PASSPHRASE });
@@ -667,7 +685,11 @@ function resticSubject(work: string, image: string, rssDir: string): Subject {
     },
     async backup(step) {
       const before = apparentSize(repo);
-      const m = await runMeasured(`restic ${step} backup`, restic(['backup', '--json', image]), path.join(rssDir, `restic-${step}`));
+      const m = await runMeasured(
+        `restic ${step} backup`,
+        restic(['backup', '--json', image]),
+        path.join(timeDir, `restic-${step}`),
+      );
       let report: Record<string, unknown> | null = null;
       for (const line of m.stdout.split('\n')) {
         try {
@@ -677,11 +699,16 @@ function resticSubject(work: string, image: string, rssDir: string): Subject {
           // not a JSON line
         }
       }
-      return { wallMs: m.wallMs, peakRssBytes: m.peakRssBytes, repoGrowthBytes: apparentSize(repo) - before, report };
+      const { wallMs, cpuMs, peakRssBytes } = m;
+      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: apparentSize(repo) - before, report };
     },
     async restore() {
       const target = path.join(work, WORK_NAMES.resticRestore);
-      const m = await runMeasured('restic restore', restic(['restore', 'latest', '--target', target]), path.join(rssDir, 'restic-restore'));
+      const m = await runMeasured(
+        'restic restore',
+        restic(['restore', 'latest', '--target', target]),
+        path.join(timeDir, 'restic-restore'),
+      );
       // restic restores a file under the target at its full original path.
       const file = path.join(target, image);
       if (!fs.existsSync(file)) throw new StepError(`restic restore wrote no ${file}`);
@@ -709,6 +736,7 @@ async function measureRestore(subject: Subject, expectedSha256: string, keep: bo
   const { sha256 } = await scanFile(file, false);
   const result: RestoreStep = {
     wallMs: measurement.wallMs,
+    cpuMs: measurement.cpuMs,
     peakRssBytes: measurement.peakRssBytes,
     apparentBytes: st.size,
     allocatedBytes: st.blocks * 512,
@@ -742,16 +770,18 @@ function formatSeconds(ms: number): string {
 
 type Unit = 'ms' | 'bytes' | 'bool';
 
+type Value = number | boolean | null;
+
 interface Row {
   step: string;
   unit: Unit;
-  cairn: number | boolean | null;
-  restic: number | boolean | null;
+  cairn: Value;
+  restic: Value;
   /** cairn / restic for numeric rows where both are known and restic is not zero. */
   ratio: number | null;
 }
 
-function row(step: string, unit: Unit, cairn: number | boolean | null | undefined, restic: number | boolean | null | undefined): Row {
+function row(step: string, unit: Unit, cairn: Value | undefined, restic: Value | undefined): Row {
   const c = cairn ?? null;
   const r = restic ?? null;
   const ratio = typeof c === 'number' && typeof r === 'number' && r !== 0 ? c / r : null;
@@ -773,6 +803,13 @@ function buildRows(cairn: ToolRun | undefined, restic: ToolRun | undefined): Row
     );
   }
   rows.push(
+    row('CPU full', 'ms', cairn?.full?.cpuMs, restic?.full?.cpuMs),
+    row('CPU incremental', 'ms', cairn?.incremental?.cpuMs, restic?.incremental?.cpuMs),
+  );
+  if (cairn?.restore !== undefined || restic?.restore !== undefined) {
+    rows.push(row('CPU restore', 'ms', cairn?.restore?.cpuMs, restic?.restore?.cpuMs));
+  }
+  rows.push(
     row('peak RSS full', 'bytes', cairn?.full?.peakRssBytes, restic?.full?.peakRssBytes),
     row('peak RSS incremental', 'bytes', cairn?.incremental?.peakRssBytes, restic?.incremental?.peakRssBytes),
   );
@@ -782,7 +819,7 @@ function buildRows(cairn: ToolRun | undefined, restic: ToolRun | undefined): Row
   return rows;
 }
 
-function formatCell(unit: Unit, v: number | boolean | null): string {
+function formatCell(unit: Unit, v: Value): string {
   if (v === null) return '-';
   if (typeof v === 'boolean') return v ? 'yes' : 'NO';
   return unit === 'ms' ? formatSeconds(v) : formatBytes(v);
@@ -792,14 +829,19 @@ function formatRatio(r: Row): string {
   if (r.ratio === null) return '-';
   const x = (v: number): string => `${v.toFixed(v >= 10 ? 1 : 2)}x`;
   if (r.unit !== 'ms' || r.ratio === 0) return x(r.ratio);
-  return r.ratio <= 1 ? `${x(r.ratio)}  (${(1 / r.ratio).toFixed(1)}x faster)` : `${x(r.ratio)}  (${r.ratio.toFixed(1)}x slower)`;
+  const [less, more] = r.step.startsWith('CPU') ? ['less', 'more'] : ['faster', 'slower'];
+  return r.ratio <= 1
+    ? `${x(r.ratio)}  (${(1 / r.ratio).toFixed(1)}x ${less})`
+    : `${x(r.ratio)}  (${r.ratio.toFixed(1)}x ${more})`;
 }
 
 function renderTable(rows: Row[]): string {
   const lines = [['step', 'cairn', 'restic', 'cairn/restic']];
   for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
   const widths = [22, 12, 12];
-  return lines.map((cols) => cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd()).join('\n');
+  const line = (cols: string[]): string =>
+    cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd();
+  return lines.map(line).join('\n');
 }
 
 function reportField(report: Record<string, unknown> | null | undefined, key: string): number | null {
@@ -822,7 +864,9 @@ function preflight(options: Options, repoRoot: string): Preflight {
   let resticVersion: string | null = null;
   if (options.tools.includes('restic')) {
     resticVersion = toolVersion('restic', ['version']);
-    if (resticVersion === null) missing.push('restic is missing or does not run; install it with: apt-get install restic (or run with --only cairn)');
+    if (resticVersion === null) {
+      missing.push('restic is missing or does not run; install it with: apt-get install restic (or run with --only cairn)');
+    }
   }
   if (options.tools.includes('cairn')) {
     const bin = path.join(repoRoot, 'bin', 'cairn.js');
@@ -897,9 +941,13 @@ async function runBenchmark(
   resticVersion: string | null,
 ): Promise<number> {
   const image = path.join(work, WORK_NAMES.image);
-  const rssDir = path.join(work, WORK_NAMES.rss);
-  fs.mkdirSync(rssDir);
+  const timeDir = path.join(work, WORK_NAMES.time);
+  fs.mkdirSync(timeDir);
   log(`work directory ${work}`);
+  const loadStart = os.loadavg()[0]!;
+  if (loadStart > os.cpus().length / 2) {
+    log(`warning: load average ${loadStart.toFixed(1)} on ${os.cpus().length} cpus; other work will skew the times`);
+  }
 
   const buildStart = performance.now();
   const tree = await buildImage(image, path.join(work, WORK_NAMES.tree), opts, work);
@@ -913,11 +961,11 @@ async function runBenchmark(
   const subjects: Partial<Record<Tool, Subject>> = {};
   const runs: Partial<Record<Tool, ToolRun>> = {};
   if (opts.tools.includes('cairn')) {
-    subjects.cairn = cairnSubject(work, repoRoot, image, opts, rssDir);
+    subjects.cairn = cairnSubject(work, repoRoot, image, opts, timeDir);
     runs.cairn = { tool: 'cairn', version: null };
   }
   if (opts.tools.includes('restic')) {
-    subjects.restic = resticSubject(work, image, rssDir);
+    subjects.restic = resticSubject(work, image, timeDir);
     runs.restic = { tool: 'restic', version: resticVersion };
   }
   const each = async (what: string, fn: (subject: Subject, run: ToolRun) => Promise<void>): Promise<void> => {
@@ -949,8 +997,10 @@ async function runBenchmark(
   }
 
   const rows = buildRows(runs.cairn, runs.restic);
+  const loadEnd = os.loadavg()[0]!;
   const header = [
     `cairn bench  ${new Date().toISOString()}  node ${process.version}  ${resticVersion ?? 'restic not run'}  ${os.cpus().length} cpus  ${formatBytes(os.totalmem())} RAM`,
+    `load         1-minute load average ${loadStart.toFixed(1)} at start, ${loadEnd.toFixed(1)} at end`,
     `image        ${(opts.sizeBytes / GiB).toFixed(2)} GiB (${opts.sizeBytes} bytes) ext4, ${formatBytes(imageAllocated)} allocated`,
     `used         ${formatBytes(tree.bytes)} (${tree.bytes} bytes, du -sb) in ${tree.files} files from ${tree.sources.join(', ')}`,
     `changed      ${changes.blocks} blocks x ${changes.blockSize / KiB} KiB at 4 KiB-aligned offsets = ${formatBytes(changes.bytesWritten)} (seed ${opts.seed})`,
@@ -985,7 +1035,13 @@ async function runBenchmark(
 
   const result = {
     date: new Date().toISOString(),
-    host: { node: process.version, platform: `${os.platform()} ${os.release()}`, cpus: os.cpus().length, memoryBytes: os.totalmem() },
+    host: {
+      node: process.version,
+      platform: `${os.platform()} ${os.release()}`,
+      cpus: os.cpus().length,
+      memoryBytes: os.totalmem(),
+      loadAverage: { start: loadStart, end: loadEnd },
+    },
     options: {
       sizeBytes: opts.sizeBytes,
       usedBytes: opts.usedBytes,

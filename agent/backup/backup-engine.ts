@@ -77,7 +77,6 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       const parentDisk = parent?.disks.find((d) => d.index === i && d.source === source.name);
       const parentMap =
         parentDisk && parentDisk.chunkSize === vault.config.chunkSize ? await vault.readBlockMap(parentDisk.blockMap) : undefined;
-      const before = { bytes: writer.bytesWritten, packs: writer.packsWritten };
       const r = await backupDisk(vault, source, index, writer, pool, parentMap, (done) => {
         progress.bytesDone += done;
         progress.bytesStored = writer.bytesWritten;
@@ -94,7 +93,7 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
         blockMap: blockMapKey(id, i),
         usedBytes: r.usedBytes,
         newChunks: r.newChunks,
-        newBytes: writer.bytesWritten - before.bytes,
+        newBytes: r.newBytes,
         changeDetection: parentMap ? 'compare' : 'all',
       });
     }
@@ -145,6 +144,8 @@ interface DiskResult {
   bytesRead: number;
   usedBytes: number;
   newChunks: number;
+  /** Stored (compressed, sealed) bytes of the new chunks, counted as they are added to packs. */
+  newBytes: number;
   changedChunks: number;
 }
 
@@ -170,9 +171,13 @@ async function backupDisk(
   const pending = new Set<string>();
   const inFlight = new Set<Promise<void>>();
   const maxInFlight = pool.size * 3;
+  // Read buffers come back from the workers with the encoded chunks and are reused: fresh 2 MiB
+  // buffers for every batch would cost a page fault per 4 KiB read and keep the GC busy.
+  const spare: ArrayBuffer[] = [];
   let failure: unknown;
   let usedBytes = 0;
   let newChunks = 0;
+  let newBytes = 0;
   let changedChunks = 0;
   let batchNo = 0;
 
@@ -181,7 +186,8 @@ async function backupDisk(
     if (failure) break;
     await writer.waitForCapacity();
     const length = Math.min(batchBytes, source.size - position);
-    const buf = Buffer.allocUnsafeSlow(length);
+    const ab = spare.pop() ?? new ArrayBuffer(batchBytes);
+    const buf = Buffer.from(ab, 0, length);
     const n = await source.read(buf, length, position);
     if (n !== length) {
       throw new CairnError(
@@ -194,9 +200,7 @@ async function backupDisk(
     const firstChunk = position / chunkSize;
     const worker = pool.leastBusy();
     const work = (async () => {
-      const hashed = await pool.call(worker, { type: 'hash', batch, data: buf.buffer as ArrayBuffer, length, chunkSize }, [
-        buf.buffer as ArrayBuffer,
-      ]);
+      const hashed = await pool.call(worker, { type: 'hash', batch, data: ab, length, chunkSize }, [ab]);
       if (hashed.type !== 'hashed') throw new CairnError('INTERNAL', 'unexpected worker reply');
       const ids = Buffer.from(hashed.ids);
       const count = ids.length / ID_BYTES;
@@ -218,6 +222,7 @@ async function backupDisk(
       }
       const encoded = await pool.call(worker, { type: 'encode', batch, which });
       if (encoded.type !== 'encoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
+      spare.push(encoded.data);
       const blob = Buffer.from(encoded.blob);
       const items = encoded.items;
       for (let k = 0; k < items.length; k += 5) {
@@ -226,6 +231,7 @@ async function backupDisk(
         writer.add(id, blob.subarray(items[k + 2], items[k + 2] + items[k + 3]), items[k + 1], items[k + 4]);
         pending.delete(id.toString('latin1'));
         newChunks++;
+        newBytes += items[k + 3];
       }
     })().catch((err) => {
       failure ??= err;
@@ -235,5 +241,5 @@ async function backupDisk(
   }
   await Promise.all(inFlight);
   if (failure) throw failure;
-  return { map, bytesRead: source.size, usedBytes, newChunks, changedChunks };
+  return { map, bytesRead: source.size, usedBytes, newChunks, newBytes, changedChunks };
 }

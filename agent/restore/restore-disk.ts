@@ -3,7 +3,7 @@ import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
-import { readDiskChunks } from '../../shared/vault/disk-reader.js';
+import { writeDiskChunks } from '../../shared/vault/disk-reader.js';
 import type { DiskRecord } from '../../shared/vault/manifest.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import type { WorkerPool } from '../../shared/vault/worker-pool.js';
@@ -58,12 +58,9 @@ export async function restoreDisk(
   let bytesWritten = 0;
   try {
     if (!device) await fh.truncate(disk.size);
-    await readDiskChunks(vault, index, map, pool, async (positions, data) => {
-      for (const p of positions) {
-        await writeAll(fh, data, p * map.chunkSize);
-        bytesWritten += data.length;
-        opts.onProgress?.(data.length);
-      }
+    await writeDiskChunks(vault, index, map, pool, fh.fd, (n) => {
+      bytesWritten += n;
+      opts.onProgress?.(n);
     });
     if (device) {
       const zero = Buffer.alloc(map.chunkSize);

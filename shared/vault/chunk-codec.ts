@@ -1,11 +1,12 @@
-import { Compressor, Decompressor } from 'zstd-napi';
+import binding from 'zstd-napi/binding.js';
 import { CairnError } from '../errors.js';
 import { ChunkHasher, open, sealParts } from './crypto.js';
 
 /**
- * How one chunk is stored (FORMAT.md, "Chunk blobs"): the plaintext is compressed with zstd when that
- * makes it smaller, then sealed with AES-256-GCM using the chunk id as associated data. The codec and
- * lengths travel in pack headers and index entries, not inside the blob.
+ * How one chunk is stored (FORMAT.md, "Chunks"): the plaintext is compressed with zstd when that
+ * saves at least 1/32, then sealed with AES-256-GCM using the chunk id as associated data. The codec
+ * and lengths travel in pack headers and index entries, not inside the blob. Both classes hold a
+ * zstd context and a scratch buffer: use one instance per thread.
  */
 
 export const enum Codec {
@@ -20,32 +21,34 @@ export interface EncodedChunk {
   length: number;
 }
 
-/** Encodes chunks; holds a zstd context, so use one per thread. */
 export class ChunkEncoder {
-  private readonly compressor = new Compressor();
+  private readonly cctx = new binding.CCtx();
+  private scratch = Buffer.alloc(0);
+
   constructor(
     private readonly encryptionKey: Buffer,
-    compressionLevel: number,
-  ) {
-    this.compressor.setParameters({ compressionLevel, checksumFlag: false, contentSizeFlag: true });
-  }
+    private readonly level: number,
+  ) {}
 
   encode(id: Buffer, plaintext: Uint8Array): EncodedChunk {
     const data = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
-    const compressed = this.compressor.compress(data);
-    // Keep compression only when it saves at least 1/32 of the chunk; otherwise decoding costs more than it saves.
-    const useZstd = compressed.length < data.length - (data.length >> 5);
-    const parts = sealParts(this.encryptionKey, useZstd ? compressed : data, id);
+    const bound = binding.compressBound(data.length);
+    if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafeSlow(bound);
+    const n = this.cctx.compress(this.scratch, data, this.level);
+    const useZstd = n < data.length - (data.length >> 5);
+    // sealParts copies while encrypting, so the scratch buffer may be reused at once.
+    const parts = sealParts(this.encryptionKey, useZstd ? this.scratch.subarray(0, n) : data, id);
     let length = 0;
     for (const p of parts) length += p.length;
     return { codec: useZstd ? Codec.Zstd : Codec.Raw, parts, length };
   }
 }
 
-/** Decodes and checks chunks; holds a zstd context, so use one per thread. */
 export class ChunkDecoder {
-  private readonly decompressor = new Decompressor();
+  private readonly dctx = new binding.DCtx();
   private readonly hasher: ChunkHasher;
+  private scratch = Buffer.alloc(0);
+
   constructor(
     private readonly encryptionKey: Buffer,
     chunkIdKey: Buffer,
@@ -54,24 +57,28 @@ export class ChunkDecoder {
   }
 
   /**
-   * Returns the plaintext of a chunk blob, after checking that it authenticates, decompresses to
-   * rawLength bytes and hashes to `id`. Any failure is VAULT_CORRUPT naming `where`.
+   * Returns the plaintext of a chunk blob after checking that it authenticates, decompresses to
+   * exactly rawLength bytes and hashes to `id`; any failure is VAULT_CORRUPT naming `where`. The
+   * result may be a view of a scratch buffer: it is valid until the next call.
    */
   decode(id: Buffer, blob: Buffer, codec: number, rawLength: number, where: string): Buffer {
-    const body = open(this.encryptionKey, blob, id, `chunk ${id.toString('hex')} in ${where}`);
+    const what = `chunk ${id.toString('hex')} in ${where}`;
+    const body = open(this.encryptionKey, blob, id, what);
     let plain: Buffer;
     if (codec === Codec.Raw) plain = body;
     else if (codec === Codec.Zstd) {
+      if (this.scratch.length < rawLength + 1) this.scratch = Buffer.allocUnsafeSlow(Math.max(rawLength + 1, 64 * 1024 + 1));
+      let n: number;
       try {
-        plain = this.decompressor.decompress(body);
+        // One spare byte: a frame that decompresses to more than rawLength is caught below.
+        n = this.dctx.decompress(this.scratch.subarray(0, rawLength + 1), body);
       } catch (err) {
-        throw new CairnError('VAULT_CORRUPT', `chunk ${id.toString('hex')} in ${where} does not decompress`, {
-          cause: err,
-        });
+        throw new CairnError('VAULT_CORRUPT', `${what} does not decompress`, { cause: err });
       }
-    } else throw new CairnError('VAULT_CORRUPT', `chunk ${id.toString('hex')} in ${where} has unknown codec ${codec}`);
+      plain = this.scratch.subarray(0, n);
+    } else throw new CairnError('VAULT_CORRUPT', `${what} has unknown codec ${codec}`);
     if (plain.length !== rawLength || !this.hasher.id(plain).equals(id)) {
-      throw new CairnError('VAULT_CORRUPT', `chunk ${id.toString('hex')} in ${where} does not match its id`);
+      throw new CairnError('VAULT_CORRUPT', `${what} does not match its id`);
     }
     return plain;
   }

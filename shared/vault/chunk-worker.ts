@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CairnError } from '../errors.js';
 import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
@@ -17,6 +18,7 @@ const idKey = Buffer.from(init.chunkIdKey);
 const hasher = new ChunkHasher(idKey);
 const encoder = new ChunkEncoder(encKey, init.compressionLevel);
 const decoder = new ChunkDecoder(encKey, idKey);
+const spareOutputs: ArrayBuffer[] = [];
 const held = new Map<number, { data: Buffer; chunkSize: number; ids: Buffer }>();
 let zeros = Buffer.alloc(0);
 
@@ -25,7 +27,7 @@ function isZero(b: Buffer): boolean {
   return b.equals(zeros.subarray(0, b.length));
 }
 
-function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
+function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } | undefined {
   switch (req.type) {
     case 'hash': {
       const data = Buffer.from(req.data, 0, req.length);
@@ -53,45 +55,54 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
         parts.push(...enc.parts);
         at += enc.length;
       }
-      // allocUnsafeSlow: an ArrayBuffer of its own (never the shared pool), so it can be transferred.
-      const blob = Buffer.allocUnsafeSlow(at);
+      // An output buffer handed back by the main thread if one is large enough, else a new one
+      // (allocUnsafeSlow: an ArrayBuffer of its own, never the shared pool, so it can be transferred).
+      const reuse = spareOutputs.findIndex((b) => b.byteLength >= at);
+      const blob = reuse >= 0 ? Buffer.from(spareOutputs.splice(reuse, 1)[0], 0, at) : Buffer.allocUnsafeSlow(Math.max(at, init.outputBytes));
       let w = 0;
       for (const p of parts) w += p.copy(blob, w);
       const ab = blob.buffer as ArrayBuffer;
-      return { reply: { type: 'encoded', batch: req.batch, blob: ab, items }, transfer: [ab] };
+      const data = batch.data.buffer as ArrayBuffer;
+      return { reply: { type: 'encoded', batch: req.batch, blob: ab, items, data }, transfer: [ab, data] };
     }
     case 'decode': {
       const data = Buffer.from(req.data);
       const ids = Buffer.from(req.ids);
-      const total = req.items.reduce((s, it) => s + it.rawLength, 0);
-      const plain = Buffer.allocUnsafeSlow(total);
       const errors: { index: number; message: string }[] = [];
-      let at = 0;
+      let bytesWritten = 0;
       req.items.forEach((it, n) => {
+        let plain: Buffer;
         try {
-          const out = decoder.decode(
+          plain = decoder.decode(
             ids.subarray(n * ID_BYTES, (n + 1) * ID_BYTES),
             data.subarray(it.offset, it.offset + it.length),
             it.codec,
             it.rawLength,
             req.where,
           );
-          out.copy(plain, at);
         } catch (err) {
           errors.push({ index: n, message: (err as Error).message });
+          return;
         }
-        at += it.rawLength;
+        if (req.fd === undefined) return;
+        for (const p of it.positions ?? []) {
+          const at = p * req.chunkSize!;
+          for (let done = 0; done < plain.length; ) done += writeSync(req.fd, plain, done, plain.length - done, at + done);
+          bytesWritten += plain.length;
+        }
       });
-      const ab = plain.buffer as ArrayBuffer;
-      return { reply: { type: 'decoded', job: req.job, plain: ab, errors }, transfer: [ab] };
+      return { reply: { type: 'decoded', job: req.job, bytesWritten, errors }, transfer: [] };
     }
+    case 'recycle':
+      spareOutputs.push(req.buffer);
+      return undefined;
   }
 }
 
 parentPort!.on('message', (msg: { seq: number; req: WorkerRequest }) => {
   try {
-    const { reply, transfer } = handle(msg.req);
-    parentPort!.postMessage({ seq: msg.seq, reply }, transfer);
+    const out = handle(msg.req);
+    if (out) parentPort!.postMessage({ seq: msg.seq, reply: out.reply }, out.transfer);
   } catch (err) {
     const e = err as CairnError;
     parentPort!.postMessage({ seq: msg.seq, error: { code: e.code ?? 'INTERNAL', message: e.message } });

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes, randomFillSync, scrypt as scryptCb } from 'node:crypto';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { CairnError } from '../errors.js';
 
@@ -34,9 +34,24 @@ export function masterKeyFromBytes(raw: Buffer): MasterKey {
   return { encryption: Buffer.from(raw.subarray(0, 32)), chunkId: Buffer.from(raw.subarray(32, 64)) };
 }
 
+// Nonces come from a pool refilled from the CSPRNG 512 at a time: one call per chunk costs more
+// than the encryption of a small chunk. Each nonce is copied out, so no two seals share one.
+const noncePool = Buffer.alloc(NONCE_BYTES * 512);
+let nonceAt = noncePool.length;
+
+function freshNonce(): Buffer {
+  if (nonceAt === noncePool.length) {
+    randomFillSync(noncePool);
+    nonceAt = 0;
+  }
+  const nonce = Buffer.from(noncePool.subarray(nonceAt, nonceAt + NONCE_BYTES));
+  nonceAt += NONCE_BYTES;
+  return nonce;
+}
+
 /** Encrypts parts (concatenated) into nonce | ciphertext | tag as a list of buffers (no extra copy). */
 export function sealParts(key: Buffer, plaintext: Buffer | Buffer[], aad: Buffer): Buffer[] {
-  const nonce = randomBytes(NONCE_BYTES);
+  const nonce = freshNonce();
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
   cipher.setAAD(aad);
   const parts = [nonce];

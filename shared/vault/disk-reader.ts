@@ -16,18 +16,20 @@ interface Item {
 }
 
 /**
- * Reads every non-zero chunk of a block map once (a chunk used at several positions is fetched
- * and decoded once), pack by pack in offset order with neighbouring blobs merged into one ranged
- * get, decoded and checked against its id in the workers. `onChunk` receives the positions the
- * plaintext belongs at; it is awaited, which bounds memory. Throws VAULT_CORRUPT naming the first
- * missing or damaged chunk.
+ * Writes every non-zero chunk of a block map into the open file `fd` at its positions. Each chunk
+ * is fetched and decoded once however many positions use it; packs are read in offset order with
+ * neighbouring blobs merged into one ranged get; the workers decrypt, decompress, check the id and
+ * write (positional writes, so the file descriptor is shared safely). At most two reads per worker
+ * are in flight, which bounds memory. Throws VAULT_CORRUPT naming the first missing or damaged
+ * chunk; positions are never written with unchecked data.
  */
-export async function readDiskChunks(
+export async function writeDiskChunks(
   vault: Vault,
   index: ChunkIndex,
   map: BlockMap,
   pool: WorkerPool,
-  onChunk: (positions: number[], data: Buffer) => Promise<void>,
+  fd: number,
+  onBytes: (bytes: number) => void,
 ): Promise<void> {
   const byId = new Map<string, Item>();
   for (let p = 0; p < map.count; p++) {
@@ -79,7 +81,7 @@ export async function readDiskChunks(
   for (const job of jobs) {
     while (inFlight.size >= pool.size * 2) await Promise.race(inFlight);
     if (failure) break;
-    const work = runJob(vault, pool, job, jobNo++, onChunk).catch((err) => {
+    const work = runJob(vault, pool, job, jobNo++, fd, map.chunkSize, onBytes).catch((err) => {
       failure ??= err;
     });
     const tracked = work.finally(() => inFlight.delete(tracked));
@@ -94,7 +96,9 @@ async function runJob(
   pool: WorkerPool,
   job: Item[],
   jobNo: number,
-  onChunk: (positions: number[], data: Buffer) => Promise<void>,
+  fd: number,
+  chunkSize: number,
+  onBytes: (bytes: number) => void,
 ): Promise<void> {
   const packId = job[0].loc.packId;
   const start = job[0].loc.offset;
@@ -110,27 +114,39 @@ async function runJob(
   if (data.length !== end - start) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is shorter than its index says`);
   const ids = Buffer.allocUnsafeSlow(job.length * ID_BYTES);
   job.forEach((it, n) => it.id.copy(ids, n * ID_BYTES));
-  // A private copy of the bytes so the ArrayBuffer can be transferred to the worker.
-  const own = Buffer.allocUnsafeSlow(data.length);
-  data.copy(own);
+  const dataBuffer = transferable(data);
   const reply = await pool.call(
     pool.leastBusy(),
     {
       type: 'decode',
       job: jobNo,
       where: `pack ${packId}`,
-      data: own.buffer as ArrayBuffer,
+      data: dataBuffer,
       ids: ids.buffer as ArrayBuffer,
-      items: job.map((it) => ({ offset: it.loc.offset - start, length: it.loc.length, codec: it.loc.codec, rawLength: it.loc.rawLength })),
+      items: job.map((it) => ({
+        offset: it.loc.offset - start,
+        length: it.loc.length,
+        codec: it.loc.codec,
+        rawLength: it.loc.rawLength,
+        positions: it.positions,
+      })),
+      fd,
+      chunkSize,
     },
-    [own.buffer as ArrayBuffer, ids.buffer as ArrayBuffer],
+    [dataBuffer, ids.buffer as ArrayBuffer],
   );
   if (reply.type !== 'decoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
+  onBytes(reply.bytesWritten);
   if (reply.errors.length) throw new CairnError('VAULT_CORRUPT', `${reply.errors[0].message}; run 'cairn vault verify --read-data'`);
-  const plain = Buffer.from(reply.plain);
-  let at = 0;
-  for (const it of job) {
-    await onChunk(it.positions, plain.subarray(at, at + it.loc.rawLength));
-    at += it.loc.rawLength;
-  }
+}
+
+/**
+ * The bytes of `buf` as an ArrayBuffer that may be moved to a worker: its own buffer when it owns
+ * it whole (large reads do), else a copy. Callers must not use `buf` afterwards.
+ */
+export function transferable(buf: Buffer): ArrayBuffer {
+  if (buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && buf.buffer instanceof ArrayBuffer) return buf.buffer;
+  const own = Buffer.allocUnsafeSlow(buf.length);
+  buf.copy(own);
+  return own.buffer as ArrayBuffer;
 }

@@ -55,7 +55,9 @@ export async function collectGarbage(vault: Vault, opts: GcOptions): Promise<GcR
 async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResult> {
   const threshold = opts.repackThreshold ?? 0.2;
   const previous = await readGcPlan(vault);
-  const { index, indexKeys } = await vault.loadIndex({ includeCondemned: true });
+  // Without the packs a previous plan condemned: a live chunk that also sits in one of them must be
+  // located in its surviving copy (e.g. the repack of that pack), or that copy would look dead.
+  const { index, indexKeys } = await vault.loadIndex();
   await vault.recoverUnindexedPacks(index);
   const indexKeysNow = await vault.listIndexKeys();
   const perPack = await readPerPack(vault, indexKeysNow);

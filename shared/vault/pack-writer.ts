@@ -12,7 +12,8 @@ import type { Vault } from './vault.js';
  */
 export class PackWriter {
   private packId = '';
-  private parts: Buffer[] = [];
+  private buffer: Buffer | undefined;
+  private readonly spareBuffers: Buffer[] = [];
   private entries: PackEntry[] = [];
   private size = 0;
   private readonly uploads = new Set<Promise<void>>();
@@ -30,13 +31,22 @@ export class PackWriter {
     private readonly indexEvery = 8,
   ) {}
 
-  /** Appends a chunk blob to the current pack and records its location in the index at once. */
+  /**
+   * Copies a chunk blob into the current pack and records its location in the index at once. The
+   * caller may reuse `blob` as soon as this returns. Pack buffers are reused once uploaded, so the
+   * writer's memory is (maxUploads + 1) packs whatever the amount of data.
+   */
   add(id: Buffer, blob: Buffer, codec: number, rawLength: number): ChunkLocation {
     this.throwIfFailed();
     if (this.size > 0 && this.size + blob.length > this.vault.config.packSize) this.seal();
-    if (this.size === 0) this.packId = hexId(this.vault.ids, 16);
+    if (this.size === 0) {
+      this.packId = hexId(this.vault.ids, 16);
+      this.buffer = this.spareBuffers.pop();
+      const need = Math.max(this.vault.config.packSize, blob.length);
+      if (!this.buffer || this.buffer.length < need) this.buffer = Buffer.allocUnsafeSlow(need);
+    }
     const loc: ChunkLocation = { packId: this.packId, offset: this.size, length: blob.length, rawLength, codec };
-    this.parts.push(blob);
+    blob.copy(this.buffer!, this.size);
     this.entries.push({ id: Buffer.from(id), offset: this.size, length: blob.length, rawLength, codec });
     this.size += blob.length;
     this.index.add(id, loc);
@@ -69,9 +79,10 @@ export class PackWriter {
     const packId = this.packId;
     const entries = this.entries;
     const tail = packTail(this.vault.key.encryption, packId, entries);
-    const body = [...this.parts, tail];
+    const buffer = this.buffer!;
+    const body = [buffer.subarray(0, this.size), tail];
     const total = this.size + tail.length;
-    this.parts = [];
+    this.buffer = undefined;
     this.entries = [];
     this.size = 0;
     const upload = this.vault.store
@@ -87,7 +98,10 @@ export class PackWriter {
       .catch((err) => {
         this.failure ??= err instanceof CairnError ? err : new CairnError('INTERNAL', String(err), { cause: err });
       })
-      .finally(() => this.uploads.delete(upload));
+      .finally(() => {
+        this.uploads.delete(upload);
+        this.spareBuffers.push(buffer);
+      });
     this.uploads.add(upload);
   }
 

@@ -3,6 +3,7 @@ import { ID_BYTES } from './crypto.js';
 import type { Manifest } from './manifest.js';
 import { packKey, type PackEntry } from './pack.js';
 import { collectReferences } from './references.js';
+import { transferable } from './disk-reader.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
 
@@ -149,8 +150,7 @@ async function checkPack(
   } catch (err) {
     problems.push({ kind: 'bad-pack', object: key, message: (err as Error).message });
   }
-  const own = Buffer.allocUnsafeSlow(data.length);
-  data.copy(own);
+  const own = transferable(data);
   const ids = Buffer.allocUnsafeSlow(entries.length * ID_BYTES);
   entries.forEach((e, n) => e.id.copy(ids, n * ID_BYTES));
   const reply = await pool.call(
@@ -159,11 +159,11 @@ async function checkPack(
       type: 'decode',
       job: 0,
       where: `pack ${packId}`,
-      data: own.buffer as ArrayBuffer,
+      data: own,
       ids: ids.buffer as ArrayBuffer,
       items: entries.map((e) => ({ offset: e.offset, length: e.length, codec: e.codec, rawLength: e.rawLength })),
     },
-    [own.buffer as ArrayBuffer, ids.buffer as ArrayBuffer],
+    [own, ids.buffer as ArrayBuffer],
   );
   if (reply.type !== 'decoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
   for (const e of reply.errors) {

@@ -31,7 +31,12 @@ export class WorkerPool {
   private seq = 0;
 
   constructor(key: MasterKey, compressionLevel: number, size = Math.max(1, Math.min(cpus().length, 8))) {
-    const init: WorkerInit = { encryptionKey: key.encryption, chunkIdKey: key.chunkId, compressionLevel };
+    const init: WorkerInit = {
+      encryptionKey: key.encryption,
+      chunkIdKey: key.chunkId,
+      compressionLevel,
+      outputBytes: 2 * 1024 * 1024 + 64 * 1024,
+    };
     const script = workerScript();
     for (let i = 0; i < size; i++) {
       const worker = new Worker(script, { workerData: init });
@@ -70,6 +75,11 @@ export class WorkerPool {
       slot.pending.set(seq, { resolve, reject });
       slot.worker.postMessage({ seq, req }, transfer);
     });
+  }
+
+  /** Sends a message that has no reply (e.g. recycling a buffer). */
+  post(workerIndex: number, req: WorkerRequest, transfer: ArrayBuffer[] = []): void {
+    this.slots[workerIndex].worker.postMessage({ seq: 0, req }, transfer);
   }
 
   async close(): Promise<void> {

@@ -15,7 +15,8 @@ a set of sources stores all used data; later ones read everything and store only
 yet each is a full restore point. Names default to manualbk_xxxxxx.
   --name NAME   name of the backup (must be unique in the vault)
   --full        do not compare with the previous backup (data already in the vault is still reused)
-  --json        print one JSON object: id, name, kind, bytesRead, bytesStored, durationMs, ...`;
+  --json        print one JSON object: id, name, kind, bytesRead, bytesStored, durationMs,
+                recoveredPacks (packs of an interrupted backup reused), ...`;
 
 export function backupJson(r: BackupResult, location: string): Record<string, unknown> {
   const m = r.manifest;
@@ -29,6 +30,7 @@ export function backupJson(r: BackupResult, location: string): Record<string, un
     bytesStored: r.bytesStored,
     durationMs: r.durationMs,
     changedChunks: r.changedChunks,
+    recoveredPacks: r.recoveredPacks,
     startedAt: m.startedAt,
     finishedAt: m.finishedAt,
     disks: m.disks.map((d) => ({
