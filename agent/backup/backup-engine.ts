@@ -5,7 +5,7 @@ import { BlockMap, blockMapKey, ZERO_ID } from '../../shared/vault/block-map.js'
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
 import { ID_BYTES } from '../../shared/vault/crypto.js';
 import { Lease } from '../../shared/vault/lease.js';
-import type { DiskRecord, Manifest } from '../../shared/vault/manifest.js';
+import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
@@ -115,7 +115,16 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       bytesRead,
       bytesStored,
     };
-    manifest.bytesStored += await vault.writeManifest(manifest);
+    // bytesStored counts the manifest too; its sealed size depends on the number's own digits, so
+    // settle the two (converges in at most a few rounds).
+    const base = manifest.bytesStored;
+    for (let size = 0, i = 0; i < 8; i++) {
+      manifest.bytesStored = base + size;
+      const next = encodeManifest(vault.key.encryption, manifest).length;
+      if (next === size) break;
+      size = next;
+    }
+    await vault.writeManifest(manifest);
     opts.onProgress?.({ bytesDone: bytesTotal, bytesTotal, bytesStored: manifest.bytesStored });
     return {
       manifest,
