@@ -48,6 +48,11 @@ export interface ObjectStore {
   stat(key: string): Promise<ObjectInfo | undefined>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
+  /**
+   * Removes leftovers of writes that never completed (temp files, unfinished multipart uploads)
+   * older than `olderThanMs`; returns how many. Optional: stores without such leftovers omit it.
+   */
+  removeStaleTempFiles?(olderThanMs: number, now?: Date): Promise<number>;
 }
 
 const keyPattern = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;

@@ -1,4 +1,4 @@
-import { isCairnError } from '../errors.js';
+import { CairnError, isCairnError } from '../errors.js';
 import { ChunkIndex } from './chunk-index.js';
 import { GC_PLAN_KEY, readGcPlan, writeGcPlan } from './gc-plan.js';
 import type { IndexedPack } from './index-file.js';
@@ -46,6 +46,15 @@ export interface GcResult {
 export async function collectGarbage(vault: Vault, opts: GcOptions): Promise<GcResult> {
   const lease = await Lease.acquire(vault, 'gc');
   try {
+    // One gc at a time: two sweeps could each write an index naming packs the other deletes.
+    const rival = (await liveLeases(vault)).find((l) => l.purpose === 'gc' && l.id !== lease.record.id);
+    if (rival) {
+      throw new CairnError(
+        'BUSY',
+        `another gc runs on ${vault.store.location} (host ${rival.host}, pid ${rival.pid}, since ${rival.createdAt}); ` +
+          `wait for it to finish (if it died on another host, its lease expires at ${rival.expiresAt})`,
+      );
+    }
     return await run(vault, opts, lease);
   } finally {
     await lease.release().catch(() => undefined);
@@ -54,6 +63,8 @@ export async function collectGarbage(vault: Vault, opts: GcOptions): Promise<GcR
 
 async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResult> {
   const threshold = opts.repackThreshold ?? 0.2;
+  // Leftovers of interrupted writes: no write takes an hour, so older ones are abandoned.
+  await vault.store.removeStaleTempFiles?.(Math.max(opts.graceMs, 60 * 60 * 1000), vault.clock.now());
   const previous = await readGcPlan(vault);
   // Without the packs a previous plan condemned: a live chunk that also sits in one of them must be
   // located in its surviving copy (e.g. the repack of that pack), or that copy would look dead.
@@ -127,7 +138,8 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   }
   await writeGcPlan(vault, plan);
 
-  const older = (await liveLeases(vault)).filter((l) => l.id !== lease.record.id && l.createdAt < plan.createdAt);
+  // Only backups can have picked up chunks of condemned packs; gc runs are exclusive.
+  const older = (await liveLeases(vault)).filter((l) => l.purpose === 'backup' && l.createdAt < plan.createdAt);
   if (older.length) {
     result.deferred = { leases: older.length };
     return result;

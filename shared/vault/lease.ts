@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { hexId } from '../clock.js';
+import { isCairnError } from '../errors.js';
 import type { Vault } from './vault.js';
 
 /**
@@ -59,15 +60,33 @@ export class Lease {
   }
 }
 
-/** Leases that have not expired, oldest first. Unreadable lease objects count as live (safe side). */
+/**
+ * True when the lease's process is known to be gone: it ran on this host and its pid no longer
+ * exists (restic's stale-lock rule). Leases of other hosts are judged by expiresAt alone.
+ */
+function holderIsGone(rec: LeaseRecord): boolean {
+  if (rec.host !== hostname() || rec.pid === process.pid) return false;
+  try {
+    process.kill(rec.pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/**
+ * Leases that have not expired and whose process may still run, oldest first. Unreadable lease
+ * objects count as live (the safe side); ones deleted while listing are skipped.
+ */
 export async function liveLeases(vault: Vault): Promise<LeaseRecord[]> {
   const now = vault.clock.now().getTime();
   const out: LeaseRecord[] = [];
   for await (const o of vault.store.list('leases/')) {
     try {
       const rec = JSON.parse((await vault.store.get(o.key)).toString('utf8')) as LeaseRecord;
-      if (Date.parse(rec.expiresAt) > now) out.push(rec);
-    } catch {
+      if (Date.parse(rec.expiresAt) > now && !holderIsGone(rec)) out.push(rec);
+    } catch (err) {
+      if (isCairnError(err, 'NOT_FOUND')) continue;
       out.push({
         id: o.key,
         purpose: 'backup',
