@@ -585,7 +585,6 @@ interface ToolRun {
 
 interface Subject {
   init(): Promise<void>;
-  repoDir: string;
   backup(step: 'full' | 'incremental'): Promise<BackupStep>;
   /** Restores the latest backup; returns the path of the restored image. */
   restore(): Promise<{ measurement: Measurement; file: string }>;
@@ -637,7 +636,6 @@ function cairnSubject(work: string, repoRoot: string, image: string, options: Op
   let lastKind: string | undefined;
 
   return {
-    repoDir: vault,
     async init() {
       const args = ['vault', 'init', vault];
       if (options.chunkSize !== undefined) args.push('--chunk-size', options.chunkSize);
@@ -679,7 +677,6 @@ function resticSubject(work: string, image: string, timeDir: string): Subject {
   const restic = (args: string[]): Command => ({ file: 'restic', args: [...args, ...common], env });
 
   return {
-    repoDir: repo,
     async init() {
       await runChecked('restic init', restic(['init']));
     },
