@@ -3,7 +3,8 @@ import { CairnError } from '../../shared/errors.js';
 import { shortSuffix } from '../../shared/clock.js';
 import { BlockMap, blockMapKey, ZERO_ID } from '../../shared/vault/block-map.js';
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
-import { ID_BYTES } from '../../shared/vault/crypto.js';
+import { ID_BYTES, SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
+import type { BatchSlot } from '../../shared/vault/worker-protocol.js';
 import { Lease } from '../../shared/vault/lease.js';
 import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
@@ -179,10 +180,19 @@ async function backupDisk(
   const map = new BlockMap(chunkSize, source.size);
   const pending = new Set<string>();
   const inFlight = new Set<Promise<void>>();
-  const maxInFlight = pool.size * 3;
-  // Read buffers come back from the workers with the encoded chunks and are reused: fresh 2 MiB
-  // buffers for every batch would cost a page fault per 4 KiB read and keep the GC busy.
-  const spare: ArrayBuffer[] = [];
+  // Batches live in shared slots (worker-protocol.ts): nothing is copied or transferred between
+  // threads, and memory is the slots' whatever the disk size.
+  const slots: BatchSlot[] = [];
+  for (let i = 0; i < pool.size * 3; i++) {
+    slots.push({
+      input: new SharedArrayBuffer(batchBytes),
+      output: new SharedArrayBuffer(batchBytes + (batchBytes / chunkSize) * (SEAL_OVERHEAD + 16)),
+    });
+  }
+  await pool.broadcast({ type: 'slots', slots });
+  const inputs = slots.map((s) => Buffer.from(s.input));
+  const outputs = slots.map((s) => Buffer.from(s.output));
+  const freeSlots = slots.map((_, i) => i);
   let failure: unknown;
   let usedBytes = 0;
   let newChunks = 0;
@@ -191,13 +201,12 @@ async function backupDisk(
   let batchNo = 0;
 
   for (let position = 0; position < source.size; position += batchBytes) {
-    while (inFlight.size >= maxInFlight) await Promise.race(inFlight);
+    while (freeSlots.length === 0) await Promise.race(inFlight);
     if (failure) break;
     await writer.waitForCapacity();
     const length = Math.min(batchBytes, source.size - position);
-    const ab = spare.pop() ?? new ArrayBuffer(batchBytes);
-    const buf = Buffer.from(ab, 0, length);
-    const n = await source.read(buf, length, position);
+    const slot = freeSlots.pop()!;
+    const n = await source.read(inputs[slot], length, position);
     if (n !== length) {
       throw new CairnError(
         'SOURCE_UNREADABLE',
@@ -209,7 +218,7 @@ async function backupDisk(
     const firstChunk = position / chunkSize;
     const worker = pool.leastBusy();
     const work = (async () => {
-      const hashed = await pool.call(worker, { type: 'hash', batch, data: ab, length, chunkSize }, [ab]);
+      const hashed = await pool.call(worker, { type: 'hash', batch, slot, length, chunkSize });
       if (hashed.type !== 'hashed') throw new CairnError('INTERNAL', 'unexpected worker reply');
       const ids = Buffer.from(hashed.ids);
       const count = ids.length / ID_BYTES;
@@ -231,8 +240,7 @@ async function backupDisk(
       }
       const encoded = await pool.call(worker, { type: 'encode', batch, which });
       if (encoded.type !== 'encoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
-      spare.push(encoded.data);
-      const blob = Buffer.from(encoded.blob);
+      const blob = outputs[slot];
       const items = encoded.items;
       for (let k = 0; k < items.length; k += 5) {
         const i = items[k];
@@ -245,7 +253,10 @@ async function backupDisk(
     })().catch((err) => {
       failure ??= err;
     });
-    const tracked = work.finally(() => inFlight.delete(tracked));
+    const tracked = work.finally(() => {
+      inFlight.delete(tracked);
+      freeSlots.push(slot);
+    });
     inFlight.add(tracked);
   }
   await Promise.all(inFlight);

@@ -58,24 +58,29 @@ export class ChunkDecoder {
 
   /**
    * Returns the plaintext of a chunk blob after checking that it authenticates, decompresses to
-   * exactly rawLength bytes and hashes to `id`; any failure is VAULT_CORRUPT naming `where`. The
-   * result may be a view of a scratch buffer: it is valid until the next call.
+   * exactly rawLength bytes and hashes to `id`; any failure is VAULT_CORRUPT naming `where`. With
+   * `into` (at least rawLength + 1 bytes) the plaintext is placed there; otherwise the result may be
+   * a view of a scratch buffer, valid until the next call.
    */
-  decode(id: Buffer, blob: Buffer, codec: number, rawLength: number, where: string): Buffer {
+  decode(id: Buffer, blob: Buffer, codec: number, rawLength: number, where: string, into?: Buffer): Buffer {
     const what = `chunk ${id.toString('hex')} in ${where}`;
     const body = open(this.encryptionKey, blob, id, what);
     let plain: Buffer;
-    if (codec === Codec.Raw) plain = body;
+    if (codec === Codec.Raw) plain = into ? into.subarray(0, body.copy(into)) : body;
     else if (codec === Codec.Zstd) {
-      if (this.scratch.length < rawLength + 1) this.scratch = Buffer.allocUnsafeSlow(Math.max(rawLength + 1, 64 * 1024 + 1));
+      let out = into;
+      if (!out || out.length < rawLength + 1) {
+        if (this.scratch.length < rawLength + 1) this.scratch = Buffer.allocUnsafeSlow(Math.max(rawLength + 1, 64 * 1024 + 1));
+        out = this.scratch;
+      }
       let n: number;
       try {
         // One spare byte: a frame that decompresses to more than rawLength is caught below.
-        n = this.dctx.decompress(this.scratch.subarray(0, rawLength + 1), body);
+        n = this.dctx.decompress(out.subarray(0, rawLength + 1), body);
       } catch (err) {
         throw new CairnError('VAULT_CORRUPT', `${what} does not decompress`, { cause: err });
       }
-      plain = this.scratch.subarray(0, n);
+      plain = out.subarray(0, n);
     } else throw new CairnError('VAULT_CORRUPT', `${what} has unknown codec ${codec}`);
     if (plain.length !== rawLength || !this.hasher.id(plain).equals(id)) {
       throw new CairnError('VAULT_CORRUPT', `${what} does not match its id`);

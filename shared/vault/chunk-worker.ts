@@ -1,4 +1,6 @@
-import { writeSync } from 'node:fs';
+import { writeSync, writevSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CairnError } from '../errors.js';
 import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
@@ -8,8 +10,8 @@ import type { WorkerInit, WorkerReply, WorkerRequest } from './worker-protocol.j
 /**
  * Worker thread for the CPU-heavy steps: zero detection and hashing, then compression and
  * encryption of the chunks the main thread asks for (backup); decryption, decompression and id
- * checks (restore, verify). Backup batches stay here between the two steps, so data crosses the
- * thread boundary once each way.
+ * checks (restore, verify). Backup data lives in shared slots (worker-protocol.ts, BatchSlot) and
+ * never crosses the thread boundary.
  */
 
 const init = workerData as WorkerInit;
@@ -18,8 +20,9 @@ const idKey = Buffer.from(init.chunkIdKey);
 const hasher = new ChunkHasher(idKey);
 const encoder = new ChunkEncoder(encKey, init.compressionLevel);
 const decoder = new ChunkDecoder(encKey, idKey);
-const spareOutputs: ArrayBuffer[] = [];
-const held = new Map<number, { data: Buffer; chunkSize: number; ids: Buffer }>();
+let slots: { input: Buffer; output: Buffer }[] = [];
+let jobBuffer = Buffer.alloc(0);
+const held = new Map<number, { slot: number; data: Buffer; chunkSize: number; ids: Buffer }>();
 let zeros = Buffer.alloc(0);
 
 function isZero(b: Buffer): boolean {
@@ -27,17 +30,20 @@ function isZero(b: Buffer): boolean {
   return b.equals(zeros.subarray(0, b.length));
 }
 
-function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } | undefined {
+function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   switch (req.type) {
+    case 'slots':
+      slots = req.slots.map((s) => ({ input: Buffer.from(s.input), output: Buffer.from(s.output) }));
+      return { reply: { type: 'ok' }, transfer: [] };
     case 'hash': {
-      const data = Buffer.from(req.data, 0, req.length);
+      const data = slots[req.slot].input.subarray(0, req.length);
       const count = Math.ceil(req.length / req.chunkSize);
       const ids = Buffer.alloc(count * ID_BYTES);
       for (let i = 0; i < count; i++) {
         const chunk = data.subarray(i * req.chunkSize, Math.min((i + 1) * req.chunkSize, req.length));
         if (!isZero(chunk)) hasher.id(chunk).copy(ids, i * ID_BYTES);
       }
-      held.set(req.batch, { data, chunkSize: req.chunkSize, ids });
+      held.set(req.batch, { slot: req.slot, data, chunkSize: req.chunkSize, ids });
       const copy = new Uint8Array(ids).buffer;
       return { reply: { type: 'hashed', batch: req.batch, ids: copy }, transfer: [copy] };
     }
@@ -45,31 +51,28 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       const batch = held.get(req.batch);
       held.delete(req.batch);
       if (!batch) throw new CairnError('INTERNAL', `worker holds no batch ${req.batch}`);
-      const parts: Buffer[] = [];
+      const out = slots[batch.slot].output;
       const items: number[] = [];
       let at = 0;
       for (const i of req.which) {
         const chunk = batch.data.subarray(i * batch.chunkSize, Math.min((i + 1) * batch.chunkSize, batch.data.length));
         const enc = encoder.encode(batch.ids.subarray(i * ID_BYTES, (i + 1) * ID_BYTES), chunk);
         items.push(i, enc.codec, at, enc.length, chunk.length);
-        parts.push(...enc.parts);
-        at += enc.length;
+        for (const p of enc.parts) at += p.copy(out, at);
       }
-      // An output buffer handed back by the main thread if one is large enough, else a new one
-      // (allocUnsafeSlow: an ArrayBuffer of its own, never the shared pool, so it can be transferred).
-      const reuse = spareOutputs.findIndex((b) => b.byteLength >= at);
-      const blob = reuse >= 0 ? Buffer.from(spareOutputs.splice(reuse, 1)[0], 0, at) : Buffer.allocUnsafeSlow(Math.max(at, init.outputBytes));
-      let w = 0;
-      for (const p of parts) w += p.copy(blob, w);
-      const ab = blob.buffer as ArrayBuffer;
-      const data = batch.data.buffer as ArrayBuffer;
-      return { reply: { type: 'encoded', batch: req.batch, blob: ab, items, data }, transfer: [ab, data] };
+      return { reply: { type: 'encoded', batch: req.batch, items }, transfer: [] };
     }
     case 'decode': {
       const data = Buffer.from(req.data);
       const ids = Buffer.from(req.ids);
       const errors: { index: number; message: string }[] = [];
-      let bytesWritten = 0;
+      const writing = req.fd !== undefined;
+      // Decode the whole job into one buffer first, then write it under the pool's write lock:
+      // concurrent writers to one file contend on its inode lock and burn CPU spinning.
+      const need = req.items.reduce((s, it) => s + it.rawLength, 0) + 1;
+      if (writing && jobBuffer.length < need) jobBuffer = Buffer.allocUnsafeSlow(need);
+      const writes: { position: number; at: number; length: number }[] = [];
+      let at = 0;
       req.items.forEach((it, n) => {
         let plain: Buffer;
         try {
@@ -79,30 +82,90 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
             it.codec,
             it.rawLength,
             req.where,
+            writing ? jobBuffer.subarray(at) : undefined,
           );
         } catch (err) {
           errors.push({ index: n, message: (err as Error).message });
           return;
         }
-        if (req.fd === undefined) return;
-        for (const p of it.positions ?? []) {
-          const at = p * req.chunkSize!;
-          for (let done = 0; done < plain.length; ) done += writeSync(req.fd, plain, done, plain.length - done, at + done);
-          bytesWritten += plain.length;
-        }
+        if (!writing) return;
+        for (const p of it.positions ?? []) writes.push({ position: p * req.chunkSize!, at, length: plain.length });
+        at += plain.length;
       });
+      const bytesWritten = writing ? writeRuns(req.fd!, writes) : 0;
       return { reply: { type: 'decoded', job: req.job, bytesWritten, errors }, transfer: [] };
     }
-    case 'recycle':
-      spareOutputs.push(req.buffer);
-      return undefined;
   }
+}
+
+/**
+ * Writes decoded chunks (views of jobBuffer) at their positions, holding the pool-wide write lock;
+ * adjacent positions go out in one pwritev.
+ */
+function writeRuns(fd: number, writes: { position: number; at: number; length: number }[]): number {
+  writes.sort((a, b) => a.position - b.position);
+  let total = 0;
+  lockWrites();
+  try {
+    for (let i = 0; i < writes.length; ) {
+      const start = writes[i].position;
+      const parts: Buffer[] = [];
+      let end = start;
+      while (i < writes.length && writes[i].position === end && parts.length < 256) {
+        parts.push(jobBuffer.subarray(writes[i].at, writes[i].at + writes[i].length));
+        end += writes[i].length;
+        i++;
+      }
+      let done = writevSync(fd, parts, start);
+      // A short write is rare (signals, full disk); finish the run piece by piece.
+      for (let off = 0, k = 0; done < end - start && k < parts.length; k++) {
+        const p = parts[k];
+        if (off + p.length <= done) {
+          off += p.length;
+          continue;
+        }
+        let from = done - off;
+        while (from < p.length) {
+          const n = writeSync(fd, p, from, p.length - from, start + off + from);
+          from += n;
+          done += n;
+        }
+        off += p.length;
+      }
+      total += end - start;
+    }
+  } finally {
+    unlockWrites();
+  }
+  return total;
+}
+
+const writeLock = new Int32Array(init.writeLock);
+
+function lockWrites(): void {
+  while (Atomics.compareExchange(writeLock, 0, 0, 1) !== 0) Atomics.wait(writeLock, 0, 1, 100);
+}
+
+function unlockWrites(): void {
+  Atomics.store(writeLock, 0, 0);
+  Atomics.notify(writeLock, 0, 1);
+}
+
+// The worker runs a minor GC after each batch, so per-chunk buffers (cipher output) are freed at
+// once instead of piling up to V8's external-memory limit in every thread (~60 MB each).
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as (opts: { type: 'minor' }) => void;
+
+/** A scavenge: cheap (the young generation is small) and frees the batch's dead buffers. */
+function collectYoung(): void {
+  gc({ type: 'minor' });
 }
 
 parentPort!.on('message', (msg: { seq: number; req: WorkerRequest }) => {
   try {
     const out = handle(msg.req);
-    if (out) parentPort!.postMessage({ seq: msg.seq, reply: out.reply }, out.transfer);
+    parentPort!.postMessage({ seq: msg.seq, reply: out.reply }, out.transfer);
+    if (msg.req.type === 'encode' || msg.req.type === 'decode') collectYoung();
   } catch (err) {
     const e = err as CairnError;
     parentPort!.postMessage({ seq: msg.seq, error: { code: e.code ?? 'INTERNAL', message: e.message } });

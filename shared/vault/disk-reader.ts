@@ -6,7 +6,7 @@ import { packKey } from './pack.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
 
-const MAX_READ = 8 * 1024 * 1024;
+const MAX_READ = 4 * 1024 * 1024;
 const MAX_GAP = 256 * 1024;
 
 interface Item {

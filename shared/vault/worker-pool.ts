@@ -16,6 +16,13 @@ function workerScript(): string {
   return compiled;
 }
 
+/** One worker per core (at most 8), or CAIRN_WORKERS. */
+export function defaultWorkers(): number {
+  const env = Number(process.env.CAIRN_WORKERS);
+  if (Number.isInteger(env) && env >= 1 && env <= 64) return env;
+  return Math.max(1, Math.min(cpus().length, 8));
+}
+
 interface Slot {
   worker: Worker;
   busy: number;
@@ -30,12 +37,12 @@ export class WorkerPool {
   private readonly slots: Slot[] = [];
   private seq = 0;
 
-  constructor(key: MasterKey, compressionLevel: number, size = Math.max(1, Math.min(cpus().length, 8))) {
+  constructor(key: MasterKey, compressionLevel: number, size = defaultWorkers()) {
     const init: WorkerInit = {
       encryptionKey: key.encryption,
       chunkIdKey: key.chunkId,
       compressionLevel,
-      outputBytes: 2 * 1024 * 1024 + 64 * 1024,
+      writeLock: new SharedArrayBuffer(4),
     };
     const script = workerScript();
     for (let i = 0; i < size; i++) {
@@ -77,9 +84,9 @@ export class WorkerPool {
     });
   }
 
-  /** Sends a message that has no reply (e.g. recycling a buffer). */
-  post(workerIndex: number, req: WorkerRequest, transfer: ArrayBuffer[] = []): void {
-    this.slots[workerIndex].worker.postMessage({ seq: 0, req }, transfer);
+  /** Sends the same request to every worker and waits for all. */
+  async broadcast(req: WorkerRequest): Promise<void> {
+    await Promise.all(this.slots.map((_, i) => this.call(i, req)));
   }
 
   async close(): Promise<void> {

@@ -4,12 +4,25 @@ export interface WorkerInit {
   encryptionKey: Uint8Array;
   chunkIdKey: Uint8Array;
   compressionLevel: number;
-  /** Size of new output buffers (at least one batch of encoded chunks), so recycled ones fit. */
-  outputBytes: number;
+  /** One Int32 shared by the pool: held while a worker writes restored data to a file. */
+  writeLock: SharedArrayBuffer;
+}
+
+/**
+ * A backup batch slot: memory shared by the main thread and all workers, so batches never cross
+ * threads by copy or transfer (which, at gigabytes, keeps the garbage collector busy). The main
+ * thread reads source data into `input`; a worker writes the sealed blobs of the chunks the vault
+ * lacks into `output`; the main thread copies them into packs, then reuses the slot.
+ */
+export interface BatchSlot {
+  input: SharedArrayBuffer;
+  output: SharedArrayBuffer;
 }
 
 export type WorkerRequest =
-  | { type: 'hash'; batch: number; data: ArrayBuffer; length: number; chunkSize: number }
+  /** Registers the backup's slots (sent once per worker before any 'hash'). */
+  | { type: 'slots'; slots: BatchSlot[] }
+  | { type: 'hash'; batch: number; slot: number; length: number; chunkSize: number }
   | { type: 'encode'; batch: number; which: number[] }
   | {
       type: 'decode';
@@ -25,17 +38,13 @@ export type WorkerRequest =
        */
       fd?: number;
       chunkSize?: number;
-    }
-  /** Gives an output buffer back to the worker for reuse; no reply. */
-  | { type: 'recycle'; buffer: ArrayBuffer };
+    };
 
 export type WorkerReply =
+  | { type: 'ok' }
   /** ids: 32 bytes per chunk; all-zero for an all-zero chunk. */
   | { type: 'hashed'; batch: number; ids: ArrayBuffer }
-  /**
-   * items: flat [chunkIndex, codec, offset, length, rawLength] per encoded chunk, offsets into blob;
-   * data: the batch's buffer handed back for reuse by the reader.
-   */
-  | { type: 'encoded'; batch: number; blob: ArrayBuffer; items: number[]; data: ArrayBuffer }
+  /** items: flat [chunkIndex, codec, offset, length, rawLength] per encoded chunk, offsets into the slot's output */
+  | { type: 'encoded'; batch: number; items: number[] }
   /** bytesWritten: plaintext bytes written to fd; errors: items that failed their checks (not written) */
   | { type: 'decoded'; job: number; bytesWritten: number; errors: { index: number; message: string }[] };
