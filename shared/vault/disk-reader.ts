@@ -6,7 +6,7 @@ import { packKey } from './pack.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
 
-const MAX_READ = 4 * 1024 * 1024;
+const MAX_READ = 2 * 1024 * 1024;
 const MAX_GAP = 256 * 1024;
 
 interface Item {
@@ -79,7 +79,7 @@ export async function writeDiskChunks(
   let failure: unknown;
   let jobNo = 0;
   for (const job of jobs) {
-    while (inFlight.size >= pool.size * 2) await Promise.race(inFlight);
+    while (inFlight.size >= pool.size + 1) await Promise.race(inFlight);
     if (failure) break;
     const work = runJob(vault, pool, job, jobNo++, fd, map.chunkSize, onBytes).catch((err) => {
       failure ??= err;
