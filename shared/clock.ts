@@ -31,3 +31,14 @@ export function shortSuffix(ids: IdSource, length = 6): string {
   for (const b of raw) out += base36[b % 36];
   return out;
 }
+
+/** A clock that moves only when told: for tests of schedules, leases, retention and gc. */
+export class ManualClock implements Clock {
+  constructor(public ms: number) {}
+  now(): Date {
+    return new Date(this.ms);
+  }
+  advance(ms: number): void {
+    this.ms += ms;
+  }
+}

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { GcResult } from '../shared/vault/gc.js';
 import {
   expectCliError,
   exitCode,
@@ -28,15 +29,8 @@ interface BackupJson {
   kind: string;
 }
 
-interface GcJson {
-  backups: number;
-  packsBefore: number;
-  packsDeleted: number;
-  packsRepacked: number;
-  packsAfter: number;
-  bytesFreed: number;
-  deferred: unknown;
-}
+/** `vault gc --json` prints the GcResult of shared/vault/gc.ts. */
+type GcJson = GcResult;
 
 interface VerifyJson {
   ok: boolean;

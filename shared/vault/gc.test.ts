@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import type { Clock } from '../clock.js';
+import { ManualClock, type Clock } from '../clock.js';
 import { LocalStore } from '../store/local-store.js';
 import type { Body, ByteRange, ObjectInfo, ObjectStore, PutOptions } from '../store/object-store.js';
 import { BlockMap, blockMapKey } from './block-map.js';
@@ -29,15 +29,7 @@ const CHUNK = 4096;
 /** About seven random 4 KiB chunks per pack, so each backup below spans several packs. */
 const PACK = 32 * 1024;
 
-class FakeClock implements Clock {
-  constructor(public ms: number) {}
-  now(): Date {
-    return new Date(this.ms);
-  }
-  advance(ms: number): void {
-    this.ms += ms;
-  }
-}
+
 
 /** A LocalStore whose list yields keys in the order they were first written (ties broken by name). */
 class WriteOrderStore implements ObjectStore {
@@ -176,7 +168,7 @@ describe('gc', () => {
   }
 
   it('keeps unreferenced packs younger than the grace period and deletes older ones', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     const old = await storeBackup(vault, randomBytes(128 * 1024), 'old');
     const young = await storeBackup(vault, randomBytes(128 * 1024), 'young');
@@ -215,7 +207,7 @@ describe('gc', () => {
   });
 
   it('deletes block maps without a manifest only once they are older than the grace period', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     const kept = await storeBackup(vault, randomBytes(20_000), 'kept');
     const orphan = await storeBackup(vault, randomBytes(20_000), 'orphan');
@@ -233,7 +225,7 @@ describe('gc', () => {
   });
 
   it('never condemns packs newer than the oldest live lease, whatever the grace period', async () => {
-    const clock = new FakeClock(Date.now() - HOUR);
+    const clock = new ManualClock(Date.now() - HOUR);
     const vault = await newVault(clock);
     const running = await Lease.acquire(vault, 'backup'); // a backup that started an hour ago
     clock.ms = Date.now();
@@ -254,7 +246,7 @@ describe('gc', () => {
   });
 
   it('defers deletion while a lease older than the plan lives, and completes after it is released', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     const gone = await storeBackup(vault, randomBytes(128 * 1024), 'gone');
     const kept = await storeBackup(vault, randomBytes(128 * 1024), 'kept');
@@ -289,7 +281,7 @@ describe('gc', () => {
   });
 
   it('spares condemned packs that a backup which started before the plan came to need', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     const firstHalf = randomBytes(96 * 1024);
     const gone = await storeBackup(vault, Buffer.concat([firstHalf, randomBytes(96 * 1024)]), 'gone');
@@ -314,7 +306,7 @@ describe('gc', () => {
   });
 
   it('does not wait for an expired lease (its process died) and removes it', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     const gone = await storeBackup(vault, randomBytes(64 * 1024), 'gone');
     await deleteBackup(vault, gone.manifest);
@@ -338,7 +330,7 @@ describe('gc', () => {
     // Index objects are listed oldest first, so the chunk index locates the live chunks in the old,
     // condemned pack before their new copies. gc must still see the copies as the live ones.
     dir = await mkdtemp(join(tmpdir(), 'cairn-gc-'));
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await Vault.init(new WriteOrderStore(new LocalStore(dir)), 'gc test', { chunkSize: CHUNK, packSize: PACK }, { clock });
     const a = randomBytes(4 * CHUNK);
     const b = randomBytes(2 * CHUNK);
@@ -362,7 +354,7 @@ describe('gc', () => {
   });
 
   it('repacks a pack with mostly dead bytes, keeping its live chunks readable', async () => {
-    const clock = new FakeClock(Date.now());
+    const clock = new ManualClock(Date.now());
     const vault = await newVault(clock);
     // One pack holds chunks of both backups; deleting 'gone' leaves it mostly dead.
     const a = randomBytes(3 * CHUNK);

@@ -4,33 +4,25 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
-import type { Clock } from '../clock.js';
+import { ManualClock } from '../clock.js';
 import { LocalStore } from '../store/local-store.js';
 import { Lease, LEASE_TTL_MS, liveLeases } from './lease.js';
 import { Vault } from './vault.js';
 
-class FakeClock implements Clock {
-  constructor(public ms: number) {}
-  now(): Date {
-    return new Date(this.ms);
-  }
-  advance(ms: number): void {
-    this.ms += ms;
-  }
-}
+
 
 const T0 = Date.parse('2026-11-25T10:00:00.000Z');
 
 describe('leases', () => {
   let dir: string;
   let store: LocalStore;
-  let clock: FakeClock;
+  let clock: ManualClock;
   let vault: Vault;
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'cairn-lease-'));
     store = new LocalStore(dir);
-    clock = new FakeClock(T0);
+    clock = new ManualClock(T0);
     vault = await Vault.init(store, 'lease test', {}, { clock });
   });
   beforeEach(async () => {
