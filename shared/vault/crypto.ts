@@ -93,7 +93,7 @@ export class ChunkHasher {
   }
   id(data: Uint8Array): Buffer {
     this.hasher.reset();
-    this.hasher.update(data);
+    this.hasher.update(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     return this.hasher.digestBuffer();
   }
 }
