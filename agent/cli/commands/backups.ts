@@ -2,16 +2,18 @@ import { CairnError } from '../../../shared/errors.js';
 import type { Manifest } from '../../../shared/vault/manifest.js';
 import { manifestKey } from '../../../shared/vault/manifest.js';
 import { parse, vaultOptions } from '../args.js';
-import { openVault } from '../context.js';
+import { openState, openStore, openVault } from '../context.js';
 import { formatBytes, table } from '../format.js';
 
 export const backupsHelp = `Usage:
   cairn backups list --vault <vault> [--json]
   cairn backups show <id|name> --vault <vault> [--json]
   cairn backups delete <id|name> --vault <vault> [--json]
+  cairn backups history [--vault <vault>] [--json]
 
 Deleting a backup never breaks another: each is a full restore point by reference. The space of data
-no remaining backup needs is freed by 'cairn vault gc'.`;
+no remaining backup needs is freed by 'cairn vault gc'. 'history' lists the backup runs of this
+machine from its local state, failed ones included (it needs no passphrase).`;
 
 function summary(m: Manifest) {
   return {
@@ -35,6 +37,7 @@ function summary(m: Manifest) {
 export async function backupsCommand(argv: string[], out: (s: string) => void): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') return (out(backupsHelp), 0);
+  if (sub === 'history') return history(rest, out);
   if (!['list', 'show', 'delete'].includes(sub)) {
     throw new CairnError('USAGE', `unknown command 'cairn backups ${sub}'; see 'cairn backups --help'`);
   }
@@ -90,5 +93,36 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
   for (const d of m.disks) await vault.store.delete(d.blockMap);
   if (values.json) out(JSON.stringify({ deleted: { id: m.id, name: m.name } }));
   else out(`deleted backup ${m.name} (${m.id}); run 'cairn vault gc' to free data no other backup needs`);
+  return 0;
+}
+
+/** Backup runs recorded in the local state (this machine only), oldest first. */
+function history(argv: string[], out: (s: string) => void): number {
+  const { values, positionals } = parse('backups history', argv, { vault: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } });
+  if (values.help) return (out(backupsHelp), 0);
+  if (positionals.length) throw new CairnError('USAGE', `backups history: unexpected argument '${positionals[0]}'`);
+  const location = values.vault ? openStore(values.vault).location : undefined;
+  const runs = openState()
+    .runs()
+    .filter((r) => !location || r.vaultLocation === location);
+  if (values.json) out(JSON.stringify(runs));
+  else if (runs.length === 0) out('no backup runs recorded on this machine' + (location ? ` for ${location}` : ''));
+  else {
+    out(
+      table(
+        ['STARTED', 'STATUS', 'NAME', 'KIND', 'VAULT', 'READ', 'STORED', 'ERROR'],
+        runs.map((r) => [
+          r.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+          r.status,
+          r.name ?? '-',
+          r.kind ?? '-',
+          r.vaultLocation,
+          formatBytes(r.bytesRead),
+          formatBytes(r.bytesStored),
+          r.error ?? '',
+        ]),
+      ),
+    );
+  }
   return 0;
 }
