@@ -6,6 +6,7 @@ import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';
 import { vaultCommand } from './commands/vault.js';
 import { closeState } from './context.js';
+import { releaseAllLeases } from '../../shared/vault/lease.js';
 
 const help = `cairn: block-level backups of disks into deduplicated, compressed, encrypted vaults
 
@@ -29,8 +30,25 @@ function version(): string {
   return pkg.version;
 }
 
+/**
+ * Ctrl-C or a service stop: say what state things are in, give up our leases (so gc need not wait
+ * for them to expire) and exit 130/143. Nothing half-written is ever visible in a vault.
+ */
+function handleSignals(): void {
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.once(signal, () => {
+      process.stderr.write(
+        `\ncairn: interrupted by ${signal}; nothing was committed, and the next backup reuses the data already uploaded\n`,
+      );
+      setTimeout(() => process.exit(code), 3000).unref();
+      void releaseAllLeases().finally(() => process.exit(code));
+    });
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
+  handleSignals();
   const [command, ...rest] = argv;
   try {
     switch (command) {

@@ -1,0 +1,56 @@
+import { spawn } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MiB, PASSPHRASE, Sandbox, cliPath, expectOk, makeImage, sha256File } from './helpers.js';
+
+/** Ctrl-C (SIGINT) during a backup: exit 130, a clear message, no lease left, nothing committed. */
+describe('interrupting a backup', () => {
+  let box: Sandbox;
+
+  beforeAll(async () => {
+    box = await Sandbox.create('interrupt');
+  });
+
+  afterAll(async () => {
+    await box.cleanup();
+  });
+
+  it('releases its lease on SIGINT and the next backup reuses the uploaded packs', async () => {
+    const vault = await box.initVault('vault', ['--pack-size', '1M']);
+    const image = box.path('disk.img');
+    await makeImage(image, [{ kind: 'random', length: 96 * MiB }]);
+
+    const env = { ...process.env, CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: box.stateDir };
+    const child = spawn(process.execPath, [cliPath, 'backup', image, '--vault', vault], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    // Interrupt once a few packs are stored.
+    const deadline = Date.now() + 60_000;
+    let packs = 0;
+    while (Date.now() < deadline && packs < 3) {
+      await new Promise((r) => setTimeout(r, 20));
+      const dirs = await readdir(box.path('vault', 'packs')).catch(() => [] as string[]);
+      packs = dirs.length;
+    }
+    child.kill('SIGINT');
+    const code = await exited;
+
+    if (code === 0) {
+      // The machine was fast enough to finish first: then the backup must be complete.
+      expectOk(await box.cairn(['vault', 'verify', '--vault', vault]));
+      return;
+    }
+    expect(code).toBe(130);
+    expect(stderr).toContain('interrupted by SIGINT');
+    expect(stderr).not.toContain('    at ');
+    expect(await readdir(box.path('vault', 'leases')).catch(() => [])).toEqual([]);
+    expect(await readdir(box.path('vault', 'backups')).catch(() => [])).toEqual([]);
+    expectOk(await box.cairn(['vault', 'verify', '--vault', vault, '--read-data']));
+
+    const rerun = await box.cairnJson<{ name: string; recoveredPacks: number }>(['backup', image, '--vault', vault, '--json']);
+    expect(rerun.recoveredPacks).toBeGreaterThan(0);
+    expectOk(await box.cairn(['restore', rerun.name, '--vault', vault, '--to', box.path('r.img')]));
+    expect(await sha256File(box.path('r.img'))).toBe(await sha256File(image));
+  });
+});
