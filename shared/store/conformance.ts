@@ -140,6 +140,16 @@ export function runObjectStoreConformance(name: string, makeStore: () => Promise
       it('returns no bytes for a zero-length range', async () => {
         expect((await store.get('ranged/obj', { offset: 500, length: 0 })).length).toBe(0);
       });
+
+      it('reads into a caller buffer (shared memory too) when one is given', async () => {
+        const into = Buffer.from(new SharedArrayBuffer(8192));
+        const got = await store.get('ranged/obj', { offset: 100, length: 5000 }, into);
+        expect(Buffer.compare(got, data.subarray(100, 5100))).toBe(0);
+        expect(got.buffer).toBe(into.buffer);
+        // Too small a buffer is not an error: the store allocates instead.
+        const small = Buffer.alloc(10);
+        expect(Buffer.compare(await store.get('ranged/obj', { offset: 0, length: 100 }, small), data.subarray(0, 100))).toBe(0);
+      });
     });
 
     describe('atomic put', () => {

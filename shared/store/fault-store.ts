@@ -41,9 +41,9 @@ export class FaultInjectingStore implements ObjectStore {
     return this.inner.put(key, body, options);
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, into?: Buffer): Promise<Buffer> {
     this.enter('get', key);
-    return this.inner.get(key, range);
+    return this.inner.get(key, range, into);
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {

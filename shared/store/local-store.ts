@@ -55,7 +55,7 @@ export class LocalStore implements ObjectStore {
     }
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, into?: Buffer): Promise<Buffer> {
     const file = this.pathOf(key);
     if (range && !(isCount(range.offset) && isCount(range.length))) {
       throw new CairnError('INTERNAL', `get ${key}: invalid range ${JSON.stringify(range)} on ${this.location}`);
@@ -71,7 +71,7 @@ export class LocalStore implements ObjectStore {
       if (!info.isFile()) throw this.notFound(key);
       const start = Math.min(range?.offset ?? 0, info.size);
       const end = Math.min(info.size, start + (range?.length ?? info.size));
-      const out = Buffer.allocUnsafe(end - start);
+      const out = into && into.length >= end - start ? into.subarray(0, end - start) : Buffer.allocUnsafe(end - start);
       for (let filled = 0; filled < out.length; ) {
         const { bytesRead } = await handle.read(out, filled, out.length - filled, start + filled);
         if (bytesRead === 0) throw new Error(`the file ended after ${start + filled} of ${info.size} bytes`);

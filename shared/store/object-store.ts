@@ -44,7 +44,12 @@ export interface ObjectStore {
   /** A human-readable location for messages, e.g. "/srv/vault" or "s3://bucket/prefix". */
   readonly location: string;
   put(key: string, body: Body, options?: PutOptions): Promise<void>;
-  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /**
+   * Reads an object or a range of it. With `into` (large enough for the result), the bytes are
+   * placed there and a view of `into` is returned, so a reader can reuse its buffers; a store that
+   * cannot read in place copies into it.
+   */
+  get(key: string, range?: ByteRange, into?: Buffer): Promise<Buffer>;
   stat(key: string): Promise<ObjectInfo | undefined>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;

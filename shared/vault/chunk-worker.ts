@@ -63,7 +63,7 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       return { reply: { type: 'encoded', batch: req.batch, items }, transfer: [] };
     }
     case 'decode': {
-      const data = Buffer.from(req.data);
+      const data = req.slot !== undefined ? slots[req.slot].input.subarray(0, req.length) : Buffer.from(req.data!);
       const ids = Buffer.from(req.ids);
       const errors: { index: number; message: string }[] = [];
       const writing = req.fd !== undefined;

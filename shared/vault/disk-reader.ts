@@ -1,7 +1,8 @@
 import { CairnError } from '../errors.js';
 import type { BlockMap } from './block-map.js';
 import type { ChunkIndex, ChunkLocation } from './chunk-index.js';
-import { ID_BYTES } from './crypto.js';
+import { ID_BYTES, SEAL_OVERHEAD } from './crypto.js';
+import type { BatchSlot } from './worker-protocol.js';
 import { packKey } from './pack.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
@@ -75,16 +76,29 @@ export async function writeDiskChunks(
     if (job.length) jobs.push(job);
   }
 
+  // Pack ranges are read into shared slots that the workers decode in place: no per-read buffers,
+  // no transfers, so memory stays at the slots whatever the disk size.
+  const slotBytes = Math.max(MAX_READ, map.chunkSize + SEAL_OVERHEAD) + 64 * 1024;
+  const slots: BatchSlot[] = [];
+  for (let i = 0; i < pool.size + 1; i++) slots.push({ input: new SharedArrayBuffer(slotBytes), output: new SharedArrayBuffer(0) });
+  await pool.broadcast({ type: 'slots', slots });
+  const inputs = slots.map((s) => Buffer.from(s.input));
+  const freeSlots = slots.map((_, i) => i);
+
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
   let jobNo = 0;
   for (const job of jobs) {
-    while (inFlight.size >= pool.size + 1) await Promise.race(inFlight);
+    while (freeSlots.length === 0) await Promise.race(inFlight);
     if (failure) break;
-    const work = runJob(vault, pool, job, jobNo++, fd, map.chunkSize, onBytes).catch((err) => {
+    const slot = freeSlots.pop()!;
+    const work = runJob(vault, pool, job, jobNo++, fd, map.chunkSize, onBytes, slot, inputs[slot]).catch((err) => {
       failure ??= err;
     });
-    const tracked = work.finally(() => inFlight.delete(tracked));
+    const tracked = work.finally(() => {
+      inFlight.delete(tracked);
+      freeSlots.push(slot);
+    });
     inFlight.add(tracked);
   }
   await Promise.all(inFlight);
@@ -99,13 +113,15 @@ async function runJob(
   fd: number,
   chunkSize: number,
   onBytes: (bytes: number) => void,
+  slot: number,
+  into: Buffer,
 ): Promise<void> {
   const packId = job[0].loc.packId;
   const start = job[0].loc.offset;
   const end = job[job.length - 1].loc.offset + job[job.length - 1].loc.length;
   let data: Buffer;
   try {
-    data = await vault.store.get(packKey(packId), { offset: start, length: end - start });
+    data = await vault.store.get(packKey(packId), { offset: start, length: end - start }, into);
   } catch (err) {
     throw new CairnError('VAULT_CORRUPT', `pack ${packId} cannot be read from ${vault.store.location}: ${(err as Error).message}`, {
       cause: err,
@@ -114,14 +130,15 @@ async function runJob(
   if (data.length !== end - start) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is shorter than its index says`);
   const ids = Buffer.allocUnsafeSlow(job.length * ID_BYTES);
   job.forEach((it, n) => it.id.copy(ids, n * ID_BYTES));
-  const dataBuffer = transferable(data);
+  const inSlot = data.buffer === into.buffer;
+  const dataBuffer = inSlot ? undefined : transferable(data);
   const reply = await pool.call(
     pool.leastBusy(),
     {
       type: 'decode',
       job: jobNo,
       where: `pack ${packId}`,
-      data: dataBuffer,
+      ...(inSlot ? { slot, length: data.length } : { data: dataBuffer }),
       ids: ids.buffer as ArrayBuffer,
       items: job.map((it) => ({
         offset: it.loc.offset - start,
@@ -133,7 +150,7 @@ async function runJob(
       fd,
       chunkSize,
     },
-    [dataBuffer, ids.buffer as ArrayBuffer],
+    dataBuffer ? [dataBuffer, ids.buffer as ArrayBuffer] : [ids.buffer as ArrayBuffer],
   );
   if (reply.type !== 'decoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
   onBytes(reply.bytesWritten);

@@ -20,7 +20,7 @@ export interface BatchSlot {
 }
 
 export type WorkerRequest =
-  /** Registers the backup's slots (sent once per worker before any 'hash'). */
+  /** Registers shared slots (sent to every worker before any 'hash', or 'decode' by slot). */
   | { type: 'slots'; slots: BatchSlot[] }
   | { type: 'hash'; batch: number; slot: number; length: number; chunkSize: number }
   | { type: 'encode'; batch: number; which: number[] }
@@ -28,7 +28,10 @@ export type WorkerRequest =
       type: 'decode';
       job: number;
       where: string;
-      data: ArrayBuffer;
+      /** The blobs: the first `length` bytes of a registered slot's input, or a transferred buffer. */
+      slot?: number;
+      length?: number;
+      data?: ArrayBuffer;
       /** ids of the items, 32 bytes each, in item order */
       ids: ArrayBuffer;
       items: { offset: number; length: number; codec: number; rawLength: number; positions?: number[] }[];
