@@ -163,8 +163,8 @@ interface DiskResult {
  * The pipeline for one disk: the main thread reads batches and sends them to workers, which find
  * zero chunks and hash the rest; the main thread decides which chunks the vault lacks, the same
  * worker compresses and encrypts those, and the main thread appends them to packs. At most
- * `2 * workers` batches are in flight and at most two packs upload at once, so memory stays bounded
- * whatever the disk size.
+ * `3 * workers` batches (shared slots) are in flight and at most two packs upload at once, so
+ * memory stays bounded whatever the disk size.
  */
 async function backupDisk(
   vault: Vault,
