@@ -5,6 +5,7 @@ import { BlockMap, blockMapKey, ZERO_ID } from '../../shared/vault/block-map.js'
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
 import { ID_BYTES, SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
 import type { BatchSlot } from '../../shared/vault/worker-protocol.js';
+import { SlotRunner } from '../../shared/vault/slot-runner.js';
 import { Lease } from '../../shared/vault/lease.js';
 import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
@@ -179,7 +180,6 @@ async function backupDisk(
   const batchBytes = Math.max(chunkSize, Math.floor(BATCH_BYTES / chunkSize) * chunkSize);
   const map = new BlockMap(chunkSize, source.size);
   const pending = new Set<string>();
-  const inFlight = new Set<Promise<void>>();
   // Batches live in shared slots (worker-protocol.ts): nothing is copied or transferred between
   // threads, and memory is the slots' whatever the disk size.
   const slots: BatchSlot[] = [];
@@ -192,8 +192,7 @@ async function backupDisk(
   await pool.broadcast({ type: 'slots', slots });
   const inputs = slots.map((s) => Buffer.from(s.input));
   const outputs = slots.map((s) => Buffer.from(s.output));
-  const freeSlots = slots.map((_, i) => i);
-  let failure: unknown;
+  const runner = new SlotRunner(slots.length);
   let usedBytes = 0;
   let newChunks = 0;
   let newBytes = 0;
@@ -201,11 +200,10 @@ async function backupDisk(
   let batchNo = 0;
 
   for (let position = 0; position < source.size; position += batchBytes) {
-    while (freeSlots.length === 0) await Promise.race(inFlight);
-    if (failure) break;
+    const slot = await runner.acquire();
+    if (slot === undefined) break;
     await writer.waitForCapacity();
     const length = Math.min(batchBytes, source.size - position);
-    const slot = freeSlots.pop()!;
     const n = await source.read(inputs[slot], length, position);
     if (n !== length) {
       throw new CairnError(
@@ -217,7 +215,7 @@ async function backupDisk(
     const batch = batchNo++;
     const firstChunk = position / chunkSize;
     const worker = pool.leastBusy();
-    const work = (async () => {
+    runner.start(slot, async () => {
       const hashed = await pool.call(worker, { type: 'hash', batch, slot, length, chunkSize });
       if (hashed.type !== 'hashed') throw new CairnError('INTERNAL', 'unexpected worker reply');
       const ids = Buffer.from(hashed.ids);
@@ -250,16 +248,8 @@ async function backupDisk(
         newChunks++;
         newBytes += items[k + 3];
       }
-    })().catch((err) => {
-      failure ??= err;
     });
-    const tracked = work.finally(() => {
-      inFlight.delete(tracked);
-      freeSlots.push(slot);
-    });
-    inFlight.add(tracked);
   }
-  await Promise.all(inFlight);
-  if (failure) throw failure;
+  await runner.drain();
   return { map, bytesRead: source.size, usedBytes, newChunks, newBytes, changedChunks };
 }

@@ -3,6 +3,7 @@ import type { BlockMap } from './block-map.js';
 import type { ChunkIndex, ChunkLocation } from './chunk-index.js';
 import { ID_BYTES, SEAL_OVERHEAD } from './crypto.js';
 import type { BatchSlot } from './worker-protocol.js';
+import { SlotRunner } from './slot-runner.js';
 import { packKey } from './pack.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
@@ -83,26 +84,15 @@ export async function writeDiskChunks(
   for (let i = 0; i < pool.size + 1; i++) slots.push({ input: new SharedArrayBuffer(slotBytes), output: new SharedArrayBuffer(0) });
   await pool.broadcast({ type: 'slots', slots });
   const inputs = slots.map((s) => Buffer.from(s.input));
-  const freeSlots = slots.map((_, i) => i);
-
-  const inFlight = new Set<Promise<void>>();
-  let failure: unknown;
+  const runner = new SlotRunner(slots.length);
   let jobNo = 0;
   for (const job of jobs) {
-    while (freeSlots.length === 0) await Promise.race(inFlight);
-    if (failure) break;
-    const slot = freeSlots.pop()!;
-    const work = runJob(vault, pool, job, jobNo++, fd, map.chunkSize, onBytes, slot, inputs[slot]).catch((err) => {
-      failure ??= err;
-    });
-    const tracked = work.finally(() => {
-      inFlight.delete(tracked);
-      freeSlots.push(slot);
-    });
-    inFlight.add(tracked);
+    const slot = await runner.acquire();
+    if (slot === undefined) break;
+    const n = jobNo++;
+    runner.start(slot, () => runJob(vault, pool, job, n, fd, map.chunkSize, onBytes, slot, inputs[slot]));
   }
-  await Promise.all(inFlight);
-  if (failure) throw failure;
+  await runner.drain();
 }
 
 async function runJob(

@@ -4,6 +4,7 @@ import type { Manifest } from './manifest.js';
 import { packKey, type PackEntry } from './pack.js';
 import { collectReferences } from './references.js';
 import { transferable } from './disk-reader.js';
+import { SlotRunner } from './slot-runner.js';
 import type { Vault } from './vault.js';
 import type { WorkerPool } from './worker-pool.js';
 
@@ -98,22 +99,22 @@ export async function verifyVault(
     const pool = opts.pool;
     let done = 0;
     const total = entriesByPack.size;
-    const inFlight = new Set<Promise<void>>();
+    const runner = new SlotRunner(pool.size * 2);
     for (const [packId, entries] of entriesByPack) {
       if (!packs.has(packId)) continue;
-      while (inFlight.size >= pool.size * 2) await Promise.race(inFlight);
-      const work = checkPack(vault, pool, packId, entries, problems, (k) => {
-        badChunks.add(k);
-        if (refs.has(k)) blame(k, 'corruptChunks');
-      }).then((r) => {
+      const slot = await runner.acquire();
+      if (slot === undefined) break;
+      runner.start(slot, async () => {
+        const r = await checkPack(vault, pool, packId, entries, problems, (k) => {
+          badChunks.add(k);
+          if (refs.has(k)) blame(k, 'corruptChunks');
+        });
         chunksChecked += r.chunks;
         bytesChecked += r.bytes;
         opts.onProgress?.(++done, total);
       });
-      const tracked = work.finally(() => inFlight.delete(tracked));
-      inFlight.add(tracked);
     }
-    await Promise.all(inFlight);
+    await runner.drain();
   }
   const affectedList = [...affected.values()].sort((a, b) => (byId.get(a.id)!.startedAt < byId.get(b.id)!.startedAt ? -1 : 1));
   return {
