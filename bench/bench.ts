@@ -727,7 +727,24 @@ async function step(run: ToolRun | undefined, what: string, fn: (run: ToolRun) =
   }
 }
 
+/**
+ * Restores start from the same memory state for both tools: dirty data written back and the page
+ * cache dropped (needs root). Otherwise whichever tool restores first pays for reclaiming a page
+ * cache full of the earlier steps' data, and the second gets the memory the first freed.
+ */
+let cacheDropped: boolean | undefined;
+function dropPageCache(): void {
+  spawnSync('sync');
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    cacheDropped ??= true;
+  } catch {
+    cacheDropped = false;
+  }
+}
+
 async function measureRestore(subject: Subject, expectedSha256: string, keep: boolean): Promise<RestoreStep> {
+  dropPageCache();
   const { measurement, file } = await subject.restore();
   const st = fs.statSync(file);
   const { sha256 } = await scanFile(file, false);
@@ -1002,6 +1019,13 @@ async function runBenchmark(
     `used         ${formatBytes(tree.bytes)} (${tree.bytes} bytes, du -sb) in ${tree.files} files from ${tree.sources.join(', ')}`,
     `changed      ${changes.blocks} blocks x ${changes.blockSize / KiB} KiB at 4 KiB-aligned offsets = ${formatBytes(changes.bytesWritten)} (seed ${opts.seed})`,
   ];
+  if (cacheDropped !== undefined) {
+    header.push(
+      cacheDropped
+        ? 'restores    page cache dropped before each (both tools read their store cold)'
+        : 'restores    page cache NOT dropped (not root): the first tool to restore pays for reclaim',
+    );
+  }
   if (runs.cairn !== undefined) {
     const c = runs.cairn;
     const f = c.full?.report;
