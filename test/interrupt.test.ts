@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { readdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MiB, PASSPHRASE, Sandbox, cliPath, expectOk, makeImage, packFiles, sha256File, sum } from './helpers.js';
 
-/** Ctrl-C (SIGINT) during a backup: exit 130, a clear message, no lease left, nothing committed. */
-describe('interrupting a backup', () => {
+/** Ctrl-C (SIGINT): exit 130, a clear message, no lease or partial file left, nothing committed. */
+describe('interrupting', () => {
   let box: Sandbox;
 
   beforeAll(async () => {
@@ -53,5 +53,29 @@ describe('interrupting a backup', () => {
     expect(rerun.bytesStored).toBeLessThan(98 * MiB - kept);
     expectOk(await box.cairn(['restore', rerun.name, '--vault', vault, '--to', box.path('r.img')]));
     expect(await sha256File(box.path('r.img'))).toBe(await sha256File(image));
+  });
+
+  it('removes its partial file when a restore is interrupted', async () => {
+    const vault = await box.initVault('vault2');
+    const image = box.path('disk2.img');
+    await makeImage(image, [{ kind: 'random', length: 160 * MiB }]);
+    const b = await box.cairnJson<{ name: string }>(['backup', image, '--vault', vault, '--json']);
+    const env = { ...process.env, CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: box.stateDir };
+    const target = box.path('out', 'restored.img');
+    await mkdir(box.path('out'));
+    const child = spawn(process.execPath, [cliPath, 'restore', b.name, '--vault', vault, '--to', target], { env, stdio: 'ignore' });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline && !(await readdir(box.path('out'))).some((f) => f.includes('.cairn-partial-'))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    child.kill('SIGINT');
+    const code = await exited;
+    if (code === 0) {
+      expect(await sha256File(target)).toBe(await sha256File(image));
+      return;
+    }
+    expect(code).toBe(130);
+    expect(await readdir(box.path('out'))).toEqual([]);
   });
 });

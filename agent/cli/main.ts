@@ -6,7 +6,7 @@ import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';
 import { vaultCommand } from './commands/vault.js';
 import { closeState } from './context.js';
-import { releaseAllLeases } from '../../shared/vault/lease.js';
+import { runInterruptHandlers } from '../../shared/interrupt.js';
 
 const help = `cairn: block-level backups of disks into deduplicated, compressed, encrypted vaults
 
@@ -31,8 +31,9 @@ function version(): string {
 }
 
 /**
- * Ctrl-C or a service stop: say what state things are in, give up our leases (so gc need not wait
- * for them to expire) and exit 130/143. Nothing half-written is ever visible in a vault.
+ * Ctrl-C or a service stop: say what state things are in, undo what is registered (leases, so gc
+ * need not wait for them to expire; partial restore files) and exit 130/143. Nothing half-written
+ * is ever visible in a vault.
  */
 function handleSignals(): void {
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
@@ -41,7 +42,7 @@ function handleSignals(): void {
         `\ncairn: interrupted by ${signal}; nothing was committed, and the next backup reuses the data already uploaded\n`,
       );
       setTimeout(() => process.exit(code), 3000).unref();
-      void releaseAllLeases().finally(() => process.exit(code));
+      void runInterruptHandlers().finally(() => process.exit(code));
     });
   }
 }

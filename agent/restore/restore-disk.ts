@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
+import { onInterrupt } from '../../shared/interrupt.js';
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
 import { writeDiskChunks } from '../../shared/vault/disk-reader.js';
 import type { DiskRecord } from '../../shared/vault/manifest.js';
@@ -56,6 +57,7 @@ export async function restoreDisk(
     throw toTargetError(err, device ? path : dirname(path));
   }
   let bytesWritten = 0;
+  const forget = device ? undefined : onInterrupt(() => unlink(writePath));
   try {
     if (!device) await fh.truncate(disk.size);
     await writeDiskChunks(vault, index, map, pool, fh.fd, (n) => {
@@ -73,6 +75,7 @@ export async function restoreDisk(
     if (device) await fh.sync();
     await fh.close();
   } catch (err) {
+    forget?.();
     await fh.close().catch(() => undefined);
     if (!device) await unlink(writePath).catch(() => undefined);
     throw err instanceof CairnError ? err : toTargetError(err, path);
@@ -83,6 +86,8 @@ export async function restoreDisk(
     } catch (err) {
       await unlink(writePath).catch(() => undefined);
       throw toTargetError(err, path);
+    } finally {
+      forget?.();
     }
   }
   return { path, bytesWritten, size: disk.size, durationMs: Math.round(performance.now() - t0) };

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { hexId } from '../clock.js';
 import { isCairnError } from '../errors.js';
+import { onInterrupt } from '../interrupt.js';
 import type { Vault } from './vault.js';
 
 /**
@@ -22,15 +23,9 @@ export interface LeaseRecord {
 export const LEASE_TTL_MS = 15 * 60 * 1000;
 const RENEW_EVERY_MS = 60 * 1000;
 
-const held = new Set<Lease>();
-
-/** Releases every lease this process holds (on SIGINT/SIGTERM); errors are ignored. */
-export async function releaseAllLeases(): Promise<void> {
-  await Promise.all([...held].map((l) => l.release().catch(() => undefined)));
-}
-
 export class Lease {
   private timer: NodeJS.Timeout | undefined;
+  private forget: (() => void) | undefined;
   private constructor(
     private readonly vault: Vault,
     readonly record: LeaseRecord,
@@ -48,7 +43,7 @@ export class Lease {
     };
     const lease = new Lease(vault, record);
     await lease.write();
-    held.add(lease);
+    lease.forget = onInterrupt(() => lease.release());
     lease.timer = setInterval(() => {
       lease.record.expiresAt = new Date(vault.clock.now().getTime() + LEASE_TTL_MS).toISOString();
       lease.write().catch(() => undefined);
@@ -62,7 +57,7 @@ export class Lease {
   }
 
   async release(): Promise<void> {
-    held.delete(this);
+    this.forget?.();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.vault.store.delete(`leases/${this.record.id}`);
