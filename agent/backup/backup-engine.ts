@@ -65,8 +65,8 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
   const lease = await Lease.acquire(vault, 'backup');
   const pool = new WorkerPool(vault.key, vault.config.compression.level, opts.workers);
   try {
-    const { index } = await vault.loadIndex();
-    const recoveredPacks = await vault.recoverUnindexedPacks(index);
+    const { index, plan } = await vault.loadIndex();
+    const recoveredPacks = await vault.recoverUnindexedPacks(index, plan);
     const writer = new PackWriter(vault, index);
     const id = vault.newBackupId();
     const bytesTotal = sources.reduce((s, d) => s + d.size, 0);

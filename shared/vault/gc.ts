@@ -1,6 +1,6 @@
 import { CairnError, isCairnError } from '../errors.js';
 import { ChunkIndex } from './chunk-index.js';
-import { GC_PLAN_KEY, readGcPlan, writeGcPlan } from './gc-plan.js';
+import { GC_PLAN_KEY, writeGcPlan } from './gc-plan.js';
 import type { IndexedPack } from './index-file.js';
 import { Lease, liveLeases } from './lease.js';
 import { packKey, type PackEntry } from './pack.js';
@@ -65,11 +65,10 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   const threshold = opts.repackThreshold ?? 0.2;
   // Leftovers of interrupted writes: no write takes an hour, so older ones are abandoned.
   await vault.store.removeStaleTempFiles?.(Math.max(opts.graceMs, 60 * 60 * 1000), vault.clock.now());
-  const previous = await readGcPlan(vault);
   // Without the packs a previous plan condemned: a live chunk that also sits in one of them must be
   // located in its surviving copy (e.g. the repack of that pack), or that copy would look dead.
-  const { index, indexKeys } = await vault.loadIndex();
-  await vault.recoverUnindexedPacks(index);
+  const { index, indexKeys, plan: previous } = await vault.loadIndex();
+  await vault.recoverUnindexedPacks(index, previous);
   const indexKeysNow = await vault.listIndexKeys();
   const perPack = await readPerPack(vault, indexKeysNow);
   const manifests = await vault.listBackups();

@@ -20,7 +20,7 @@ import { decodeIndex, encodeIndex, indexKey, type IndexedPack } from './index-fi
 import { openPackHeader, packIdFromKey, packKey, parseTrailer, PACK_TRAILER_BYTES, type PackEntry } from './pack.js';
 import { decodeManifest, encodeManifest, manifestKey, type Manifest } from './manifest.js';
 import { BlockMap, decodeBlockMap, encodeBlockMap } from './block-map.js';
-import { readGcPlan } from './gc-plan.js';
+import { readGcPlan, type GcPlan } from './gc-plan.js';
 import type { IndexCache } from './index-cache.js';
 
 export interface InitOptions {
@@ -160,8 +160,11 @@ export class Vault {
   /**
    * Loads every index object. Packs condemned by a pending gc plan are left out (unless asked for,
    * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete.
+   * Returns the plan it read (none when condemned packs are included), for recoverUnindexedPacks.
    */
-  async loadIndex(opts: { includeCondemned?: boolean } = {}): Promise<{ index: ChunkIndex; indexKeys: string[] }> {
+  async loadIndex(
+    opts: { includeCondemned?: boolean } = {},
+  ): Promise<{ index: ChunkIndex; indexKeys: string[]; plan: GcPlan | undefined }> {
     const plan = opts.includeCondemned ? undefined : await readGcPlan(this);
     const condemned = new Set(plan?.condemnedPacks ?? []);
     const index = new ChunkIndex();
@@ -172,7 +175,7 @@ export class Vault {
         if (!condemned.has(p.packId)) index.addPack(p.packId, p.entries);
       }
     }
-    return { index, indexKeys };
+    return { index, indexKeys, plan };
   }
 
   /** Writes a new index object naming `packs` (all stored already); returns its key and size. */
@@ -210,10 +213,10 @@ export class Vault {
   /**
    * Finds packs that no index object names (left by an interrupted backup), reads their headers,
    * adds them to `index` and writes an index object for them, so their chunks are reused rather
-   * than uploaded again. Packs condemned by a gc plan and unreadable packs are skipped.
+   * than uploaded again. Packs condemned by `plan` (the gc plan loadIndex read) and unreadable
+   * packs are skipped.
    */
-  async recoverUnindexedPacks(index: ChunkIndex): Promise<number> {
-    const plan = await readGcPlan(this);
+  async recoverUnindexedPacks(index: ChunkIndex, plan: GcPlan | undefined): Promise<number> {
     const condemned = new Set(plan?.condemnedPacks ?? []);
     const recovered: IndexedPack[] = [];
     for (const [packId, info] of await this.listPacks()) {
