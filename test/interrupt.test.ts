@@ -47,8 +47,10 @@ describe('interrupting', () => {
 
     // What was uploaded before the interrupt is reused (through an index written before it, or by
     // re-indexing packs no index names), so the rerun stores at least that much less than 96 MiB.
-    const kept = sum((await stored()).map(([, size]) => size));
-    expect(kept).toBeGreaterThanOrEqual(3 * MiB);
+    // Packs close before the next blob would pass 1 MiB, so three of them hold a little under 3 MiB.
+    const packsKept = await stored();
+    expect(packsKept.length).toBeGreaterThanOrEqual(3);
+    const kept = sum(packsKept.map(([, size]) => size));
     const rerun = await box.cairnJson<{ name: string; bytesStored: number }>(['backup', image, '--vault', vault, '--json']);
     expect(rerun.bytesStored).toBeLessThan(98 * MiB - kept);
     expectOk(await box.cairn(['restore', rerun.name, '--vault', vault, '--to', box.path('r.img')]));
