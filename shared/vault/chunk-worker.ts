@@ -69,8 +69,10 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       const writing = req.fd !== undefined;
       // Decode the whole job into one buffer first, then write it under the pool's write lock:
       // concurrent writers to one file contend on its inode lock and burn CPU spinning.
-      const need = req.items.reduce((s, it) => s + it.rawLength, 0) + 1;
-      if (writing && jobBuffer.length < need) jobBuffer = Buffer.allocUnsafeSlow(need);
+      if (writing) {
+        const need = req.items.reduce((s, it) => s + it.rawLength, 0) + 1;
+        if (jobBuffer.length < need) jobBuffer = Buffer.allocUnsafeSlow(need);
+      }
       const writes: { position: number; at: number; length: number }[] = [];
       let at = 0;
       req.items.forEach((it, n) => {
@@ -116,20 +118,12 @@ function writeRuns(fd: number, writes: { position: number; at: number; length: n
         end += writes[i].length;
         i++;
       }
-      let done = writevSync(fd, parts, start);
-      // A short write is rare (signals, full disk); finish the run piece by piece.
-      for (let off = 0, k = 0; done < end - start && k < parts.length; k++) {
-        const p = parts[k];
-        if (off + p.length <= done) {
-          off += p.length;
-          continue;
-        }
-        let from = done - off;
-        while (from < p.length) {
-          const n = writeSync(fd, p, from, p.length - from, start + off + from);
-          from += n;
-          done += n;
-        }
+      const done = writevSync(fd, parts, start);
+      // A short write is rare (signals, full disk): finish what pwritev left, part by part.
+      let off = 0;
+      for (const p of parts) {
+        const skip = Math.min(Math.max(done - off, 0), p.length);
+        if (skip < p.length) writeFullySync(fd, p.subarray(skip), start + off + skip);
         off += p.length;
       }
       total += end - start;
@@ -138,6 +132,10 @@ function writeRuns(fd: number, writes: { position: number; at: number; length: n
     unlockWrites();
   }
   return total;
+}
+
+function writeFullySync(fd: number, data: Buffer, position: number): void {
+  for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, position + done);
 }
 
 const writeLock = new Int32Array(init.writeLock);

@@ -21,8 +21,8 @@ interface Item {
  * Writes every non-zero chunk of a block map into the open file `fd` at its positions. Each chunk
  * is fetched and decoded once however many positions use it; packs are read in offset order with
  * neighbouring blobs merged into one ranged get; the workers decrypt, decompress, check the id and
- * write (positional writes, so the file descriptor is shared safely). At most two reads per worker
- * are in flight, which bounds memory. Throws VAULT_CORRUPT naming the first missing or damaged
+ * write (positional writes, so the file descriptor is shared safely). At most one read per worker
+ * plus one is in flight, each in a shared slot, which bounds memory. Throws VAULT_CORRUPT naming the first missing or damaged
  * chunk; positions are never written with unchecked data.
  */
 export async function writeDiskChunks(

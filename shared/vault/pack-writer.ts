@@ -22,7 +22,6 @@ export class PackWriter {
   private failure: unknown;
   /** Bytes of packs and index objects written so far. */
   bytesWritten = 0;
-  packsWritten = 0;
 
   constructor(
     private readonly vault: Vault,
@@ -89,7 +88,6 @@ export class PackWriter {
       .put(packKey(packId), () => body, { ifAbsent: true })
       .then(() => {
         this.bytesWritten += total;
-        this.packsWritten++;
         this.unindexed.push({ packId, entries });
         if (this.unindexed.length >= this.indexEvery) {
           this.indexing = this.indexing.then(() => this.writeIndex());

@@ -3,7 +3,7 @@ import type { Manifest } from '../../../shared/vault/manifest.js';
 import { manifestKey } from '../../../shared/vault/manifest.js';
 import { parse, vaultOptions } from '../args.js';
 import { openState, openStore, openVault } from '../context.js';
-import { formatBytes, table } from '../format.js';
+import { formatBytes, formatTime, table } from '../format.js';
 
 export const backupsHelp = `Usage:
   cairn backups list --vault <vault> [--json]
@@ -60,7 +60,7 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
           ['ID', 'NAME', 'KIND', 'STARTED', 'DISKS', 'SIZE', 'USED', 'STORED NEW'],
           all.map((m) => {
             const s = summary(m);
-            return [m.id, m.name, m.kind, m.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), String(m.disks.length), formatBytes(s.size), formatBytes(s.usedBytes), formatBytes(m.bytesStored)];
+            return [m.id, m.name, m.kind, formatTime(m.startedAt), String(m.disks.length), formatBytes(s.size), formatBytes(s.usedBytes), formatBytes(m.bytesStored)];
           }),
         ),
       );
@@ -112,7 +112,7 @@ function history(argv: string[], out: (s: string) => void): number {
       table(
         ['STARTED', 'STATUS', 'NAME', 'KIND', 'VAULT', 'READ', 'STORED', 'ERROR'],
         runs.map((r) => [
-          r.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+          formatTime(r.startedAt),
           r.status,
           r.name ?? '-',
           r.kind ?? '-',
