@@ -17,6 +17,7 @@ export const errorCatalogue = {
   NO_PASSPHRASE: { exit: 15, http: 401, summary: 'no passphrase was given' },
   PERMISSION_DENIED: { exit: 16, http: 403, summary: 'the operating system refused access' },
   NO_SPACE: { exit: 17, http: 507, summary: 'the storage is full' },
+  IMMUTABLE: { exit: 18, http: 423, summary: 'the data is under retention (object lock) and cannot be deleted yet' },
   SOURCE_UNREADABLE: { exit: 20, http: 400, summary: 'a backup source cannot be read' },
   TARGET_UNWRITABLE: { exit: 21, http: 400, summary: 'a restore target cannot be written' },
   VERIFY_FAILED: { exit: 30, http: 500, summary: 'verification found damaged or missing data' },

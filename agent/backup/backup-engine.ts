@@ -7,6 +7,7 @@ import { ID_BYTES, SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
 import type { BatchSlot } from '../../shared/vault/worker-protocol.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
 import { Lease } from '../../shared/vault/lease.js';
+import { protectBackup } from '../../shared/vault/retention.js';
 import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import type { Vault } from '../../shared/vault/vault.js';
@@ -65,8 +66,8 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
   const lease = await Lease.acquire(vault, 'backup');
   const pool = new WorkerPool(vault.key, vault.config.compression.level, opts.workers);
   try {
-    const { index, plan } = await vault.loadIndex();
-    const recoveredPacks = await vault.recoverUnindexedPacks(index, plan);
+    const { index, plan, packs } = await vault.loadIndex();
+    const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
     const writer = new PackWriter(vault, index);
     const id = vault.newBackupId();
     const bytesTotal = sources.reduce((s, d) => s + d.size, 0);
@@ -126,6 +127,8 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       if (next === size) break;
       size = next;
     }
+    // On an immutable vault, reused packs get the retention this backup promises before it commits.
+    await protectBackup(vault, index, maps);
     await vault.writeManifest(manifest);
     opts.onProgress?.({ bytesDone: bytesTotal, bytesTotal, bytesStored: manifest.bytesStored });
     return {

@@ -7,6 +7,8 @@ export type Options = NonNullable<ParseArgsConfig['options']>;
 export const vaultOptions = {
   vault: { type: 'string' },
   'passphrase-file': { type: 'string' },
+  'limit-upload': { type: 'string' },
+  'limit-download': { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Options;

@@ -5,7 +5,7 @@ import { backupsCommand } from './commands/backups.js';
 import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';
 import { vaultCommand } from './commands/vault.js';
-import { closeState } from './context.js';
+import { closeState, closeStores } from './context.js';
 import { runInterruptHandlers } from '../../shared/interrupt.js';
 
 const help = `cairn: block-level backups of disks into deduplicated, compressed, encrypted vaults
@@ -21,7 +21,8 @@ Usage:
   cairn vault verify --vault <vault> [--read-data]
   cairn quickstart [--dir DIR]
 
-<vault> is a folder path or file:///path. The passphrase comes from the CAIRN_PASSPHRASE environment
+<vault> is a folder path, file:///path or s3://bucket/prefix[?endpoint=URL&region=R&path-style=true]
+(S3 credentials from the standard AWS chain). The passphrase comes from the CAIRN_PASSPHRASE environment
 variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN_STATE_DIR, by default
 ~/.local/state/cairn. 'cairn COMMAND --help' tells more about each command.`;
 
@@ -81,6 +82,7 @@ export async function main(argv: string[]): Promise<number> {
     return exitCodeFor(err);
   } finally {
     closeState();
+    closeStores();
   }
 }
 

@@ -21,6 +21,10 @@ export class FaultInjectingStore implements ObjectStore {
   private readonly inner: ObjectStore;
   private readonly faults: Fault[] = [];
 
+  get requests() {
+    return this.inner.requests;
+  }
+
   constructor(inner: ObjectStore) {
     this.inner = inner;
     this.location = inner.location;

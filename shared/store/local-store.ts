@@ -4,7 +4,7 @@ import { link, mkdir, open, opendir, rename, rm, stat, unlink, type FileHandle }
 import { dirname, join, resolve } from 'node:path';
 
 import { CairnError, fromSystemError } from '../errors.js';
-import { isValidKey, type Body, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.js';
+import { isValidKey, noRequests, type Body, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.js';
 
 /** Names of in-flight writes; list never yields them and keys may not use them. */
 const tempPrefix = '.tmp-';
@@ -24,12 +24,14 @@ const tempPrefix = '.tmp-';
  */
 export class LocalStore implements ObjectStore {
   readonly location: string;
+  readonly requests = noRequests();
 
   constructor(root: string) {
     this.location = resolve(root);
   }
 
   async put(key: string, body: Body, options: PutOptions = {}): Promise<void> {
+    this.requests.PUT++;
     const file = this.pathOf(key);
     const folder = dirname(file);
     await this.makeFolder(folder, key);
@@ -56,6 +58,7 @@ export class LocalStore implements ObjectStore {
   }
 
   async get(key: string, range?: ByteRange, into?: Buffer): Promise<Buffer> {
+    this.requests.GET++;
     const file = this.pathOf(key);
     if (range && !(isCount(range.offset) && isCount(range.length))) {
       throw new CairnError('INTERNAL', `get ${key}: invalid range ${JSON.stringify(range)} on ${this.location}`);
@@ -86,6 +89,7 @@ export class LocalStore implements ObjectStore {
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
+    this.requests.HEAD++;
     const file = this.pathOf(key);
     try {
       const info = await statIfPresent(file);
@@ -97,6 +101,7 @@ export class LocalStore implements ObjectStore {
 
   /** Walks only the folders that can hold keys with the prefix; a missing folder yields nothing. */
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    this.requests.LIST++;
     const base = prefix.slice(0, prefix.lastIndexOf('/') + 1);
     if (base !== '' && !isValidKey(base.slice(0, -1))) return; // no valid key starts with this prefix
     for await (const { key, name, path } of this.files(base, (folderKey) => folderKey.startsWith(prefix))) {
@@ -110,6 +115,7 @@ export class LocalStore implements ObjectStore {
 
   /** Idempotent: a missing key succeeds. */
   async delete(key: string): Promise<void> {
+    this.requests.DELETE++;
     const file = this.pathOf(key);
     try {
       await unlink(file);

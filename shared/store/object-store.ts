@@ -40,9 +40,29 @@ export interface ObjectInfo {
  */
 export type Body = () => Buffer | Buffer[];
 
+/**
+ * Requests a store has made, by kind, as a cloud bills them: PUT (whole objects and multipart parts,
+ * retention changes), POST (multipart start and completion), GET (object reads), HEAD, LIST, DELETE.
+ * Retried attempts count: each one is a request the provider bills.
+ */
+export interface RequestCounts {
+  PUT: number;
+  POST: number;
+  GET: number;
+  HEAD: number;
+  LIST: number;
+  DELETE: number;
+}
+
+export function noRequests(): RequestCounts {
+  return { PUT: 0, POST: 0, GET: 0, HEAD: 0, LIST: 0, DELETE: 0 };
+}
+
 export interface ObjectStore {
   /** A human-readable location for messages, e.g. "/srv/vault" or "s3://bucket/prefix". */
   readonly location: string;
+  /** Requests made so far (a local folder counts its calls the same way). */
+  readonly requests: RequestCounts;
   put(key: string, body: Body, options?: PutOptions): Promise<void>;
   /**
    * Reads an object or a range of it. With `into` (large enough for the result), the bytes are
@@ -58,6 +78,16 @@ export interface ObjectStore {
    * older than `olderThanMs`; returns how many. Optional: stores without such leftovers omit it.
    */
   removeStaleTempFiles?(olderThanMs: number, now?: Date): Promise<number>;
+  /**
+   * True when the store enforces retainUntil (an S3 bucket with Object Lock). Stores without object
+   * lock omit it or return false.
+   */
+  supportsRetention?(): Promise<boolean>;
+  /**
+   * Moves an existing object's retention date forward to `until` (never backward). Only on stores
+   * whose supportsRetention() is true.
+   */
+  extendRetention?(key: string, until: Date): Promise<void>;
 }
 
 const keyPattern = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;

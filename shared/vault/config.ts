@@ -22,6 +22,8 @@ export interface VaultConfig {
   /** Target pack size; packs close when they reach it. */
   packSize: number;
   compression: { algorithm: 'zstd'; level: number };
+  /** Set on vaults in Object Lock buckets: every backup is kept `days` at least (retention.ts). */
+  immutability?: { days: number; generationDays: number };
 }
 
 export const MIN_CHUNK = 4 * 1024;

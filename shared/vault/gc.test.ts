@@ -29,8 +29,6 @@ const CHUNK = 4096;
 /** About seven random 4 KiB chunks per pack, so each backup below spans several packs. */
 const PACK = 32 * 1024;
 
-
-
 /** A LocalStore whose list yields keys in the order they were first written (ties broken by name). */
 class WriteOrderStore implements ObjectStore {
   private readonly order = new Map<string, number>();
@@ -38,6 +36,9 @@ class WriteOrderStore implements ObjectStore {
   constructor(private readonly inner: LocalStore) {}
   get location(): string {
     return this.inner.location;
+  }
+  get requests() {
+    return this.inner.requests;
   }
   async put(key: string, body: Body, options?: PutOptions): Promise<void> {
     await this.inner.put(key, body, options);

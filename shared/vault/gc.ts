@@ -6,6 +6,7 @@ import { Lease, liveLeases } from './lease.js';
 import { packKey, type PackEntry } from './pack.js';
 import { PackWriter } from './pack-writer.js';
 import { collectReferences } from './references.js';
+import { deleteUnlessRetained, packRetention, pruneLedger } from './retention.js';
 import type { Vault } from './vault.js';
 
 export interface GcOptions {
@@ -29,6 +30,8 @@ export interface GcResult {
   indexObjectsAfter: number;
   /** Packs kept because they are younger than the grace period or a running backup. */
   packsTooYoung: number;
+  /** Packs with dead data kept because Object Lock still protects them (immutable vaults). */
+  packsRetained: number;
   /** Set when deletion waits for backups that started before the plan; run gc again later. */
   deferred: { leases: number } | null;
 }
@@ -67,8 +70,8 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   await vault.store.removeStaleTempFiles?.(Math.max(opts.graceMs, 60 * 60 * 1000), vault.clock.now());
   // Without the packs a previous plan condemned: a live chunk that also sits in one of them must be
   // located in its surviving copy (e.g. the repack of that pack), or that copy would look dead.
-  const { index, indexKeys, plan: previous } = await vault.loadIndex();
-  await vault.recoverUnindexedPacks(index, previous);
+  const { index, indexKeys, plan: previous, packs: listed } = await vault.loadIndex();
+  await vault.recoverUnindexedPacks(index, previous, listed);
   const indexKeysNow = await vault.listIndexKeys();
   const perPack = await readPerPack(vault, indexKeysNow);
   const manifests = await vault.listBackups();
@@ -82,6 +85,9 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   const condemned = new Set(previous?.condemnedPacks ?? []);
   const toRepack: { packId: string; live: PackEntry[] }[] = [];
   let packsTooYoung = 0;
+  let packsRetained = 0;
+  // On an immutable vault, Object Lock keeps packs until their retention date: leave those alone.
+  const retention = await packRetention(vault, packs);
   for (const [packId, info] of packs) {
     if (condemned.has(packId)) continue;
     const entries = perPack.get(packId) ?? [];
@@ -94,6 +100,10 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
     if (live.length > 0 && deadBytes < info.size * threshold) continue;
     if (info.modified.getTime() >= cutoff) {
       packsTooYoung++;
+      continue;
+    }
+    if ((retention.get(packId)?.getTime() ?? 0) > now) {
+      packsRetained++;
       continue;
     }
     if (live.length === 0) condemned.add(packId);
@@ -129,6 +139,7 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
     indexObjectsBefore: indexKeys.length,
     indexObjectsAfter: indexKeysNow.length,
     packsTooYoung,
+    packsRetained,
     deferred: null,
   };
   if (condemned.size === 0 && !previous) {
@@ -165,12 +176,13 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   for (const [packId, entries] of finalPerPack) if (!condemned.has(packId)) keep.push({ packId, entries });
   if (finalKeys.length > 1 || condemned.size > 0) {
     await vault.writeIndex(keep);
-    for (const k of finalKeys) await vault.store.delete(k);
+    // An index object still under Object Lock stays; loadIndex ignores what it names of deleted packs.
+    for (const k of finalKeys) await deleteUnlessRetained(vault, k);
     result.indexObjectsAfter = 1;
   } else result.indexObjectsAfter = finalKeys.length;
   for (const packId of condemned) {
     const info = packs.get(packId) ?? (await vault.store.stat(packKey(packId)));
-    await vault.store.delete(packKey(packId));
+    if (!(await deleteUnlessRetained(vault, packKey(packId)))) continue;
     if (info) result.bytesFreed += info.size;
     result.packsDeleted++;
   }
@@ -178,6 +190,7 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   result.packsAfter = (await vault.listPacks()).size;
   result.blockMapsDeleted = await deleteOrphanBlockMaps(vault, finalManifests.map((m) => m.id), cutoff);
   await deleteExpiredLeases(vault);
+  if (vault.config.immutability) await pruneLedger(vault);
   return result;
 }
 
@@ -201,7 +214,7 @@ async function deleteOrphanBlockMaps(vault: Vault, backupIds: string[], cutoff: 
   for await (const o of vault.store.list('blockmaps/')) {
     const backupId = o.key.split('/')[1];
     if (live.has(backupId) || o.modified.getTime() >= cutoff) continue;
-    await vault.store.delete(o.key);
+    if (!(await deleteUnlessRetained(vault, o.key))) continue;
     n++;
   }
   return n;

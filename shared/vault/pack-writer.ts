@@ -26,7 +26,7 @@ export class PackWriter {
   constructor(
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
-    private readonly maxUploads = 2,
+    private readonly maxUploads = vault.uploadConcurrency,
     private readonly indexEvery = 8,
   ) {}
 
@@ -85,7 +85,7 @@ export class PackWriter {
     this.entries = [];
     this.size = 0;
     const upload = this.vault.store
-      .put(packKey(packId), () => body, { ifAbsent: true })
+      .put(packKey(packId), () => body, { ifAbsent: true, retainUntil: this.vault.retainUntil() })
       .then(() => {
         this.bytesWritten += total;
         this.unindexed.push({ packId, entries });

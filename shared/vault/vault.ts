@@ -22,12 +22,15 @@ import { decodeManifest, encodeManifest, manifestKey, type Manifest } from './ma
 import { BlockMap, decodeBlockMap, encodeBlockMap } from './block-map.js';
 import { readGcPlan, type GcPlan } from './gc-plan.js';
 import type { IndexCache } from './index-cache.js';
+import { DEFAULT_GENERATION_DAYS, retentionDate } from './retention.js';
 
 export interface InitOptions {
   type?: VaultType;
   chunkSize?: number;
   packSize?: number;
   compressionLevel?: number;
+  /** Keep every backup this many days under Object Lock (the store must support it). */
+  immutableDays?: number;
 }
 
 export interface VaultDeps {
@@ -35,6 +38,8 @@ export interface VaultDeps {
   ids?: IdSource;
   /** Optional local cache of index objects (the agent's state database). */
   indexCache?: IndexCache;
+  /** Packs uploaded at once by a backup (default 2: a local disk gains nothing from more). */
+  uploadConcurrency?: number;
 }
 
 /**
@@ -45,6 +50,7 @@ export interface VaultDeps {
 export class Vault {
   readonly clock: Clock;
   readonly ids: IdSource;
+  readonly uploadConcurrency: number;
   private readonly indexCache: IndexCache | undefined;
 
   private constructor(
@@ -56,6 +62,7 @@ export class Vault {
     this.clock = deps.clock ?? systemClock;
     this.ids = deps.ids ?? randomIdSource;
     this.indexCache = deps.indexCache;
+    this.uploadConcurrency = Math.max(1, deps.uploadConcurrency ?? 2);
   }
 
   static async init(store: ObjectStore, passphrase: string, opts: InitOptions = {}, deps: VaultDeps = {}): Promise<Vault> {
@@ -68,6 +75,29 @@ export class Vault {
     if (await store.stat('config')) {
       throw new CairnError('VAULT_EXISTS', `a vault exists already at ${store.location}; use it, or choose an empty location`);
     }
+    for await (const o of store.list('')) {
+      const nested = /^(.*\/)config$/.exec(o.key);
+      throw new CairnError(
+        'VAULT_EXISTS',
+        nested
+          ? `${store.location} holds another vault under ${nested[1]}; choose a location that does not contain one`
+          : `${store.location} is not empty (it holds ${o.key}); a vault needs an empty location`,
+      );
+    }
+    let immutability: VaultConfig['immutability'];
+    if (opts.immutableDays !== undefined) {
+      if (!Number.isInteger(opts.immutableDays) || opts.immutableDays < 1 || opts.immutableDays > 36500) {
+        throw new CairnError('USAGE', `--immutable-days must be a whole number of days from 1 to 36500, not ${opts.immutableDays}`);
+      }
+      if (!(await store.supportsRetention?.())) {
+        throw new CairnError(
+          'USAGE',
+          `${store.location} cannot keep data immutable: it is not a bucket with Object Lock enabled; ` +
+            `create the bucket with Object Lock (e.g. 'aws s3api create-bucket --object-lock-enabled-for-bucket') or drop --immutable-days`,
+        );
+      }
+      immutability = { days: opts.immutableDays, generationDays: Math.min(DEFAULT_GENERATION_DAYS, opts.immutableDays) };
+    }
     const now = clock.now().toISOString();
     const config: VaultConfig = {
       format: FORMAT_NAME,
@@ -78,12 +108,14 @@ export class Vault {
       chunkSize,
       packSize: opts.packSize ?? DEFAULT_PACK,
       compression: { algorithm: 'zstd', level: opts.compressionLevel ?? DEFAULT_ZSTD_LEVEL },
+      ...(immutability ? { immutability } : {}),
     };
+    const retainUntil = immutability && retentionDate(immutability, clock.now());
     const master = newMasterKey();
     const keyFile = await wrapMasterKey(master, passphrase, { createdAt: now, host: hostname() });
-    await store.put(`keys/${hexId(ids, 16)}`, () => Buffer.from(JSON.stringify(keyFile, null, 2)), { ifAbsent: true });
+    await store.put(`keys/${hexId(ids, 16)}`, () => Buffer.from(JSON.stringify(keyFile, null, 2)), { ifAbsent: true, retainUntil });
     // The config is written last and only if absent: it is the commit point of init.
-    await store.put('config', () => Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true }).catch((err) => {
+    await store.put('config', () => Buffer.from(JSON.stringify(config, null, 2) + '\n'), { ifAbsent: true, retainUntil }).catch((err) => {
       if (isCairnError(err, 'ALREADY_EXISTS')) {
         throw new CairnError('VAULT_EXISTS', `a vault was created at ${store.location} at the same time; use it`);
       }
@@ -159,30 +191,43 @@ export class Vault {
 
   /**
    * Loads every index object. Packs condemned by a pending gc plan are left out (unless asked for,
-   * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete.
-   * Returns the plan it read (none when condemned packs are included), for recoverUnindexedPacks.
+   * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete. For
+   * the same reason, packs an index names but the store no longer holds are left out too (an
+   * immutable vault keeps index objects that name packs gc has deleted since). Returns the plan it
+   * read (none when condemned packs are included) and the packs it listed, for recoverUnindexedPacks.
    */
-  async loadIndex(
-    opts: { includeCondemned?: boolean } = {},
-  ): Promise<{ index: ChunkIndex; indexKeys: string[]; plan: GcPlan | undefined }> {
+  async loadIndex(opts: { includeCondemned?: boolean } = {}): Promise<{
+    index: ChunkIndex;
+    indexKeys: string[];
+    plan: GcPlan | undefined;
+    packs: Map<string, { size: number; modified: Date }> | undefined;
+  }> {
     const plan = opts.includeCondemned ? undefined : await readGcPlan(this);
     const condemned = new Set(plan?.condemnedPacks ?? []);
     const index = new ChunkIndex();
     const indexKeys = await this.listIndexKeys();
     this.indexCache?.retainIndexes(this.config.id, indexKeys);
-    for (const key of indexKeys) {
-      for (const p of await this.readIndexObject(key)) {
-        if (!condemned.has(p.packId)) index.addPack(p.packId, p.entries);
-      }
+    const named: IndexedPack[] = [];
+    for (const key of indexKeys) named.push(...(await this.readIndexObject(key)));
+    // Listed after the index objects: a pack is stored before any index names it, so every pack an
+    // index names is in this listing unless it was deleted.
+    const packs = opts.includeCondemned ? undefined : await this.listPacks();
+    for (const p of named) {
+      if (!condemned.has(p.packId) && (!packs || packs.has(p.packId))) index.addPack(p.packId, p.entries);
     }
-    return { index, indexKeys, plan };
+    return { index, indexKeys, plan, packs };
+  }
+
+  /** The Object Lock date for objects written now, on an immutable vault (retention.ts). */
+  retainUntil(): Date | undefined {
+    return this.config.immutability && retentionDate(this.config.immutability, this.clock.now());
   }
 
   /** Writes a new index object naming `packs` (all stored already); returns its key and size. */
   async writeIndex(packs: IndexedPack[]): Promise<{ key: string; size: number }> {
     const id = hexId(this.ids, 16);
     const body = encodeIndex(this.key.encryption, id, packs);
-    await this.store.put(indexKey(id), () => body, { ifAbsent: true });
+    await this.store.put(indexKey(id), () => body, { ifAbsent: true, retainUntil: this.retainUntil() });
     this.indexCache?.putIndex(this.config.id, indexKey(id), body);
     return { key: indexKey(id), size: body.length };
   }
@@ -214,12 +259,16 @@ export class Vault {
    * Finds packs that no index object names (left by an interrupted backup), reads their headers,
    * adds them to `index` and writes an index object for them, so their chunks are reused rather
    * than uploaded again. Packs condemned by `plan` (the gc plan loadIndex read) and unreadable
-   * packs are skipped.
+   * packs are skipped; `packs` is the listing loadIndex made, if at hand.
    */
-  async recoverUnindexedPacks(index: ChunkIndex, plan: GcPlan | undefined): Promise<number> {
+  async recoverUnindexedPacks(
+    index: ChunkIndex,
+    plan: GcPlan | undefined,
+    packs?: Map<string, { size: number; modified: Date }>,
+  ): Promise<number> {
     const condemned = new Set(plan?.condemnedPacks ?? []);
     const recovered: IndexedPack[] = [];
-    for (const [packId, info] of await this.listPacks()) {
+    for (const [packId, info] of packs ?? (await this.listPacks())) {
       if (index.hasPack(packId) || condemned.has(packId)) continue;
       try {
         const entries = await this.readPackHeader(packId, info.size);
@@ -264,7 +313,7 @@ export class Vault {
   /** Writes a manifest (the commit point of a backup); returns the bytes written. */
   async writeManifest(m: Manifest): Promise<number> {
     const body = encodeManifest(this.key.encryption, m);
-    await this.store.put(manifestKey(m.id), () => body, { ifAbsent: true });
+    await this.store.put(manifestKey(m.id), () => body, { ifAbsent: true, retainUntil: this.retainUntil() });
     return body.length;
   }
 
@@ -275,7 +324,7 @@ export class Vault {
   /** Writes a block map; returns the bytes written. */
   async writeBlockMap(key: string, map: BlockMap): Promise<number> {
     const body = encodeBlockMap(this.key.encryption, key, map);
-    await this.store.put(key, () => body);
+    await this.store.put(key, () => body, { retainUntil: this.retainUntil() });
     return body.length;
   }
 }

@@ -9,14 +9,17 @@ import { ProgressBar } from '../progress.js';
 
 export const backupHelp = `Usage:
   cairn backup <source>... --vault <vault> [--name NAME] [--full] [--json]
+               [--upload-concurrency N] [--limit-upload MiB/s]
 
 Backs up disk images or block devices (several sources make one server backup). The first backup of
 a set of sources stores all used data; later ones read everything and store only changed chunks,
 yet each is a full restore point. Names default to manualbk_xxxxxx.
   --name NAME   name of the backup (must be unique in the vault)
   --full        do not compare with the previous backup (data already in the vault is still reused)
+  --upload-concurrency N  packs uploaded at once (default 4 to S3, 2 to a folder)
+  --limit-upload R        at most R MiB/s to the vault (averaged over a few packs)
   --json        print one JSON object: id, name, kind, bytesRead, bytesStored, durationMs,
-                recoveredPacks (packs of an interrupted backup reused), ...`;
+                recoveredPacks (packs of an interrupted backup reused), requests (by kind), ...`;
 
 export function backupJson(r: BackupResult, location: string): Record<string, unknown> {
   const m = r.manifest;
@@ -50,6 +53,7 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
     ...vaultOptions,
     name: { type: 'string' },
     full: { type: 'boolean' },
+    'upload-concurrency': { type: 'string' },
   });
   if (values.help) return (out(backupHelp), 0);
   if (positionals.length === 0) {
@@ -58,7 +62,7 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
   if (values.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(values.name)) {
     throw new CairnError('USAGE', `backup: --name '${values.name}' is not valid; use letters, digits, '.', '_' and '-'`);
   }
-  const vault = await openVault(values.vault, values['passphrase-file'], 'backup');
+  const vault = await openVault(values, 'backup');
   const sources: BlockSource[] = [];
   const state = openState();
   const startedAt = new Date().toISOString();
@@ -85,7 +89,7 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
       durationMs: r.durationMs,
       error: null,
     });
-    if (values.json) out(JSON.stringify(backupJson(r, vault.store.location)));
+    if (values.json) out(JSON.stringify({ ...backupJson(r, vault.store.location), requests: vault.store.requests }));
     else {
       const m = r.manifest;
       out(`backup ${m.name} (${m.id}) done: ${m.kind}${m.parent ? ` on top of ${m.parent}` : ''}`);

@@ -2,6 +2,7 @@ import { CairnError } from '../../../shared/errors.js';
 import type { Manifest } from '../../../shared/vault/manifest.js';
 import { manifestKey } from '../../../shared/vault/manifest.js';
 import { parse, vaultOptions } from '../args.js';
+import { checkDeletable, deleteUnlessRetained } from '../../../shared/vault/retention.js';
 import { openState, openStore, openVault } from '../context.js';
 import { formatBytes, formatTime, table } from '../format.js';
 
@@ -48,7 +49,7 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
   if (sub !== 'list' && positionals.length !== 1) {
     throw new CairnError('USAGE', `${command}: give exactly one backup id or name; see 'cairn backups list'`);
   }
-  const vault = await openVault(values.vault, values['passphrase-file'], command);
+  const vault = await openVault(values, command);
 
   if (sub === 'list') {
     const all = await vault.listBackups();
@@ -89,8 +90,9 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
   }
 
   // delete: the manifest first (the backup is gone at once), then its block maps.
+  checkDeletable(vault, m);
   await vault.store.delete(manifestKey(m.id));
-  for (const d of m.disks) await vault.store.delete(d.blockMap);
+  for (const d of m.disks) await deleteUnlessRetained(vault, d.blockMap);
   if (values.json) out(JSON.stringify({ deleted: { id: m.id, name: m.name } }));
   else out(`deleted backup ${m.name} (${m.id}); run 'cairn vault gc' to free data no other backup needs`);
   return 0;

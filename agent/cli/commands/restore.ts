@@ -27,7 +27,7 @@ export async function restoreCommand(argv: string[], out: (s: string) => void): 
   if (values.help) return (out(restoreHelp), 0);
   if (positionals.length !== 1) throw new CairnError('USAGE', `restore: give exactly one backup id or name; see 'cairn backups list'`);
   if (!values.to) throw new CairnError('USAGE', `restore: --to is required; see 'cairn restore --help'`);
-  const vault = await openVault(values.vault, values['passphrase-file'], 'restore');
+  const vault = await openVault(values, 'restore');
   const m = await vault.findBackup(positionals[0]);
   let disks = m.disks;
   const targets: string[] = [];
@@ -69,7 +69,7 @@ export async function restoreCommand(argv: string[], out: (s: string) => void): 
     await pool.close();
   }
   if (values.json) {
-    out(JSON.stringify({ id: m.id, name: m.name, disks: results.map((r, i) => ({ index: disks[i].index, ...r })) }));
+    out(JSON.stringify({ id: m.id, name: m.name, disks: results.map((r, i) => ({ index: disks[i].index, ...r })), requests: vault.store.requests }));
   } else {
     for (const [i, r] of results.entries()) {
       out(
