@@ -118,6 +118,6 @@ export async function openVault(args: VaultArgs, command: string): Promise<Vault
   const store = openStore(location, args);
   const concurrency = uploadConcurrency(location, args['upload-concurrency']);
   // Check the vault exists before asking for a passphrase, so a wrong path is named as such.
-  await Vault.readConfig(store);
-  return Vault.open(store, readPassphrase(args['passphrase-file']), { indexCache: openState(), uploadConcurrency: concurrency });
+  const config = await Vault.readConfig(store);
+  return Vault.open(store, readPassphrase(args['passphrase-file']), { indexCache: openState(), uploadConcurrency: concurrency }, config);
 }

@@ -31,6 +31,10 @@ import { parseS3Url, type S3Location } from './s3-url.js';
 
 const MiB = 1024 * 1024;
 
+// The SDK prints a notice on stderr when it runs on Node.js 20 (its next versions need 22). Cairn's
+// packages ship their own runtime (installers/README.md); the notice would only break one-line errors.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 export interface S3StoreOptions {
   /** Static credentials (tests); without them the standard AWS chain is used (environment, profile, …). */
   credentials?: { accessKeyId: string; secretAccessKey: string };
@@ -57,7 +61,8 @@ type Kind = keyof RequestCounts;
  *   capped exponential backoff and full jitter; each attempt is counted in `requests`.
  * - put with ifAbsent sends `If-None-Match: *`, so the server refuses to replace an object. A retry of a
  *   put whose first attempt may have landed compares the stored object with its own body before it reports
- *   ALREADY_EXISTS.
+ *   ALREADY_EXISTS. (radosgw 16 enforces If-None-Match only in unversioned buckets; Cairn's keys are
+ *   random or content-derived, so it relies on the header only to catch mistakes, never for locking.)
  * - Objects above the multipart threshold go up in parts, each retried on its own; a failed upload is
  *   aborted, and removeStaleTempFiles aborts uploads that a crash left behind.
  * - retainUntil writes the object under Object Lock in COMPLIANCE mode (nobody, root included, can delete
@@ -344,6 +349,8 @@ export class S3Store implements ObjectStore {
           MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) },
         }))),
       );
+      // Some servers (radosgw 16) ignore the lock fields of CreateMultipartUpload: set the date again.
+      if (options.retainUntil) await this.extendRetention(key, options.retainUntil);
     } catch (err) {
       await this.abort(full, uploadId).catch(() => undefined);
       throw err;
@@ -420,13 +427,13 @@ export class S3Store implements ObjectStore {
       return new CairnError('ALREADY_EXISTS', `${what}: the object exists already in ${at}`, cause);
     }
     if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'InvalidToken' || name === 'ExpiredToken') {
-      return new CairnError('PERMISSION_DENIED', `${what}: ${endpoint} refused the credentials (${name}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile`, cause);
+      return new CairnError('PERMISSION_DENIED', `${what} on ${at}: ${endpoint} refused the credentials (${name}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile`, cause);
     }
     if (name === 'CredentialsProviderError' || /Could not load credentials/i.test(e.message ?? '')) {
       return new CairnError('PERMISSION_DENIED', `${what}: no AWS credentials found for ${at}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or add &profile=NAME to the URL`, cause);
     }
     if (name === 'AccessDenied' || status === 403) {
-      return new CairnError('PERMISSION_DENIED', `${what}: ${endpoint} denied access to ${at} (${name || 403}); check the credentials' permissions on the bucket`, cause);
+      return new CairnError('PERMISSION_DENIED', `${what} on ${at}: ${endpoint} denied access (${name || 403}); check the credentials' permissions on the bucket`, cause);
     }
     if (name === 'QuotaExceeded') return new CairnError('NO_SPACE', `${what}: the quota of ${at} is used up; free space or raise the quota`, cause);
     if (status === 409 && name === 'ConditionalRequestConflict') {

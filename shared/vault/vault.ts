@@ -124,8 +124,9 @@ export class Vault {
     return new Vault(store, config, master, deps);
   }
 
-  static async open(store: ObjectStore, passphrase: string, deps: VaultDeps = {}): Promise<Vault> {
-    const config = await Vault.readConfig(store);
+  /** Opens a vault; `config` is the one Vault.readConfig returned, if the caller read it already. */
+  static async open(store: ObjectStore, passphrase: string, deps: VaultDeps = {}, config?: VaultConfig): Promise<Vault> {
+    config ??= await Vault.readConfig(store);
     const keyNames: string[] = [];
     for await (const o of store.list('keys/')) keyNames.push(o.key);
     if (keyNames.length === 0) {
