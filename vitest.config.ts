@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // One real S3 server (Ceph radosgw, in memory) for the whole run: the S3 backend's tests use it.
+    globalSetup: ['test/support/s3-global-setup.ts'],
   },
 });
