@@ -192,16 +192,17 @@ export class Vault {
 
   /**
    * Loads every index object. Packs condemned by a pending gc plan are left out (unless asked for,
-   * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete. For
-   * the same reason, packs an index names but the store no longer holds are left out too (an
-   * immutable vault keeps index objects that name packs gc has deleted since). Returns the plan it
-   * read (none when condemned packs are included) and the packs it listed, for recoverUnindexedPacks.
+   * as restore and verify do), so that a new backup never reuses a chunk gc is about to delete.
+   * A chunk found in several packs is located in one the store holds: an immutable vault keeps index
+   * objects that name packs gc has deleted since. Such packs are left out entirely for backups and gc,
+   * and added last for restore and verify (which then name them as missing when a backup needs them).
+   * Returns the plan it read (none when condemned packs are included) and the packs it listed.
    */
   async loadIndex(opts: { includeCondemned?: boolean } = {}): Promise<{
     index: ChunkIndex;
     indexKeys: string[];
     plan: GcPlan | undefined;
-    packs: Map<string, { size: number; modified: Date }> | undefined;
+    packs: Map<string, { size: number; modified: Date }>;
   }> {
     const plan = opts.includeCondemned ? undefined : await readGcPlan(this);
     const condemned = new Set(plan?.condemnedPacks ?? []);
@@ -212,10 +213,11 @@ export class Vault {
     for (const key of indexKeys) named.push(...(await this.readIndexObject(key)));
     // Listed after the index objects: a pack is stored before any index names it, so every pack an
     // index names is in this listing unless it was deleted.
-    const packs = opts.includeCondemned ? undefined : await this.listPacks();
+    const packs = await this.listPacks();
     for (const p of named) {
-      if (!condemned.has(p.packId) && (!packs || packs.has(p.packId))) index.addPack(p.packId, p.entries);
+      if (!condemned.has(p.packId) && packs.has(p.packId)) index.addPack(p.packId, p.entries);
     }
+    if (opts.includeCondemned) for (const p of named) if (!packs.has(p.packId)) index.addPack(p.packId, p.entries);
     return { index, indexKeys, plan, packs };
   }
 
