@@ -228,6 +228,30 @@ describe('S3 vaults survive a flaky network', () => {
   });
 });
 
+describe('bandwidth limits', () => {
+  it('--limit-upload and --limit-download hold the transfer to the rate; a bad rate is a usage error', async () => {
+    const bucket = await newBucket();
+    const vault = vaultUrl(bucket);
+    expect((await cairn(['vault', 'init', vault, '--pack-size', '4M'])).code).toBe(0);
+    const image = sb.path('disk.img');
+    await makeImage(image, [{ kind: 'random', length: 12 * MiB }]);
+    // 12 MiB at 4 MiB/s: the third pack cannot start before two seconds have passed. Only a lower bound
+    // is checked: a slow machine may take longer, never shorter.
+    const t0 = performance.now();
+    const b = await cairnJson<BackupJson>(['backup', image, '--vault', vault, '--name', 'slow', '--limit-upload', '4', '--json']);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(2000);
+    expect(b.bytesStored).toBeGreaterThan(12 * MiB);
+    const to = sb.path('restored.img');
+    const t1 = performance.now();
+    const r = await cairn(['restore', 'slow', '--vault', vault, '--to', to, '--limit-download', '6']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(performance.now() - t1).toBeGreaterThanOrEqual(1500);
+    expect(await sha256File(to)).toBe(await sha256File(image));
+    const bad = await cairn(['backup', image, '--vault', vault, '--limit-upload', 'fast']);
+    expectCliError(bad, 'USAGE', "--limit-upload 'fast'", 'MiB/s');
+  });
+});
+
 describe('immutable S3 vaults', () => {
   it('keeps backups under Object Lock: delete before the date is refused, gc frees nothing protected', async () => {
     const bucket = await newBucket({ objectLock: true });
