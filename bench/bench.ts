@@ -5,8 +5,10 @@
  * a command fails or a restore is not bit-identical to the image it came from.
  *
  * Order of work, chosen so both tools see the image in the same state and page-cache warmth:
- *   build image -> hash (warms the cache) -> cairn full, restic full -> modify 1 % -> hash ->
- *   cairn incremental, restic incremental -> cairn restore, restic restore -> compare hashes.
+ *   build image -> hash (warms the cache) -> cairn full, restic full -> start S3 server ->
+ *   cairn S3 full, restic S3 full -> modify 1 % -> hash -> cairn incremental, restic incremental ->
+ *   cairn S3 incremental, restic S3 incremental -> stop S3 server -> cairn restore, restic restore ->
+ *   compare hashes.
  *
  * Progress goes to stderr; the results (header and table) go to stdout. See bench/README.md.
  */
@@ -19,6 +21,9 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { startFaultProxy, type FaultProxy, type RequestKind } from '../test/support/fault-proxy.js';
+import { s3ServerAvailable, startS3Server, type S3Server } from '../test/support/s3-server.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -50,6 +55,8 @@ const WORK_NAMES = {
   resticRepo: 'restic-repo',
   resticCache: 'restic-cache',
   resticRestore: 'restic-restore',
+  cairnS3State: 'cairn-s3-state',
+  resticS3Cache: 'restic-s3-cache',
   time: 'gnu-time',
 } as const;
 const DEFAULT_JSON_NAME = 'bench.json';
@@ -66,6 +73,7 @@ interface Options {
   skipRestore: boolean;
   jsonOut: string | undefined;
   seed: number;
+  skipS3: boolean;
 }
 
 class UsageError extends Error {
@@ -91,6 +99,7 @@ const USAGE = `usage: npm run bench -- [options]
   --skip-restore      measure backups only
   --json-out FILE     where to write the results as JSON (default: <work>/${DEFAULT_JSON_NAME})
   --seed N            seed of the change pattern (default 1)
+  --skip-s3           skip the S3 section (both tools backing up into a local Ceph radosgw)
 `;
 
 function parseOptions(argv: string[]): Options | 'help' {
@@ -110,6 +119,7 @@ function parseOptions(argv: string[]): Options | 'help' {
         'skip-restore': { type: 'boolean', default: false },
         'json-out': { type: 'string' },
         seed: { type: 'string', default: '1' },
+        'skip-s3': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -147,6 +157,7 @@ function parseOptions(argv: string[]): Options | 'help' {
     skipRestore: values['skip-restore'],
     jsonOut: values['json-out'] === undefined ? undefined : path.resolve(values['json-out']),
     seed,
+    skipS3: values['skip-s3'],
   };
 }
 
@@ -299,11 +310,14 @@ function allocatedSize(file: string): number {
   return fs.statSync(file).blocks * 512;
 }
 
-/** The parent's environment without variables that would steer cairn or restic elsewhere. */
+/**
+ * The parent's environment without variables that would steer cairn or restic elsewhere (an AWS
+ * profile, endpoint or session token of the caller would change the S3 runs).
+ */
 function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('CAIRN_') && !k.startsWith('RESTIC_')) env[k] = v;
+    if (!k.startsWith('CAIRN_') && !k.startsWith('RESTIC_') && !k.startsWith('AWS_')) env[k] = v;
   }
   return { ...env, ...extra };
 }
@@ -560,7 +574,10 @@ function modifyImage(image: string, sizeBytes: number, usedBlocks: Uint32Array, 
 // The two tools. Each implements the same three steps against its own repository.
 
 interface BackupStep extends Cost {
-  /** Growth of the vault / repository directory, apparent bytes (`du -sb` after minus before). */
+  /**
+   * Growth of the vault / repository, after minus before: apparent bytes of the directory (`du -sb`),
+   * or the sum of the object sizes in the bucket for S3.
+   */
   repoGrowthBytes: number;
   /** What the tool itself reported (cairn: --json object; restic: --json summary). */
   report: Record<string, unknown> | null;
@@ -581,6 +598,21 @@ interface ToolRun {
   restore?: RestoreStep;
   /** Set when a step failed; later steps of this tool are skipped. */
   error?: string;
+}
+
+/** Where a tool keeps its backups: a directory in the work directory, or a bucket on the S3 server. */
+interface Place {
+  kind: 'local' | 's3';
+  /** The vault or repository as the tool takes it: a path, an s3:// URL or restic's s3:http://… */
+  location: string;
+  /** Environment added for the tool (S3 credentials). */
+  env: Record<string, string>;
+  /** Bytes the place holds now. */
+  size(): Promise<number>;
+}
+
+function localPlace(dir: string): Place {
+  return { kind: 'local', location: dir, env: {}, size: async () => apparentSize(dir) };
 }
 
 interface Subject {
@@ -627,11 +659,15 @@ function parseCairnReport(stdout: string): CairnBackupReport {
   );
 }
 
-function cairnSubject(work: string, repoRoot: string, image: string, options: Options, timeDir: string): Subject {
-  const vault = path.join(work, WORK_NAMES.cairnVault);
+function cairnSubject(work: string, repoRoot: string, image: string, options: Options, timeDir: string, place: Place): Subject {
+  const vault = place.location;
   const bin = path.join(repoRoot, 'bin', 'cairn.js');
-  const env = childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) });
+  // Its own state per place: the S3 vault's backups must not build on the local vault's history.
+  const stateDir = path.join(work, place.kind === 's3' ? WORK_NAMES.cairnS3State : WORK_NAMES.cairnState);
+  const env = childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: stateDir, ...place.env });
   const cairn = (args: string[]): Command => ({ file: process.execPath, args: [bin, ...args], cwd: repoRoot, env });
+  const name = place.kind === 's3' ? 'cairn S3' : 'cairn';
+  const timeName = place.kind === 's3' ? 'cairn-s3' : 'cairn';
   let lastId: string | undefined;
   let lastKind: string | undefined;
 
@@ -639,53 +675,55 @@ function cairnSubject(work: string, repoRoot: string, image: string, options: Op
     async init() {
       const args = ['vault', 'init', vault];
       if (options.chunkSize !== undefined) args.push('--chunk-size', options.chunkSize);
-      await runChecked('cairn vault init', cairn(args));
+      await runChecked(`${name} vault init`, cairn(args));
     },
     async backup(step) {
-      const before = apparentSize(vault);
+      const before = await place.size();
       const m = await runMeasured(
-        `cairn ${step} backup`,
+        `${name} ${step} backup`,
         cairn(['backup', image, '--vault', vault, '--json']),
-        path.join(timeDir, `cairn-${step}`),
+        path.join(timeDir, `${timeName}-${step}`),
       );
       const report = parseCairnReport(m.stdout);
       if (step === 'incremental' && report.kind !== 'incremental') {
-        log(`warning: cairn's second backup is kind "${report.kind}", expected "incremental" (first was "${lastKind}")`);
+        log(`warning: ${name}'s second backup is kind "${report.kind}", expected "incremental" (first was "${lastKind}")`);
       }
       lastId = report.id;
       lastKind = report.kind;
       const { wallMs, cpuMs, peakRssBytes } = m;
-      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: apparentSize(vault) - before, report };
+      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: (await place.size()) - before, report };
     },
     async restore() {
-      if (lastId === undefined) throw new StepError('cairn restore: no backup id to restore');
+      if (lastId === undefined) throw new StepError(`${name} restore: no backup id to restore`);
       const file = path.join(work, WORK_NAMES.cairnRestore);
       const m = await runMeasured(
-        'cairn restore',
+        `${name} restore`,
         cairn(['restore', lastId, '--vault', vault, '--to', file]),
-        path.join(timeDir, 'cairn-restore'),
+        path.join(timeDir, `${timeName}-restore`),
       );
       return { measurement: m, file };
     },
   };
 }
 
-function resticSubject(work: string, image: string, timeDir: string): Subject {
-  const repo = path.join(work, WORK_NAMES.resticRepo);
-  const common = ['--repo', repo, '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'];
-  const env = childEnv({ RESTIC_PASSWORD: PASSPHRASE });
+function resticSubject(work: string, image: string, timeDir: string, place: Place): Subject {
+  const cache = path.join(work, place.kind === 's3' ? WORK_NAMES.resticS3Cache : WORK_NAMES.resticCache);
+  const common = ['--repo', place.location, '--cache-dir', cache, '-q'];
+  const env = childEnv({ RESTIC_PASSWORD: PASSPHRASE, ...place.env });
   const restic = (args: string[]): Command => ({ file: 'restic', args: [...args, ...common], env });
+  const name = place.kind === 's3' ? 'restic S3' : 'restic';
+  const timeName = place.kind === 's3' ? 'restic-s3' : 'restic';
 
   return {
     async init() {
-      await runChecked('restic init', restic(['init']));
+      await runChecked(`${name} init`, restic(['init']));
     },
     async backup(step) {
-      const before = apparentSize(repo);
+      const before = await place.size();
       const m = await runMeasured(
-        `restic ${step} backup`,
+        `${name} ${step} backup`,
         restic(['backup', '--json', image]),
-        path.join(timeDir, `restic-${step}`),
+        path.join(timeDir, `${timeName}-${step}`),
       );
       let report: Record<string, unknown> | null = null;
       for (const line of m.stdout.split('\n')) {
@@ -697,25 +735,25 @@ function resticSubject(work: string, image: string, timeDir: string): Subject {
         }
       }
       const { wallMs, cpuMs, peakRssBytes } = m;
-      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: apparentSize(repo) - before, report };
+      return { wallMs, cpuMs, peakRssBytes, repoGrowthBytes: (await place.size()) - before, report };
     },
     async restore() {
       const target = path.join(work, WORK_NAMES.resticRestore);
       const m = await runMeasured(
-        'restic restore',
+        `${name} restore`,
         restic(['restore', 'latest', '--target', target]),
-        path.join(timeDir, 'restic-restore'),
+        path.join(timeDir, `${timeName}-restore`),
       );
       // restic restores a file under the target at its full original path.
       const file = path.join(target, image);
-      if (!fs.existsSync(file)) throw new StepError(`restic restore wrote no ${file}`);
+      if (!fs.existsSync(file)) throw new StepError(`${name} restore wrote no ${file}`);
       return { measurement: m, file };
     },
   };
 }
 
 /** Runs `fn` for a tool unless an earlier step of it failed; a failure is recorded, not thrown. */
-async function step(run: ToolRun | undefined, what: string, fn: (run: ToolRun) => Promise<void>): Promise<void> {
+async function step<R extends { tool: Tool; error?: string }>(run: R | undefined, what: string, fn: (run: R) => Promise<void>): Promise<void> {
   if (run === undefined || run.error !== undefined) return;
   log(`${run.tool}: ${what}`);
   try {
@@ -763,6 +801,245 @@ async function measureRestore(subject: Subject, expectedSha256: string, keep: bo
 }
 
 // ---------------------------------------------------------------------------------------------
+// S3: both tools back up into buckets on one local Ceph radosgw, behind one counting proxy.
+
+const S3_BUCKETS: Record<Tool, string> = { cairn: 'cairn-bench', restic: 'restic-bench' };
+/** Written once before any tool runs, so the first tool does not pay for RGW creating its data pool. */
+const S3_WARMUP_BUCKET = 'bench-warmup';
+const S3_WARMUP_OBJECTS = 8;
+/** How many lines of the daemons' own output are kept to show when an S3 step fails. */
+const S3_OUTPUT_LINES = 40;
+const S3_INSTALL_HINT = 'apt-get install radosgw ceph-mon ceph-osd ceph-common';
+
+type RequestCounts = Record<RequestKind, number>;
+
+interface S3Bench {
+  server: S3Server;
+  /** The tools talk to the proxy, which counts every request by kind and forwards it to the server. */
+  proxy: FaultProxy;
+  /** Straight to the server (not counted): creates the buckets and lists them. */
+  client: S3Client;
+  memoryBytes: number;
+  /** e.g. "16.2.15 pacific" */
+  version: string | null;
+  /** The last lines the daemons printed (startup notes, warnings); shown when an S3 step fails. */
+  output: string[];
+  /** Process ids of ceph-mon, ceph-osd and radosgw, to read their CPU time; empty without /proc. */
+  daemonPids: number[];
+}
+
+interface S3BackupStep extends BackupStep {
+  /** Requests the counting proxy forwarded during the step, by kind. */
+  requests: RequestCounts;
+  /** Request-body bytes the proxy received from the tool, and response-body bytes it sent back. */
+  bytesSent: number;
+  bytesReceived: number;
+  /** What the tool counted itself (cairn's `requests` from --json; restic reports none). */
+  toolRequests: Record<string, unknown> | null;
+  /** Objects in the bucket and the sum of their sizes after the step (ListObjectsV2). */
+  bucketObjects: number;
+  bucketBytes: number;
+  /** CPU time of the S3 server's daemons during the step (radosgw, OSD, monitor); null without /proc. */
+  serverCpuMs: number | null;
+  /** CPU time of the bench process during the step: nearly all of it is the counting proxy. */
+  proxyCpuMs: number;
+}
+
+interface S3Run {
+  tool: Tool;
+  bucket: string;
+  /** Requests of `cairn vault init` / `restic init`, not part of any row. */
+  initRequests?: RequestCounts;
+  full?: S3BackupStep;
+  incremental?: S3BackupStep;
+  error?: string;
+}
+
+function totalRequests(counts: RequestCounts | undefined): number | undefined {
+  return counts === undefined ? undefined : Object.values(counts).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * Starts radosgw with room in RAM for what both tools store (each stores at most about the image's
+ * allocated bytes, compressed; the incremental and RGW's own objects come on top), the counting
+ * proxy in front of it, and one bucket per tool.
+ */
+async function startS3(tools: Tool[], imageAllocated: number): Promise<S3Bench> {
+  const memoryBytes = Math.max(4 * GiB, Math.ceil((tools.length * imageAllocated * 1.5 + GiB) / MiB) * MiB);
+  if (memoryBytes > os.totalmem() * 0.8) {
+    log(`warning: the S3 server may hold up to ${formatBytes(memoryBytes)} in RAM; this machine has ${formatBytes(os.totalmem())}`);
+  }
+  log(`starting the S3 server (Ceph radosgw, in-memory store of ${formatBytes(memoryBytes)})`);
+  // Progress lines go to the log; the daemons' own chatter only when something fails.
+  const output: string[] = [];
+  const server = await startS3Server({
+    memoryBytes,
+    log: (line) => {
+      if (line.startsWith('[s3-server]')) {
+        log(line);
+        return;
+      }
+      output.push(line);
+      if (output.length > S3_OUTPUT_LINES) output.shift();
+    },
+  });
+  let proxy: FaultProxy | undefined;
+  let client: S3Client | undefined;
+  try {
+    proxy = await startFaultProxy(server.endpoint);
+    client = new S3Client({
+      endpoint: server.endpoint,
+      region: server.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    });
+    for (const tool of tools) await client.send(new CreateBucketCommand({ Bucket: S3_BUCKETS[tool] }));
+    await client.send(new CreateBucketCommand({ Bucket: S3_WARMUP_BUCKET }));
+    const body = Buffer.alloc(4 * MiB, 1);
+    for (let i = 0; i < S3_WARMUP_OBJECTS; i++) {
+      await client.send(new PutObjectCommand({ Bucket: S3_WARMUP_BUCKET, Key: `warmup-${i}`, Body: body }));
+    }
+    log(`S3 server ${server.endpoint}, counting proxy ${proxy.url}`);
+    return { server, proxy, client, memoryBytes, version: radosgwVersion(), output, daemonPids: serverDaemonPids() };
+  } catch (err) {
+    client?.destroy();
+    await proxy?.close();
+    await server.stop();
+    throw err;
+  }
+}
+
+/** `radosgw --version`: "ceph version 16.2.15 (…) pacific (stable)" -> "16.2.15 pacific". */
+function radosgwVersion(): string | null {
+  const line = toolVersion('radosgw', ['--version']);
+  const m = line === null ? null : /ceph version (\S+) \([^)]*\) (\w+)/.exec(line);
+  return m === null ? line : `${m[1]} ${m[2]}`;
+}
+
+/** /proc/<pid>/stat counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second. */
+const PROC_TICKS_PER_SECOND = 100;
+
+/** Name, parent and CPU time (user + system, all threads) of a process, from /proc; null if gone. */
+function procStat(pid: number): { comm: string; ppid: number; cpuMs: number } | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // "pid (comm) state ppid ... utime stime ...": comm may hold spaces, so split after its ')'.
+  const close = text.lastIndexOf(')');
+  const fields = text.slice(close + 2).split(' ');
+  const [ppid, utime, stime] = [fields[1], fields[11], fields[12]].map(Number);
+  if (!Number.isFinite(ppid) || !Number.isFinite(utime) || !Number.isFinite(stime)) return null;
+  return { comm: text.slice(text.indexOf('(') + 1, close), ppid: ppid!, cpuMs: ((utime! + stime!) * 1000) / PROC_TICKS_PER_SECOND };
+}
+
+/** The server's daemons are children of this process; finds them by name. */
+function serverDaemonPids(): number[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .filter((pid) => {
+      const st = procStat(pid);
+      return st !== null && st.ppid === process.pid && ['ceph-mon', 'ceph-osd', 'radosgw'].includes(st.comm);
+    });
+}
+
+/** Summed CPU time of the daemons; null if there are none or one has gone. */
+function serverCpuMs(pids: number[]): number | null {
+  let total = 0;
+  for (const pid of pids) {
+    const st = procStat(pid);
+    if (st === null) return null;
+    total += st.cpuMs;
+  }
+  return pids.length > 0 ? total : null;
+}
+
+async function stopS3(s3: S3Bench): Promise<void> {
+  s3.client.destroy();
+  await s3.proxy.close();
+  await s3.server.stop();
+}
+
+/** Objects in a bucket and the sum of their sizes (ListObjectsV2, every page). */
+async function bucketContents(client: S3Client, bucket: string): Promise<{ objects: number; bytes: number }> {
+  let objects = 0;
+  let bytes = 0;
+  let token: string | undefined;
+  do {
+    const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, ContinuationToken: token }));
+    for (const o of page.Contents ?? []) {
+      objects++;
+      bytes += o.Size ?? 0;
+    }
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token !== undefined);
+  return { objects, bytes };
+}
+
+/** A StepError for a failed S3 call made by the bench itself (not by a tool). */
+async function s3Call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw new StepError(`${what} failed: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+function s3Place(s3: S3Bench, tool: Tool): Place {
+  const bucket = S3_BUCKETS[tool];
+  const env = {
+    AWS_ACCESS_KEY_ID: s3.server.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: s3.server.secretAccessKey,
+    AWS_REGION: s3.server.region,
+  };
+  const size = async (): Promise<number> =>
+    (await s3Call(`listing bucket ${bucket}`, () => bucketContents(s3.client, bucket))).bytes;
+  // Cairn takes the endpoint as a parameter; restic (minio-go) uses path-style for an IP address.
+  const location =
+    tool === 'cairn'
+      ? `s3://${bucket}?endpoint=${encodeURIComponent(s3.proxy.url)}&path-style=true`
+      : `s3:${s3.proxy.url}/${bucket}`;
+  return { kind: 's3', location, env, size };
+}
+
+/** Runs one backup of a tool into its bucket and counts the requests it made on the way. */
+async function measureS3Backup(s3: S3Bench, subject: Subject, tool: Tool, kind: 'full' | 'incremental'): Promise<S3BackupStep> {
+  s3.proxy.resetCounts();
+  const serverBefore = serverCpuMs(s3.daemonPids);
+  const benchBefore = process.cpuUsage();
+  const backup = await subject.backup(kind);
+  const bench = process.cpuUsage(benchBefore);
+  const serverAfter = serverCpuMs(s3.daemonPids);
+  // Copies: resetCounts() zeroes the proxy's object in place.
+  const requests = { ...s3.proxy.counts };
+  const { bytesIn, bytesOut } = s3.proxy;
+  const contents = await s3Call(`listing bucket ${S3_BUCKETS[tool]}`, () => bucketContents(s3.client, S3_BUCKETS[tool]));
+  const own = backup.report?.requests;
+  return {
+    ...backup,
+    requests,
+    bytesSent: bytesIn,
+    bytesReceived: bytesOut,
+    toolRequests: own !== null && typeof own === 'object' ? (own as Record<string, unknown>) : null,
+    bucketObjects: contents.objects,
+    bucketBytes: contents.bytes,
+    serverCpuMs: serverBefore !== null && serverAfter !== null ? Math.round(serverAfter - serverBefore) : null,
+    proxyCpuMs: Math.round((bench.user + bench.system) / 1000),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 function formatBytes(n: number): string {
@@ -782,7 +1059,7 @@ function formatSeconds(ms: number): string {
   return `${s.toFixed(s >= 1 ? 1 : 2)} s`;
 }
 
-type Unit = 'ms' | 'bytes' | 'bool';
+type Unit = 'ms' | 'bytes' | 'count' | 'bool';
 
 type Value = number | boolean | null;
 
@@ -802,7 +1079,12 @@ function row(step: string, unit: Unit, cairn: Value | undefined, restic: Value |
   return { step, unit, cairn: c, restic: r, ratio };
 }
 
-function buildRows(cairn: ToolRun | undefined, restic: ToolRun | undefined): Row[] {
+function buildRows(
+  cairn: ToolRun | undefined,
+  restic: ToolRun | undefined,
+  s3Cairn: S3Run | undefined,
+  s3Restic: S3Run | undefined,
+): Row[] {
   const rows: Row[] = [
     row('full backup', 'ms', cairn?.full?.wallMs, restic?.full?.wallMs),
     row('incremental backup', 'ms', cairn?.incremental?.wallMs, restic?.incremental?.wallMs),
@@ -830,12 +1112,27 @@ function buildRows(cairn: ToolRun | undefined, restic: ToolRun | undefined): Row
   if (cairn?.restore !== undefined || restic?.restore !== undefined) {
     rows.push(row('peak RSS restore', 'bytes', cairn?.restore?.peakRssBytes, restic?.restore?.peakRssBytes));
   }
+  if (s3Cairn !== undefined || s3Restic !== undefined) {
+    const c = s3Cairn;
+    const r = s3Restic;
+    rows.push(
+      row('S3 full backup', 'ms', c?.full?.wallMs, r?.full?.wallMs),
+      row('S3 requests (full)', 'count', totalRequests(c?.full?.requests), totalRequests(r?.full?.requests)),
+      row('S3 PUT requests (full)', 'count', c?.full?.requests.PUT, r?.full?.requests.PUT),
+      row('S3 bytes stored (full)', 'bytes', c?.full?.bucketBytes, r?.full?.bucketBytes),
+      row('S3 incremental backup', 'ms', c?.incremental?.wallMs, r?.incremental?.wallMs),
+      row('S3 requests (1%)', 'count', totalRequests(c?.incremental?.requests), totalRequests(r?.incremental?.requests)),
+      row('S3 PUT requests (1%)', 'count', c?.incremental?.requests.PUT, r?.incremental?.requests.PUT),
+      row('S3 bytes added (1%)', 'bytes', c?.incremental?.repoGrowthBytes, r?.incremental?.repoGrowthBytes),
+    );
+  }
   return rows;
 }
 
 function formatCell(unit: Unit, v: Value): string {
   if (v === null) return '-';
   if (typeof v === 'boolean') return v ? 'yes' : 'NO';
+  if (unit === 'count') return String(v);
   return unit === 'ms' ? formatSeconds(v) : formatBytes(v);
 }
 
@@ -852,7 +1149,7 @@ function formatRatio(r: Row): string {
 function renderTable(rows: Row[]): string {
   const lines = [['step', 'cairn', 'restic', 'cairn/restic']];
   for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
-  const widths = [22, 12, 12];
+  const widths = [24, 12, 12];
   const line = (cols: string[]): string =>
     cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd();
   return lines.map(line).join('\n');
@@ -975,11 +1272,11 @@ async function runBenchmark(
   const subjects: Partial<Record<Tool, Subject>> = {};
   const runs: Partial<Record<Tool, ToolRun>> = {};
   if (opts.tools.includes('cairn')) {
-    subjects.cairn = cairnSubject(work, repoRoot, image, opts, timeDir);
+    subjects.cairn = cairnSubject(work, repoRoot, image, opts, timeDir, localPlace(path.join(work, WORK_NAMES.cairnVault)));
     runs.cairn = { tool: 'cairn', version: null };
   }
   if (opts.tools.includes('restic')) {
-    subjects.restic = resticSubject(work, image, timeDir);
+    subjects.restic = resticSubject(work, image, timeDir, localPlace(path.join(work, WORK_NAMES.resticRepo)));
     runs.restic = { tool: 'restic', version: resticVersion };
   }
   const each = async (what: string, fn: (subject: Subject, run: ToolRun) => Promise<void>): Promise<void> => {
@@ -994,13 +1291,80 @@ async function runBenchmark(
     run.full = await s.backup('full');
   });
 
-  log(`modifying ${CHANGE_FRACTION * 100} % of the image (seed ${opts.seed})`);
-  const changes = modifyImage(image, opts.sizeBytes, original.usedBlocks!, new SeededRandom(opts.seed));
-  const modified = await scanFile(image, false);
+  // S3: the same image into buckets on one local server, between the local full and incremental
+  // backups so the image is in the same state for both; the server is stopped before the restores.
+  let s3: S3Bench | undefined;
+  /** Why the S3 section did not run (skipped, or the server did not start). */
+  let s3Note: string | undefined;
+  let s3Failed = false;
+  const s3Subjects: Partial<Record<Tool, Subject>> = {};
+  const s3Runs: Partial<Record<Tool, S3Run>> = {};
+  if (opts.skipS3) {
+    s3Note = 'skipped (--skip-s3)';
+  } else if (!s3ServerAvailable()) {
+    s3Note = `skipped: Ceph radosgw is not installed (${S3_INSTALL_HINT})`;
+    log(`S3 section ${s3Note}`);
+  } else {
+    try {
+      s3 = await startS3(opts.tools, imageAllocated);
+    } catch (err) {
+      s3Failed = true;
+      s3Note = `FAILED: the S3 server did not start: ${(err as Error).message}`;
+      log(`S3 section ${s3Note}`);
+    }
+  }
+  const eachS3 = async (what: string, fn: (subject: Subject, run: S3Run, s3: S3Bench) => Promise<void>): Promise<void> => {
+    if (s3 === undefined) return;
+    const server = s3;
+    for (const tool of ['cairn', 'restic'] as const) {
+      const subject = s3Subjects[tool];
+      const run = s3Runs[tool];
+      if (subject === undefined || run === undefined || run.error !== undefined) continue;
+      await step(run, what, (r) => fn(subject, r, server));
+      if (run.error !== undefined && server.output.length > 0) {
+        log(`last lines of the S3 server's daemons:\n${server.output.join('\n')}`);
+      }
+    }
+  };
 
-  await each('incremental backup', async (s, run) => {
-    run.incremental = await s.backup('incremental');
-  });
+  let changes: ChangePlan;
+  let modified: ImageScan;
+  try {
+    if (s3 !== undefined) {
+      if (opts.tools.includes('cairn')) {
+        s3Subjects.cairn = cairnSubject(work, repoRoot, image, opts, timeDir, s3Place(s3, 'cairn'));
+        s3Runs.cairn = { tool: 'cairn', bucket: S3_BUCKETS.cairn };
+      }
+      if (opts.tools.includes('restic')) {
+        s3Subjects.restic = resticSubject(work, image, timeDir, s3Place(s3, 'restic'));
+        s3Runs.restic = { tool: 'restic', bucket: S3_BUCKETS.restic };
+      }
+    }
+    await eachS3('S3 init', async (s, run, server) => {
+      server.proxy.resetCounts();
+      await s.init();
+      run.initRequests = { ...server.proxy.counts };
+    });
+    await eachS3('S3 full backup', async (s, run, server) => {
+      run.full = await measureS3Backup(server, s, run.tool, 'full');
+    });
+
+    log(`modifying ${CHANGE_FRACTION * 100} % of the image (seed ${opts.seed})`);
+    changes = modifyImage(image, opts.sizeBytes, original.usedBlocks!, new SeededRandom(opts.seed));
+    modified = await scanFile(image, false);
+
+    await each('incremental backup', async (s, run) => {
+      run.incremental = await s.backup('incremental');
+    });
+    await eachS3('S3 incremental backup', async (s, run, server) => {
+      run.incremental = await measureS3Backup(server, s, run.tool, 'incremental');
+    });
+  } finally {
+    if (s3 !== undefined) {
+      log('stopping the S3 server');
+      await stopS3(s3);
+    }
+  }
   if (!opts.skipRestore) {
     await each('restore', async (s, run) => {
       run.restore = await measureRestore(s, modified.sha256, opts.keep);
@@ -1010,7 +1374,7 @@ async function runBenchmark(
     });
   }
 
-  const rows = buildRows(runs.cairn, runs.restic);
+  const rows = buildRows(runs.cairn, runs.restic, s3Runs.cairn, s3Runs.restic);
   const loadEnd = os.loadavg()[0]!;
   const header = [
     `cairn bench  ${new Date().toISOString()}  node ${process.version}  ${resticVersion ?? 'restic not run'}  ${os.cpus().length} cpus  ${formatBytes(os.totalmem())} RAM`,
@@ -1044,14 +1408,34 @@ async function runBenchmark(
       `restic       full: added ${fmt(reportField(r.full?.report, 'data_added'))}; incremental: added ${fmt(reportField(r.incremental?.report, 'data_added'))}`,
     );
   }
-  const failures = Object.values(runs).filter((r) => r.error !== undefined);
+  if (s3 !== undefined) {
+    header.push(
+      `s3           Ceph radosgw (${s3.version ?? 'version unknown'}), data in RAM (memstore, ${formatBytes(s3.memoryBytes)}), ` +
+        'requests counted by one forwarding proxy',
+    );
+    for (const r of Object.values(s3Runs)) {
+      const kinds = (c: RequestCounts | undefined): string =>
+        c === undefined
+          ? '-'
+          : `${totalRequests(c)} requests (${Object.entries(c).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ') || 'none'})`;
+      const cpu = (st: S3BackupStep): string =>
+        `server CPU ${st.serverCpuMs === null ? '-' : formatSeconds(st.serverCpuMs)}, proxy CPU ${formatSeconds(st.proxyCpuMs)}`;
+      const full = r.full === undefined ? '-' : `${kinds(r.full.requests)}, ${r.full.bucketObjects} objects, ${cpu(r.full)}`;
+      header.push(`s3 ${r.tool.padEnd(10)}full: ${full}; incremental: ${kinds(r.incremental?.requests)}`);
+    }
+  } else if (s3Note !== undefined) {
+    header.push(`s3           ${s3Note.split('\n')[0]}`);
+  }
+  const failures = [...Object.values(runs), ...Object.values(s3Runs)].filter((r) => r.error !== undefined);
   const mismatches = Object.values(runs).filter((r) => r.restore !== undefined && !r.restore.identical);
 
   process.stdout.write(`${header.join('\n')}\n\n${renderTable(rows)}\n`);
   for (const r of failures) {
-    process.stdout.write(`\n${r.tool} FAILED: ${r.error!.split('\n')[0]}\n`);
-    log(`${r.tool} failed:\n${r.error}`);
+    const which = 'bucket' in r ? `${r.tool} S3` : r.tool;
+    process.stdout.write(`\n${which} FAILED: ${r.error!.split('\n')[0]}\n`);
+    log(`${which} failed:\n${r.error}`);
   }
+  if (s3Failed) process.stdout.write(`\nS3 section ${s3Note!.split('\n')[0]}\n`);
   for (const r of mismatches) process.stdout.write(`\n${r.tool} restore is NOT identical to the modified image\n`);
 
   const result = {
@@ -1070,6 +1454,7 @@ async function runBenchmark(
       chunkSize: opts.chunkSize ?? null,
       skipRestore: opts.skipRestore,
       seed: opts.seed,
+      skipS3: opts.skipS3,
     },
     image: {
       sizeBytes: opts.sizeBytes,
@@ -1080,12 +1465,17 @@ async function runBenchmark(
       changes: { blocks: changes.blocks, blockSize: changes.blockSize, bytesWritten: changes.bytesWritten },
     },
     runs,
+    s3: {
+      server: s3 === undefined ? null : { radosgw: s3.version, memoryBytes: s3.memoryBytes, buckets: S3_BUCKETS },
+      note: s3Note ?? null,
+      runs: s3Runs,
+    },
     rows,
   };
   fs.writeFileSync(jsonOut, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`\nresults as JSON: ${jsonOut}\n`);
 
-  return failures.length > 0 || mismatches.length > 0 ? 1 : 0;
+  return failures.length > 0 || mismatches.length > 0 || s3Failed ? 1 : 0;
 }
 
 main().then(

@@ -60,9 +60,12 @@ function rate(text: string | undefined, flag: string): RateLimiter | undefined {
   return new RateLimiter(mib * 1024 * 1024);
 }
 
-/** Packs uploaded at once: --upload-concurrency, else 4 for object storage and 2 for a local folder. */
+/**
+ * Packs uploaded at once: --upload-concurrency, else 3 for object storage and 2 for a local folder.
+ * A backup holds (concurrency + 1) packs in memory: 128 MiB with 32 MiB packs.
+ */
 export function uploadConcurrency(location: string, text: string | undefined): number {
-  if (text === undefined) return isS3Url(location) ? 4 : 2;
+  if (text === undefined) return isS3Url(location) ? 3 : 2;
   const n = Number(text);
   if (!Number.isInteger(n) || n < 1 || n > 64) throw new CairnError('USAGE', `--upload-concurrency '${text}' must be a whole number from 1 to 64`);
   return n;

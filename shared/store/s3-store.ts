@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 import {
   AbortMultipartUploadCommand,
@@ -30,6 +30,8 @@ import { defaultRetryPolicy, withRetry, type RetryPolicy } from './retry.js';
 import { parseS3Url, type S3Location } from './s3-url.js';
 
 const MiB = 1024 * 1024;
+/** Bodies above this go up as streams (see bodyOf). */
+const STREAM_FROM = MiB;
 
 // The SDK prints a notice on stderr when it runs on Node.js 20 (its next versions need 22). Cairn's
 // packages ship their own runtime (installers/README.md); the notice would only break one-line errors.
@@ -116,15 +118,15 @@ export class S3Store implements ObjectStore {
     let maybeLanded = false;
     try {
       await this.retrying(`put ${key}`, async () => {
-        const data = joined(body);
+        const parts = partsOf(body);
         try {
           await this.send('PUT', `put ${key}`, () => this.client.send(new PutObjectCommand({
             Bucket: this.where.bucket,
             Key: this.where.prefix + key,
-            Body: data,
-            ContentLength: data.length,
+            Body: bodyOf(parts, size),
+            ContentLength: size,
             IfNoneMatch: options.ifAbsent ? '*' : undefined,
-            ...this.lockFields(options.retainUntil, data),
+            ...this.lockFields(options.retainUntil, parts),
           })));
         } catch (err) {
           if (isCairnError(err) && err.retryable) maybeLanded = true;
@@ -387,10 +389,10 @@ export class S3Store implements ObjectStore {
     return until ? ` until ${until.toISOString()}` : '';
   }
 
-  private lockFields(retainUntil: Date | undefined, data: Buffer) {
+  private lockFields(retainUntil: Date | undefined, parts: Buffer[]) {
     if (!retainUntil) return {};
     // S3 requires an integrity header on uploads that carry an Object Lock retention.
-    return { ObjectLockMode: 'COMPLIANCE' as const, ObjectLockRetainUntilDate: retainUntil, ContentMD5: md5(data) };
+    return { ObjectLockMode: 'COMPLIANCE' as const, ObjectLockRetainUntilDate: retainUntil, ContentMD5: md5(...parts) };
   }
 
   private retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -486,8 +488,21 @@ function slice(parts: Buffer[], start: number, end: number): Buffer {
   return out.length === 1 ? out[0] : Buffer.concat(out);
 }
 
-function md5(data: Buffer): string {
-  return createHash('md5').update(data).digest('base64');
+function md5(...parts: Buffer[]): string {
+  const h = createHash('md5');
+  for (const p of parts) h.update(p);
+  return h.digest('base64');
+}
+
+/**
+ * A put's body: small ones as one Buffer (the SDK signs its SHA-256), large ones (packs) as a stream
+ * of their parts, which is neither joined into one more copy nor hashed for the signature (the SDK
+ * sends UNSIGNED-PAYLOAD for streams). Every blob in a pack carries its own AEAD tag, and verify reads
+ * them, so the payload hash would only repeat that check at the cost of a pass over every byte.
+ */
+function bodyOf(parts: Buffer[], size: number): Buffer | Readable {
+  if (size <= STREAM_FROM) return parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
+  return Readable.from(parts.filter((p) => p.length > 0), { objectMode: false });
 }
 
 /** The HTTP status of an SDK error, also when it is the cause of a CairnError. */

@@ -16,7 +16,8 @@ a set of sources stores all used data; later ones read everything and store only
 yet each is a full restore point. Names default to manualbk_xxxxxx.
   --name NAME   name of the backup (must be unique in the vault)
   --full        do not compare with the previous backup (data already in the vault is still reused)
-  --upload-concurrency N  packs uploaded at once (default 4 to S3, 2 to a folder)
+  --upload-concurrency N  packs uploaded at once (default 3 to S3, 2 to a folder;
+                          each one in flight holds a pack in memory)
   --limit-upload R        at most R MiB/s to the vault (averaged over a few packs)
   --json        print one JSON object: id, name, kind, bytesRead, bytesStored, durationMs,
                 recoveredPacks (packs of an interrupted backup reused), requests (by kind), ...`;
