@@ -1,24 +1,30 @@
 import { randomBytes } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeEach, expect, it } from 'vitest';
 import {
   allocatedBytes,
   changedChunks,
+  describeForTargets,
   expectCliError,
   KiB,
-  listFiles,
   makeImage,
   MiB,
+  newKeys,
   Sandbox,
   scanChunks,
   sha256File,
+  sum,
+  vaultTargets,
   writeAt,
+  type VaultTarget,
 } from './helpers.js';
+import type { RequestCounts } from '../shared/store/object-store.js';
 
 /**
  * Backups and restores through the real CLI: every restore point must come back bit for bit, the
  * JSON output must report exactly what the image held and what changed, and restored files must be
- * sparse where the image was all zeros.
+ * sparse where the image was all zeros. Every scenario runs twice: with the vault in a local folder
+ * and in a bucket on the test run's S3 server (see VaultTarget in helpers.ts).
  */
 
 interface DiskJson {
@@ -44,6 +50,7 @@ interface BackupJson {
   durationMs: number;
   changedChunks: number;
   disks: DiskJson[];
+  requests: RequestCounts;
 }
 
 interface SummaryJson {
@@ -87,15 +94,36 @@ function newContent(before: Snapshot[], after: Snapshot): number {
 }
 
 let sb: Sandbox;
-beforeEach(async () => {
-  sb = await Sandbox.create('backup');
-});
-afterEach(async () => {
-  await sb.cleanup();
+let target: VaultTarget;
+
+/** Runs each test of the enclosing describe in a fresh sandbox whose CLI can reach vaults on `t`. */
+function useTarget(t: VaultTarget): void {
+  beforeEach(async () => {
+    target = t;
+    sb = await Sandbox.create(`backup-${t.kind}`, { env: t.env });
+  });
+  afterEach(async () => {
+    await sb.cleanup();
+  });
+}
+afterAll(async () => {
+  for (const t of vaultTargets) await t.close();
 });
 
 async function backup(vault: string, sources: string[], extra: string[] = []): Promise<BackupJson> {
-  return sb.cairnJson<BackupJson>(['backup', ...sources, '--vault', vault, '--json', ...extra]);
+  const before = await target.packs(vault);
+  const b = await sb.cairnJson<BackupJson>(['backup', ...sources, '--vault', vault, '--json', ...extra]);
+  const added = newKeys(before, await target.packs(vault)).length;
+  // The requests a backup makes, counted alike by both stores: one PUT per new pack (no multipart
+  // upload: packs stay below the S3 store's 48 MiB threshold, so no POST either), plus the lease, a
+  // block map per disk and the manifest, and the index object when packs were added; the one DELETE
+  // is the lease's.
+  expect(b.requests, `requests of a backup that added ${added} packs`).toMatchObject({
+    PUT: added + (added > 0 ? 1 : 0) + b.disks.length + 2,
+    POST: 0,
+    DELETE: 1,
+  });
+  return b;
 }
 
 async function restore(vault: string, name: string, to: string, extra: string[] = []): Promise<void> {
@@ -111,7 +139,7 @@ function checkBackupJson(b: BackupJson, image: string, snap: Snapshot, vault: st
   expect(typeof b.bytesStored).toBe('number');
   expect(typeof b.durationMs).toBe('number');
   expect(b.durationMs).toBeGreaterThanOrEqual(0);
-  expect(b.vault).toBe(vault);
+  expect(b.vault).toBe(target.display(vault));
   expect(b.bytesRead).toBe(snap.size);
   expect(b.disks).toHaveLength(1);
   expect(b.disks[0]).toMatchObject({ index: 0, source: image, size: snap.size, usedBytes: snap.usedBytes });
@@ -119,9 +147,11 @@ function checkBackupJson(b: BackupJson, image: string, snap: Snapshot, vault: st
   expect(b.disks[0].newBytes).toBeLessThanOrEqual(b.bytesStored);
 }
 
-describe('backup and restore of one disk', () => {
+describeForTargets('backup and restore of one disk', (t) => {
+  useTarget(t);
+
   it('restores a full backup and four incrementals bit-identically, with exact JSON and sparse files', async () => {
-    const vault = await sb.initVault('vault');
+    const vault = await target.init(sb, 'vault');
     const image = sb.path('disk.img');
     const tail = 12345;
     // random | text | zeros written | hole | random | random tail (size not a multiple of 64 KiB)
@@ -224,6 +254,7 @@ describe('backup and restore of one disk', () => {
       expect((await stat(to)).size).toBe(size);
       expect(await sha256File(to), `restore of backup ${i} (${b.kind})`).toBe(snaps[i].sha);
       if (i === 0) {
+        // The restore target is a local file for both vault targets, so this holds for S3 vaults too.
         // 4 MiB of written zeros and the 16 MiB hole stay holes: only the used bytes are allocated.
         const allocated = await allocatedBytes(to);
         expect(allocated).toBeLessThanOrEqual(snaps[0].usedBytes + 256 * KiB);
@@ -236,7 +267,7 @@ describe('backup and restore of one disk', () => {
     // backups list and show return what was made (bytesStored: see the test below).
     const list = await sb.cairnJson<SummaryJson[]>(['backups', 'list', '--vault', vault, '--json']);
     expect(list.map((m) => m.id)).toEqual(backups.map((b) => b.id));
-    const files = await listFiles(vault);
+    const files = await target.objects(vault);
     for (const [i, made] of backups.entries()) {
       expect(list[i]).toMatchObject({
         id: made.id,
@@ -260,7 +291,7 @@ describe('backup and restore of one disk', () => {
   });
 
   it('names backups with --name and refuses a duplicate name without changing the vault', async () => {
-    const vault = await sb.initVault('vault');
+    const vault = await target.init(sb, 'vault');
     const image = sb.path('disk.img');
     await makeImage(image, [
       { kind: 'random', length: 8 * MiB },
@@ -271,15 +302,15 @@ describe('backup and restore of one disk', () => {
     expect(first.kind).toBe('full');
 
     await writeAt(image, 0, randomBytes(4096));
-    const before = await listFiles(vault);
+    const before = await target.objects(vault);
     const dup = await sb.cairn(['backup', image, '--vault', vault, '--name', 'nightly-2024.01_a']);
     expectCliError(dup, 'ALREADY_EXISTS', `'nightly-2024.01_a' exists already`);
     expect(dup.code).toBe(4);
-    expect(await listFiles(vault)).toEqual(before);
+    expect(await target.objects(vault)).toEqual(before);
 
     const bad = await sb.cairn(['backup', image, '--vault', vault, '--name', 'no spaces/allowed']);
     expectCliError(bad, 'USAGE', '--name');
-    expect(await listFiles(vault)).toEqual(before);
+    expect(await target.objects(vault)).toEqual(before);
 
     const list = await sb.cairnJson<SummaryJson[]>(['backups', 'list', '--vault', vault, '--json']);
     expect(list.map((m) => m.name)).toEqual(['nightly-2024.01_a']);
@@ -290,7 +321,7 @@ describe('backup and restore of one disk', () => {
   });
 
   it('records in the manifest the bytesStored that backup --json reported', async () => {
-    const vault = await sb.initVault('vault');
+    const vault = await target.init(sb, 'vault');
     const image = sb.path('disk.img');
     await makeImage(image, [
       { kind: 'random', length: 4 * MiB },
@@ -300,12 +331,30 @@ describe('backup and restore of one disk', () => {
     const [listed] = await sb.cairnJson<SummaryJson[]>(['backups', 'list', '--vault', vault, '--json']);
     expect(listed.id).toBe(made.id);
     expect(listed.bytesStored, 'bytesStored: backup --json vs backups list --json').toBe(made.bytesStored);
+
+    // A second backup of the unchanged image stores no data: no pack and no index object is written,
+    // only the lease, the block map and the manifest (backup() checks the request counts), and
+    // bytesStored is exactly the size of the block map and the manifest.
+    const packs = await target.packs(vault);
+    const again = await backup(vault, [image]);
+    expect(again).toMatchObject({ kind: 'incremental', parent: made.id, changedChunks: 0 });
+    expect(again.disks[0]).toMatchObject({ newChunks: 0, newBytes: 0 });
+    expect(again.requests.PUT).toBe(3);
+    expect(await target.packs(vault)).toEqual(packs);
+    const objects = await target.objects(vault);
+    const metadata = [`backups/${again.id}`, `blockmaps/${again.id}/0`].map((k) => objects.get(k));
+    expect(metadata.every((n) => n !== undefined && n > 0), `manifest and block map of ${again.id}`).toBe(true);
+    expect(again.bytesStored).toBe(sum(metadata as number[]));
+    const [, listedAgain] = await sb.cairnJson<SummaryJson[]>(['backups', 'list', '--vault', vault, '--json']);
+    expect(listedAgain.bytesStored).toBe(again.bytesStored);
   });
 });
 
-describe('multi-disk backups', () => {
+describeForTargets('multi-disk backups', (t) => {
+  useTarget(t);
+
   it('restores each disk with --disk, and all disks into a folder without it', async () => {
-    const vault = await sb.initVault('vault');
+    const vault = await target.init(sb, 'vault');
     const a = sb.path('a.img');
     const b = sb.path('b.img');
     const sizeA = await makeImage(a, [
@@ -356,12 +405,15 @@ describe('multi-disk backups', () => {
   });
 });
 
-describe('a vault with 16 KiB chunks', () => {
+describeForTargets('a vault with 16 KiB chunks', (t) => {
+  useTarget(t);
+
   it('backs up and restores at 16 KiB granularity', async () => {
     const chunk = 16 * KiB;
-    const vault = sb.path('vault16');
-    const init = await sb.cairnJson<{ chunkSize: number }>(['vault', 'init', vault, '--chunk-size', '16K', '--json']);
+    const vault = await target.location(sb, 'vault16');
+    const init = await sb.cairnJson<{ location: string; chunkSize: number }>(['vault', 'init', vault, '--chunk-size', '16K', '--json']);
     expect(init.chunkSize).toBe(chunk);
+    expect(init.location).toBe(target.display(vault));
     const image = sb.path('disk.img');
     const size = await makeImage(image, [
       { kind: 'random', length: 5 * MiB },

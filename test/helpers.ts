@@ -1,16 +1,30 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { expect } from 'vitest';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { describe, expect, inject } from 'vitest';
 import { errorCatalogue, type ErrorCode } from '../shared/errors.js';
+import { parseS3Url } from '../shared/store/s3-url.js';
+import type { S3Connection } from './support/s3-global-setup.js';
 
 /**
  * Helpers for the integration tests under test/: they run the real `cairn` CLI (bin/cairn.js, which
  * runs the compiled dist/) as a child process against real folders, so `npm run build` must have run.
+ * The vault-core scenarios run against each VaultTarget: a local folder, and a bucket on the S3 server
+ * that vitest's globalSetup starts (test/support/s3-global-setup.ts).
  */
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -64,12 +78,16 @@ export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult
  * runner that uses it and the test passphrase. `cleanup` removes everything.
  */
 export class Sandbox {
-  private constructor(readonly dir: string) {}
+  private constructor(
+    readonly dir: string,
+    /** Variables every `cairn` run of this sandbox gets (e.g. a VaultTarget's credentials). */
+    readonly env: Record<string, string | undefined>,
+  ) {}
 
-  static async create(label: string): Promise<Sandbox> {
+  static async create(label: string, opts: { env?: Record<string, string | undefined> } = {}): Promise<Sandbox> {
     const dir = await mkdtemp(join(tmpdir(), `cairn-it-${label}-`));
     await mkdir(join(dir, 'state'));
-    return new Sandbox(dir);
+    return new Sandbox(dir, { ...opts.env });
   }
 
   path(...parts: string[]): string {
@@ -83,7 +101,7 @@ export class Sandbox {
   cairn(args: string[], opts: RunOptions = {}): Promise<CliResult> {
     return runCli(args, {
       cwd: opts.cwd ?? this.dir,
-      env: { CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: this.stateDir, ...opts.env },
+      env: { CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: this.stateDir, ...this.env, ...opts.env },
     });
   }
 
@@ -298,6 +316,219 @@ export function sum(values: Iterable<number>): number {
 /** Pack keys present in `after` but not in `before`. */
 export function newKeys(before: Map<string, number>, after: Map<string, number>): string[] {
   return [...after.keys()].filter((k) => !before.has(k)).sort();
+}
+
+// ---- vault targets ------------------------------------------------------------------------
+
+/**
+ * Where a test's vault lives, so that one scenario runs against a local folder and against S3: the
+ * tests create vaults, run the CLI and look at (or damage) the vault's objects only through this.
+ * Object keys are relative to the vault root ('config', 'packs/ab/ab…', …) for both targets, so maps
+ * of objects compare equal across targets.
+ */
+export interface VaultTarget {
+  /** For test titles: 'local folder' or 'S3'. */
+  readonly label: string;
+  readonly kind: 'local' | 's3';
+  /** Variables the CLI needs to reach the vault (give them to Sandbox.create). */
+  readonly env: Record<string, string | undefined>;
+  /** A new, empty vault location named `name` (a folder in the sandbox; a prefix in a fresh bucket). */
+  location(sb: Sandbox, name: string): Promise<string>;
+  /** A new location with `cairn vault init` run on it (exit 0 expected); returns the location. */
+  init(sb: Sandbox, name: string, extra?: string[]): Promise<string>;
+  /** The location as the CLI reports it (`vault` in backup --json): the absolute path, or s3://bucket/prefix/. */
+  display(location: string): string;
+  /**
+   * Every object of the vault with its size, sorted by key. For a folder that includes LocalStore temp
+   * files ('.tmp-…'), as listFiles does, so a comparison also catches a temp file left behind.
+   */
+  objects(location: string): Promise<Map<string, number>>;
+  /** The objects under packs/ with their sizes. */
+  packs(location: string): Promise<Map<string, number>>;
+  /** Writes that never completed: LocalStore temp files, or unfinished S3 multipart uploads (as keys). */
+  incomplete(location: string): Promise<string[]>;
+  read(location: string, key: string): Promise<Buffer>;
+  /** Replaces an object (or creates it). */
+  write(location: string, key: string, data: Buffer): Promise<void>;
+  remove(location: string, key: string): Promise<void>;
+  /** Releases connections; call once after a file's tests (afterAll). */
+  close(): Promise<void>;
+}
+
+function onlyPacks(all: Map<string, number>): Map<string, number> {
+  return new Map([...all].filter(([k]) => k.startsWith('packs/')));
+}
+
+function sortedByKey(m: Map<string, number>): Map<string, number> {
+  return new Map([...m.entries()].sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/** Vaults in folders of the sandbox; objects are files below the folder. */
+export const localTarget: VaultTarget = {
+  label: 'local folder',
+  kind: 'local',
+  env: {},
+  async location(sb, name) {
+    return resolve(sb.dir, name);
+  },
+  async init(sb, name, extra = []) {
+    return sb.initVault(name, extra);
+  },
+  display: (location) => location,
+  objects: (location) => listFiles(location),
+  packs: (location) => packFiles(location),
+  async incomplete(location) {
+    return [...(await listFiles(location)).keys()].filter((k) => k.split('/').some((s) => s.startsWith('.tmp-')));
+  },
+  read: (location, key) => readFile(join(location, key)),
+  write: (location, key, data) => writeFile(join(location, key), data),
+  remove: (location, key) => rm(join(location, key)),
+  async close() {},
+};
+
+/**
+ * Vaults on the test run's S3 server (Ceph radosgw, started by test/support/s3-global-setup.ts): each
+ * vault gets a fresh bucket, and lives under the prefix `name/` in it (so the prefix handling is
+ * exercised too). The tests look at the bucket with their own S3 client, never through Cairn.
+ */
+export class S3Target implements VaultTarget {
+  readonly label = 'S3';
+  readonly kind = 's3' as const;
+  private client?: S3Client;
+
+  private get conn(): S3Connection {
+    return inject('s3');
+  }
+
+  get env(): Record<string, string | undefined> {
+    const s3 = this.conn;
+    return {
+      AWS_ACCESS_KEY_ID: s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      AWS_REGION: s3.region,
+      // Keep the CLI away from any shared AWS config of the machine.
+      AWS_PROFILE: undefined,
+      AWS_CONFIG_FILE: '/nonexistent',
+      AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+    };
+  }
+
+  /** The tests' own client of the S3 server (the bucket's owner), for looking and tampering. */
+  get s3(): S3Client {
+    const c = this.conn;
+    this.client ??= new S3Client({
+      endpoint: c.endpoint,
+      region: c.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
+    });
+    return this.client;
+  }
+
+  async location(_sb: Sandbox, name: string): Promise<string> {
+    return this.url(await this.newBucket(), name);
+  }
+
+  /** A fresh, empty bucket (with Object Lock, which makes it versioned, when asked). */
+  async newBucket(opts: { objectLock?: boolean } = {}): Promise<string> {
+    const bucket = `v-${randomBytes(6).toString('hex')}`;
+    await this.s3.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: opts.objectLock }));
+    return bucket;
+  }
+
+  /** A vault URL for `prefix` in `bucket`, through `endpoint` (a proxy, say) or straight to the server. */
+  url(bucket: string, prefix: string, endpoint = this.conn.endpoint): string {
+    return `s3://${bucket}/${prefix}?endpoint=${encodeURIComponent(endpoint)}&path-style=true`;
+  }
+
+  async init(sb: Sandbox, name: string, extra: string[] = []): Promise<string> {
+    const url = await this.location(sb, name);
+    const args = ['vault', 'init', url, ...extra];
+    expectOk(await sb.cairn(args), args);
+    return url;
+  }
+
+  display(location: string): string {
+    return parseS3Url(location).display;
+  }
+
+  async objects(location: string): Promise<Map<string, number>> {
+    const { bucket, prefix } = parseS3Url(location);
+    const out = new Map<string, number>();
+    let token: string | undefined;
+    do {
+      const page = await this.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+      for (const o of page.Contents ?? []) out.set(o.Key!.slice(prefix.length), o.Size ?? 0);
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return sortedByKey(out);
+  }
+
+  async packs(location: string): Promise<Map<string, number>> {
+    return onlyPacks(await this.objects(location));
+  }
+
+  async incomplete(location: string): Promise<string[]> {
+    const { bucket, prefix } = parseS3Url(location);
+    const page = await this.s3.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix }));
+    return (page.Uploads ?? []).map((u) => u.Key!.slice(prefix.length));
+  }
+
+  async read(location: string, key: string): Promise<Buffer> {
+    const { bucket, prefix } = parseS3Url(location);
+    const res = await this.s3.send(new GetObjectCommand({ Bucket: bucket, Key: prefix + key }));
+    return Buffer.from(await res.Body!.transformToByteArray());
+  }
+
+  async write(location: string, key: string, data: Buffer): Promise<void> {
+    const { bucket, prefix } = parseS3Url(location);
+    await this.s3.send(new PutObjectCommand({ Bucket: bucket, Key: prefix + key, Body: data, ContentLength: data.length }));
+  }
+
+  async remove(location: string, key: string): Promise<void> {
+    const { bucket, prefix } = parseS3Url(location);
+    await this.s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: prefix + key }));
+  }
+
+  async close(): Promise<void> {
+    this.client?.destroy();
+    this.client = undefined;
+  }
+}
+
+export const s3Target = new S3Target();
+
+/** The targets every vault-core scenario runs against. */
+export const vaultTargets: readonly VaultTarget[] = [localTarget, s3Target];
+
+/**
+ * Declares the describe block once per vault target, titled `title (local folder)` and `title (S3)`;
+ * `fn` gets the target.
+ */
+export function describeForTargets(title: string, fn: (target: VaultTarget) => void): void {
+  for (const t of vaultTargets) describe(`${title} (${t.label})`, () => fn(t));
+}
+
+/** Inverts every bit of the byte at `offset` of a vault object (read, flip, write back); returns the old byte. */
+export async function flipObjectByte(target: VaultTarget, location: string, key: string, offset: number): Promise<number> {
+  const data = await target.read(location, key);
+  if (offset >= data.length) throw new Error(`flipObjectByte: ${key} has no byte at ${offset}`);
+  const old = data[offset];
+  data[offset] = old ^ 0xff;
+  await target.write(location, key, data);
+  return old;
+}
+
+/** A loopback TCP port where nothing listens (bound, then closed), for "unreachable" tests. */
+export function closedPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
 }
 
 // ---- mounts --------------------------------------------------------------------------------

@@ -5,33 +5,19 @@
  * backup-restore.test.ts and gc-verify.test.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 
-import { CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from 'vitest';
 
+import type { RequestCounts } from '../shared/store/object-store.js';
 import { randomFaults, startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { expectCliError, exitCode, makeImage, MiB, Sandbox, sha256File, writeAt } from './helpers.js';
+import { closedPort, expectCliError, exitCode, makeImage, MiB, s3Target, Sandbox, sha256File, writeAt } from './helpers.js';
 
 const s3 = inject('s3');
-const awsEnv = {
-  AWS_ACCESS_KEY_ID: s3.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
-  AWS_REGION: s3.region,
-  // Keep the tests away from any shared AWS config of the machine.
-  AWS_PROFILE: undefined,
-  AWS_CONFIG_FILE: '/nonexistent',
-  AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-};
-
-interface Requests {
-  PUT: number;
-  POST: number;
-  GET: number;
-  HEAD: number;
-  LIST: number;
-  DELETE: number;
-}
+const awsEnv = s3Target.env;
+const client = s3Target.s3;
+const newBucket = (opts: { objectLock?: boolean } = {}) => s3Target.newBucket(opts);
+const vaultUrl = (bucket: string, prefix = 'vault', endpoint?: string) => s3Target.url(bucket, prefix, endpoint);
 
 interface BackupJson {
   id: string;
@@ -39,26 +25,10 @@ interface BackupJson {
   kind: string;
   bytesStored: number;
   recoveredPacks: number;
-  requests: Requests;
+  requests: RequestCounts;
 }
 
-const client = new S3Client({
-  endpoint: s3.endpoint,
-  region: s3.region,
-  forcePathStyle: true,
-  credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-});
-
-async function newBucket(opts: { objectLock?: boolean } = {}): Promise<string> {
-  const bucket = `v-${randomBytes(6).toString('hex')}`;
-  await client.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: opts.objectLock }));
-  return bucket;
-}
-
-function vaultUrl(bucket: string, prefix = 'vault', endpoint = s3.endpoint): string {
-  return `s3://${bucket}/${prefix}?endpoint=${encodeURIComponent(endpoint)}&path-style=true`;
-}
-
+/** Every object in the bucket under `prefix`, with its full key. */
 async function objects(bucket: string, prefix = ''): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   let token: string | undefined;
@@ -77,7 +47,7 @@ beforeEach(async () => {
 afterEach(async () => {
   await sb.cleanup();
 });
-afterAll(() => client.destroy());
+afterAll(() => s3Target.close());
 
 const cairn = (args: string[], env: Record<string, string | undefined> = {}) => sb.cairn(args, { env: { ...awsEnv, ...env } });
 async function cairnJson<T>(args: string[], env: Record<string, string | undefined> = {}): Promise<T> {
@@ -135,7 +105,7 @@ describe('S3 vaults are cheap in requests', () => {
     await restoresTo(vault, 'incr', await sha256File(image));
 
     expect((await cairn(['backups', 'delete', 'full', '--vault', vault])).code).toBe(0);
-    const gc = await cairnJson<{ packsDeleted: number; packsRepacked: number; requests: Requests }>(['vault', 'gc', '--vault', vault, '--grace', '0', '--json']);
+    const gc = await cairnJson<{ packsDeleted: number; packsRepacked: number; requests: RequestCounts }>(['vault', 'gc', '--vault', vault, '--grace', '0', '--json']);
     const packsNow = (await objects(bucket, 'vault/packs/')).size;
     // O(packs): a handful of requests per pack touched, independent of the ~1500 chunks.
     const touched = gc.packsDeleted + gc.packsRepacked + packsNow;
@@ -186,7 +156,7 @@ describe('S3 vaults survive a flaky network', () => {
     expect(r.stderr).toMatch(/cairn: warning: .*retrying/);
     const b = JSON.parse(r.stdout) as BackupJson;
     // Cairn counts every attempt, failed ones too: exactly what went over the wire.
-    const total = (c: Requests) => Object.values(c).reduce((x, y) => x + y, 0);
+    const total = (c: RequestCounts) => Object.values(c).reduce((x, y) => x + y, 0);
     expect(total(b.requests)).toBe(total(proxy.counts));
     expect(b.requests.PUT).toBe(proxy.counts.PUT);
     const retries = r.stderr.split('\n').filter((l) => l.includes('retrying')).length;
@@ -340,14 +310,3 @@ describe('bad S3 locations', () => {
     expectCliError(r, 'USAGE', 'Bad_Bucket', 's3://bucket/prefix');
   });
 });
-
-function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}

@@ -32,7 +32,11 @@ export function openStore(location: string, transfer: TransferOptions = {}): Obj
   let store: ObjectStore;
   if (isS3Url(location)) {
     const s3 = new S3Store(location, {
-      onRetry: (what, err, wait) => process.stderr.write(`cairn: warning: ${err.message}; retrying ${what} in ${(wait / 1000).toFixed(1)} s\n`),
+      onRetry: (what, err, wait) => {
+        // After the command ended (failed), uploads still retrying in the background stay quiet.
+        if (!s3Stores.includes(s3)) return;
+        process.stderr.write(`cairn: warning: ${err.message}; retrying ${what} in ${(wait / 1000).toFixed(1)} s\n`);
+      },
     });
     s3Stores.push(s3);
     store = s3;

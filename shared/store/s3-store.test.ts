@@ -3,11 +3,11 @@
  * test/support/s3-global-setup.ts), directly and through a fault-injecting proxy.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 
-import { CreateBucketCommand, CreateMultipartUploadCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateMultipartUploadCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 
+import { closedPort, s3Target } from '../../test/helpers.js';
 import { failNth, startFaultProxy, type FaultProxy } from '../../test/support/fault-proxy.js';
 import { bytes, collect, rejection, runObjectStoreConformance } from './conformance.js';
 import { S3Store, type S3StoreOptions } from './s3-store.js';
@@ -16,22 +16,8 @@ const MiB = 1024 * 1024;
 const s3 = inject('s3');
 const fastRetry = { attempts: 4, baseMs: 10, capMs: 50 };
 
-function adminClient(): S3Client {
-  return new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  });
-}
-
-async function newBucket(opts: { objectLock?: boolean } = {}): Promise<string> {
-  const bucket = `t-${randomBytes(6).toString('hex')}`;
-  const client = adminClient();
-  await client.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: opts.objectLock }));
-  client.destroy();
-  return bucket;
-}
+const adminClient = () => s3Target.s3;
+const newBucket = (opts: { objectLock?: boolean } = {}) => s3Target.newBucket(opts);
 
 function url(bucket: string, prefix: string, endpoint = s3.endpoint): string {
   return `s3://${bucket}/${prefix}?endpoint=${encodeURIComponent(endpoint)}&region=${s3.region}&path-style=true`;
@@ -96,7 +82,6 @@ describe('S3Store', () => {
     expect(await s.removeStaleTempFiles(60 * 60 * 1000, new Date(Date.now() + 2 * 60 * 60 * 1000))).toBe(1);
     const left = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: 'stale/' }));
     expect(left.Uploads ?? []).toEqual([]);
-    client.destroy();
     s.destroy();
   });
 
@@ -230,14 +215,3 @@ describe('S3Store', () => {
     });
   });
 });
-
-function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}

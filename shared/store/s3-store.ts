@@ -30,6 +30,7 @@ import { defaultRetryPolicy, withRetry, type RetryPolicy } from './retry.js';
 import { parseS3Url, type S3Location } from './s3-url.js';
 
 const MiB = 1024 * 1024;
+const silentLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
 /** Bodies above this go up as streams (see bodyOf). */
 const STREAM_FROM = MiB;
 
@@ -80,6 +81,8 @@ export class S3Store implements ObjectStore {
   private readonly retryPolicy: RetryPolicy;
   private readonly onRetry?: S3StoreOptions['onRetry'];
   private versioned?: Promise<boolean>;
+  private destroyed = false;
+  private readonly waits = new Set<{ timer: NodeJS.Timeout; resolve: () => void }>();
   private objectLock?: Promise<boolean>;
 
   constructor(location: string | S3Location, opts: S3StoreOptions = {}) {
@@ -98,6 +101,9 @@ export class S3Store implements ObjectStore {
       credentials: opts.credentials,
       // Retries are ours (withRetry), so that every attempt is counted and a put body is rebuilt per attempt.
       maxAttempts: 1,
+      // The SDK would print on the console that a streamed put cannot be retried; ours retries it, and
+      // Cairn reports errors itself.
+      logger: silentLogger,
       // The SDK's default CRC32 checksums use aws-chunked bodies that many S3-compatible servers reject;
       // every object Cairn stores is authenticated by its own AEAD tag anyway.
       requestChecksumCalculation: 'WHEN_REQUIRED',
@@ -300,7 +306,17 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  /**
+   * Closes the connections and ends every retry wait at once: requests still waiting to be retried
+   * fail instead of keeping the process alive after its command has ended.
+   */
   destroy(): void {
+    this.destroyed = true;
+    for (const w of this.waits) {
+      clearTimeout(w.timer);
+      w.resolve();
+    }
+    this.waits.clear();
     this.client.destroy();
   }
 
@@ -396,13 +412,19 @@ export class S3Store implements ObjectStore {
   }
 
   private retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    return withRetry(fn, (err) => isCairnError(err) && err.retryable, this.retryPolicy, {
+    return withRetry(fn, (err) => !this.destroyed && isCairnError(err) && err.retryable, this.retryPolicy, {
       onRetry: (err, _attempt, wait) => this.onRetry?.(what, err as CairnError, wait),
+      sleep: (ms) =>
+        new Promise<void>((resolve) => {
+          const w = { timer: setTimeout(() => (this.waits.delete(w), resolve()), ms), resolve };
+          this.waits.add(w);
+        }),
     });
   }
 
   /** Makes one request (one attempt), counted under `kind`; SDK errors become CairnErrors. */
   private async send<T>(kind: Kind, what: string, request: () => Promise<T>): Promise<T> {
+    if (this.destroyed) throw new CairnError('STORE_UNAVAILABLE', `${what} on ${this.location}: the store was closed`);
     this.requests[kind]++;
     try {
       return await request();
