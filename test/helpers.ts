@@ -519,8 +519,8 @@ export async function flipObjectByte(target: VaultTarget, location: string, key:
   return old;
 }
 
-/** A loopback TCP port where nothing listens (bound, then closed), for "unreachable" tests. */
-export function closedPort(): Promise<number> {
+/** A loopback TCP port nobody listens on (bound, then released): for a test server to bind, or as an unreachable endpoint. */
+export function unusedPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.listen(0, '127.0.0.1', () => {

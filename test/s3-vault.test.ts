@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, i
 
 import type { RequestCounts } from '../shared/store/object-store.js';
 import { randomFaults, startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { closedPort, expectCliError, exitCode, makeImage, MiB, s3Target, Sandbox, sha256File, writeAt } from './helpers.js';
+import { unusedPort, expectCliError, exitCode, makeImage, MiB, s3Target, Sandbox, sha256File, writeAt } from './helpers.js';
 
 const s3 = inject('s3');
 const awsEnv = s3Target.env;
@@ -276,7 +276,7 @@ describe('bad S3 locations', () => {
   });
 
   it('an endpoint where nothing listens, after retrying', async () => {
-    const port = await closedPort();
+    const port = await unusedPort();
     const r = await cairn(['backups', 'list', '--vault', vaultUrl('some-bucket', 'vault', `http://127.0.0.1:${port}`)]);
     expect(r.code).toBe(exitCode('STORE_UNAVAILABLE'));
     const lines = r.stderr.trim().split('\n');

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { CreateMultipartUploadCommand, ListMultipartUploadsCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 
-import { closedPort, s3Target } from '../../test/helpers.js';
+import { unusedPort, s3Target } from '../../test/helpers.js';
 import { failNth, startFaultProxy, type FaultProxy } from '../../test/support/fault-proxy.js';
 import { bytes, collect, rejection, runObjectStoreConformance } from './conformance.js';
 import { S3Store, type S3StoreOptions } from './s3-store.js';
@@ -104,7 +104,7 @@ describe('S3Store', () => {
     });
 
     it('an endpoint where nothing listens is STORE_UNAVAILABLE after the retries', async () => {
-      const port = await closedPort();
+      const port = await unusedPort();
       const s = store(url(bucket, 'v', `http://127.0.0.1:${port}`), { retry: fastRetry });
       const err = await rejection(s.get('config'), 'STORE_UNAVAILABLE');
       expect(err.message).toContain(`127.0.0.1:${port}`);

@@ -9,11 +9,11 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CairnError, isCairnError } from '../../../shared/errors.js';
+import { unusedPort } from '../../../test/helpers.js';
 import { NbdClient, type Extent } from './nbd-client.js';
 import { NBD_FLAG_READ_ONLY, NBD_STATE_HOLE } from './nbd-protocol.js';
 import { formatNbdUrl, parseNbdUrl, type NbdTarget } from './nbd-url.js';
@@ -357,7 +357,7 @@ describe('NbdClient errors', { timeout: TEST_TIMEOUT_MS }, () => {
     expect(stale.message).toContain(`cannot connect to ${server.url}`);
     expect(stale.message).toContain('connection refused');
 
-    const port = await freePort();
+    const port = await unusedPort();
     const closed = await failure(NbdClient.connect({ host: '127.0.0.1', port }, { exportName: 'disk0' }));
     expect(closed.message).toContain(`cannot connect to nbd://127.0.0.1:${port}/disk0`);
     expect(closed.message).toContain('connection refused');
@@ -512,7 +512,7 @@ let serverCount = 0;
 
 async function listenOn(via: 'unix' | 'tcp', prefix: string): Promise<NbdTarget> {
   serverCount++;
-  return via === 'unix' ? { unix: join(dir, `${prefix}-${serverCount}.sock`) } : { host: '127.0.0.1', port: await freePort() };
+  return via === 'unix' ? { unix: join(dir, `${prefix}-${serverCount}.sock`) } : { host: '127.0.0.1', port: await unusedPort() };
 }
 
 /** Starts a server that writes its pid file once it listens (qemu-nbd and qemu-storage-daemon do). */
@@ -641,17 +641,6 @@ async function failure(promise: Promise<unknown>): Promise<CairnError> {
     throw err;
   }
   throw new Error('expected a CairnError, but the call succeeded');
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 function sha256(data: Buffer): string {
