@@ -31,12 +31,10 @@ const s3Stores: S3Store[] = [];
 export function openStore(location: string, transfer: TransferOptions = {}): ObjectStore {
   let store: ObjectStore;
   if (isS3Url(location)) {
+    // After closeStores() a store retries nothing more, so no warning follows the command's error.
     const s3 = new S3Store(location, {
-      onRetry: (what, err, wait) => {
-        // After the command ended (failed), uploads still retrying in the background stay quiet.
-        if (!s3Stores.includes(s3)) return;
-        process.stderr.write(`cairn: warning: ${err.message}; retrying ${what} in ${(wait / 1000).toFixed(1)} s\n`);
-      },
+      onRetry: (what, err, wait) =>
+        process.stderr.write(`cairn: warning: ${err.message}; retrying ${what} in ${(wait / 1000).toFixed(1)} s\n`),
     });
     s3Stores.push(s3);
     store = s3;

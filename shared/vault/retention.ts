@@ -38,31 +38,38 @@ interface LedgerRecord {
   packs: string[];
 }
 
-/** The latest date each re-protected pack has, from the `retention/` records. */
-async function readLedger(vault: Vault): Promise<Map<string, Date>> {
-  const out = new Map<string, Date>();
+/** The `retention/` records, each with its key. */
+async function readLedger(vault: Vault): Promise<(LedgerRecord & { key: string })[]> {
+  const out: (LedgerRecord & { key: string })[] = [];
   for await (const o of vault.store.list('retention/')) {
-    const rec = JSON.parse((await vault.store.get(o.key)).toString('utf8')) as LedgerRecord;
-    const until = new Date(rec.until);
-    for (const p of rec.packs) if (!(out.get(p)! >= until)) out.set(p, until);
+    out.push({ key: o.key, ...(JSON.parse((await vault.store.get(o.key)).toString('utf8')) as LedgerRecord) });
   }
   return out;
 }
 
 /**
- * The date before which each pack cannot be deleted: the date it was written with, or a later one it
- * was given. `packs` is Vault.listPacks(); a pack's write time is its modification time.
+ * The date before which each pack cannot be deleted: the date it was written with, or a later one a
+ * `retention/` record gave it. `packs` is Vault.listPacks(); a pack's write time is its modification
+ * time. `ledger` is readLedger's result when the caller has it already.
  */
-export async function packRetention(vault: Vault, packs: Map<string, { modified: Date }>): Promise<Map<string, Date>> {
+export async function packRetention(
+  vault: Vault,
+  packs: Map<string, { modified: Date }>,
+  ledger?: LedgerRecord[],
+): Promise<Map<string, Date>> {
   const im = vault.config.immutability;
   const out = new Map<string, Date>();
   if (!im) return out;
-  const ledger = await readLedger(vault);
+  const extended = new Map<string, Date>();
+  for (const rec of ledger ?? (await readLedger(vault))) {
+    const until = new Date(rec.until);
+    for (const p of rec.packs) if (!(extended.get(p)! >= until)) extended.set(p, until);
+  }
   for (const [id, info] of packs) {
     // The date was computed from the writer's clock; allow it to run an hour behind the store's.
     const written = retentionDate(im, new Date(info.modified.getTime() - 3_600_000));
-    const extended = ledger.get(id);
-    out.set(id, extended && extended > written ? extended : written);
+    const later = extended.get(id);
+    out.set(id, later && later > written ? later : written);
   }
   return out;
 }
@@ -86,14 +93,14 @@ export async function protectBackup(vault: Vault, index: ChunkIndex, maps: Block
       if (loc) used.add(loc.packId);
     }
   }
-  const current = await packRetention(vault, await vault.listPacks());
+  const ledger = await readLedger(vault);
+  const current = await packRetention(vault, await vault.listPacks(), ledger);
   const extend = [...used].filter((id) => (current.get(id)?.getTime() ?? 0) < needFrom);
   for (const id of extend) await vault.store.extendRetention(packKey(id), until);
   // The config and key files are needed to read any backup; they were written at init and are
-  // re-protected each generation (their dates are not recorded, so ask the ledger's own record).
+  // re-protected with the first record of each generation (their dates are not recorded otherwise).
   const generation = `retention/${until.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`;
-  let metaDone = false;
-  for await (const o of vault.store.list(generation)) if (o.key.startsWith(generation)) metaDone = true;
+  const metaDone = ledger.some((r) => r.key.startsWith(generation));
   if (!metaDone) {
     await vault.store.extendRetention('config', until);
     for await (const o of vault.store.list('keys/')) await vault.store.extendRetention(o.key, until);
@@ -133,9 +140,8 @@ export async function deleteUnlessRetained(vault: Vault, key: string): Promise<b
 export async function pruneLedger(vault: Vault): Promise<number> {
   const now = vault.clock.now();
   let n = 0;
-  for await (const o of vault.store.list('retention/')) {
-    const rec = JSON.parse((await vault.store.get(o.key)).toString('utf8')) as LedgerRecord;
-    if (new Date(rec.until) < now && (await deleteUnlessRetained(vault, o.key))) n++;
+  for (const rec of await readLedger(vault)) {
+    if (new Date(rec.until) < now && (await deleteUnlessRetained(vault, rec.key))) n++;
   }
   return n;
 }
