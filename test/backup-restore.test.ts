@@ -174,7 +174,7 @@ describeForTargets('backup and restore of one disk', (t) => {
     expect(full.name).toMatch(DEFAULT_NAME);
     expect(full.kind).toBe('full');
     expect(full.parent).toBeNull();
-    expect(full.disks[0].changeDetection).toBe('all');
+    expect(full.disks[0].changeDetection).toBe('full');
     expect(full.disks[0].usedBytes).toBe(20 * MiB + tail); // 6 random + 6 text + 8 random + tail
     expect(full.changedChunks).toBe(snaps[0].digests.filter((d) => d !== 'zero').length);
     expect(full.disks[0].newChunks).toBe(distinctChunks(snaps[0]));

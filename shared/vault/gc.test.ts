@@ -104,9 +104,9 @@ async function storeBackup(vault: Vault, data: Buffer, name: string, index?: Chu
     startedAt: now,
     finishedAt: now,
     host: 'test',
-    consistency: 'crash',
+    consistency: 'crash_consistent',
     disks: [
-      { index: 0, source: 'test', size: data.length, chunkSize: CHUNK, blockMap, usedBytes: 0, newChunks: 0, newBytes: 0, changeDetection: 'all' },
+      { index: 0, source: 'test', size: data.length, chunkSize: CHUNK, blockMap, usedBytes: 0, newChunks: 0, newBytes: 0, changeDetection: 'full' },
     ],
     bytesRead: data.length,
     bytesStored: writer.bytesWritten,

@@ -23,9 +23,23 @@ export interface DiskRecord {
   /** Chunks this backup uploaded for this disk, and their stored (compressed, sealed) size. */
   newChunks: number;
   newBytes: number;
-  /** How changes were found: 'all' (full read), 'compare' (read all, compare with parent). */
-  changeDetection: 'all' | 'compare';
+  /**
+   * How changes were found: 'full' (no parent: every used block read), 'compare' (every used block
+   * read and its chunk id compared with the parent's), 'bitmap' (only the blocks a dirty bitmap
+   * reported read; the rest taken from the parent's block map). Version-1 manifests written before
+   * change tracking say 'all' for 'full'; readers see 'full'.
+   */
+  changeDetection: 'full' | 'compare' | 'bitmap';
+  /** Bytes read from the source for this disk (absent in manifests written before change tracking). */
+  bytesRead?: number;
+  /** Bytes a dirty bitmap reported changed ('bitmap' only), before rounding to chunks. */
+  dirtyBytes?: number;
+  /** What the next backup asks the source for changes since this one (e.g. the dirty bitmap started at this capture). */
+  changeToken?: string;
 }
+
+/** What a backup actually achieved: 'app_consistent' only when quiesce succeeded and held through the capture. */
+export type Consistency = 'crash_consistent' | 'app_consistent';
 
 export interface Manifest {
   version: number;
@@ -38,10 +52,12 @@ export interface Manifest {
   startedAt: string;
   finishedAt: string;
   host: string;
-  consistency: 'crash' | 'app';
+  consistency: Consistency;
   disks: DiskRecord[];
   bytesRead: number;
   bytesStored: number;
+  /** What did not go as asked but did not fail the backup: a lost bitmap (compare used), a failed quiesce hook. */
+  warnings?: string[];
 }
 
 export function manifestKey(id: string): string {
@@ -63,5 +79,10 @@ export function decodeManifest(key: Buffer, id: string, sealed: Buffer): Manifes
     throw new CairnError('VAULT_VERSION', `${what} has version ${m.version}; this Cairn reads up to ${MANIFEST_VERSION}`);
   }
   if (m.id !== id) throw new CairnError('VAULT_CORRUPT', `${what} names itself ${m.id}`);
+  // Names used before change tracking and quiesce existed.
+  const legacy = m as unknown as { consistency: string; disks: { changeDetection: string }[] };
+  if (legacy.consistency === 'crash') m.consistency = 'crash_consistent';
+  else if (legacy.consistency === 'app') m.consistency = 'app_consistent';
+  for (const d of legacy.disks) if (d.changeDetection === 'all') d.changeDetection = 'full';
   return m;
 }

@@ -116,8 +116,8 @@ async function storeBackup(vault: Vault, data: Buffer, name: string): Promise<Ma
   await vault.writeBlockMap(blockMap, map);
   const now = vault.clock.now().toISOString();
   const manifest: Manifest = {
-    version: 1, id, name, kind: 'full', resource: 'test', parent: null, startedAt: now, finishedAt: now, host: 'test', consistency: 'crash',
-    disks: [{ index: 0, source: 'test', size: data.length, chunkSize: CHUNK, blockMap, usedBytes: 0, newChunks: 0, newBytes: 0, changeDetection: 'all' }],
+    version: 1, id, name, kind: 'full', resource: 'test', parent: null, startedAt: now, finishedAt: now, host: 'test', consistency: 'crash_consistent',
+    disks: [{ index: 0, source: 'test', size: data.length, chunkSize: CHUNK, blockMap, usedBytes: 0, newChunks: 0, newBytes: 0, changeDetection: 'full' }],
     bytesRead: data.length, bytesStored: writer.bytesWritten,
   };
   await protectBackup(vault, index, [map]);

@@ -1,8 +1,9 @@
 import { CairnError } from '../../../shared/errors.js';
 import { runBackup, type BackupResult } from '../../backup/backup-engine.js';
+import type { QuiesceOptions } from '../../quiesce/quiesce.js';
 import type { BlockSource } from '../../source/block-source.js';
-import { FileSource } from '../../source/file-source.js';
-import { parse, vaultOptions } from '../args.js';
+import { openSources } from '../../source/open-sources.js';
+import { parse, parseDuration, vaultOptions } from '../args.js';
 import { openState, openVault } from '../context.js';
 import { formatBytes, formatDuration, formatRate } from '../format.js';
 import { ProgressBar } from '../progress.js';
@@ -10,17 +11,34 @@ import { ProgressBar } from '../progress.js';
 export const backupHelp = `Usage:
   cairn backup <source>... --vault <vault> [--name NAME] [--full] [--json]
                [--upload-concurrency N] [--limit-upload MiB/s]
+               [--pre-freeze EXE]... [--post-thaw EXE]... [--freeze MOUNT]...
+               [--hook-timeout 30s] [--freeze-timeout 60s] [--require-app-consistent]
 
-Backs up disk images or block devices (several sources make one server backup). The first backup of
-a set of sources stores all used data; later ones read everything and store only changed chunks,
-yet each is a full restore point. Names default to manualbk_xxxxxx.
+Backs up disks (several sources make one server backup, captured at one point in time where the
+sources allow it). The first backup of a set of sources stores all used data; later ones store only
+changed chunks, yet each is a full restore point. Names default to manualbk_xxxxxx. Sources:
+  /dev/sdb, disk.img      a block device or raw image: every block read, compared with the last backup
+  disk.qcow2              an offline qcow2 image: Cairn keeps a dirty bitmap in it (qemu-img bitmap),
+                          so incrementals read only blocks written since the last backup
+  nbd+unix:///EXPORT?socket=PATH[&bitmap=NAME], nbd://HOST[:PORT]/EXPORT[?bitmap=NAME]
+                          an NBD export (qemu-nbd, qemu-storage-daemon, QEMU): only allocated
+                          blocks are read; with a dirty bitmap, incrementals read only changed blocks
   --name NAME   name of the backup (must be unique in the vault)
-  --full        do not compare with the previous backup (data already in the vault is still reused)
+  --full        do not use the previous backup (data already in the vault is still reused)
+  --pre-freeze EXE        run EXE before freezing (e.g. flush a database); repeatable
+  --post-thaw EXE         run EXE after thawing; repeatable
+  --freeze MOUNT          fsfreeze this mount point while the disks are captured; repeatable
+  --hook-timeout T        a hook running longer is killed and counts as failed (default 30s)
+  --freeze-timeout T      a watchdog thaws after T even if Cairn hangs or dies (default 60s)
+  --require-app-consistent  fail the backup if quiesce fails (default: back up crash-consistent,
+                          with a warning)
   --upload-concurrency N  packs uploaded at once (default 3 to S3, 2 to a folder;
                           each one in flight holds a pack in memory)
   --limit-upload R        at most R MiB/s to the vault (averaged over a few packs)
-  --json        print one JSON object: id, name, kind, bytesRead, bytesStored, durationMs,
-                recoveredPacks (packs of an interrupted backup reused), requests (by kind), ...`;
+  --json        print one JSON object: id, name, kind, consistency, bytesRead, bytesStored,
+                durationMs, recoveredPacks (packs of an interrupted backup reused), warnings,
+                disks (with changeDetection full|compare|bitmap, bytesRead, dirtyBytes),
+                requests (by kind), ...`;
 
 export function backupJson(r: BackupResult, location: string): Record<string, unknown> {
   const m = r.manifest;
@@ -30,6 +48,7 @@ export function backupJson(r: BackupResult, location: string): Record<string, un
     kind: m.kind,
     parent: m.parent,
     vault: location,
+    consistency: m.consistency,
     bytesRead: r.bytesRead,
     bytesStored: r.bytesStored,
     durationMs: r.durationMs,
@@ -37,6 +56,7 @@ export function backupJson(r: BackupResult, location: string): Record<string, un
     recoveredPacks: r.recoveredPacks,
     startedAt: m.startedAt,
     finishedAt: m.finishedAt,
+    warnings: r.warnings,
     disks: m.disks.map((d) => ({
       index: d.index,
       source: d.source,
@@ -45,6 +65,9 @@ export function backupJson(r: BackupResult, location: string): Record<string, un
       newChunks: d.newChunks,
       newBytes: d.newBytes,
       changeDetection: d.changeDetection,
+      bytesRead: d.bytesRead,
+      ...(d.dirtyBytes !== undefined ? { dirtyBytes: d.dirtyBytes } : {}),
+      ...(d.changeToken !== undefined ? { changeToken: d.changeToken } : {}),
     })),
   };
 }
@@ -55,6 +78,12 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
     name: { type: 'string' },
     full: { type: 'boolean' },
     'upload-concurrency': { type: 'string' },
+    'pre-freeze': { type: 'string', multiple: true },
+    'post-thaw': { type: 'string', multiple: true },
+    freeze: { type: 'string', multiple: true },
+    'hook-timeout': { type: 'string' },
+    'freeze-timeout': { type: 'string' },
+    'require-app-consistent': { type: 'boolean' },
   });
   if (values.help) return (out(backupHelp), 0);
   if (positionals.length === 0) {
@@ -63,16 +92,22 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
   if (values.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(values.name)) {
     throw new CairnError('USAGE', `backup: --name '${values.name}' is not valid; use letters, digits, '.', '_' and '-'`);
   }
+  const quiesce = quiesceOptions(values);
+  if (values['require-app-consistent'] && !quiesce) {
+    throw new CairnError('USAGE', 'backup: --require-app-consistent needs something to quiesce: --pre-freeze, --post-thaw or --freeze');
+  }
   const vault = await openVault(values, 'backup');
   const sources: BlockSource[] = [];
   const state = openState();
   const startedAt = new Date().toISOString();
   const bar = new ProgressBar('backup', !values.json && process.stderr.isTTY === true);
   try {
-    for (const p of positionals) sources.push(await FileSource.open(p));
+    sources.push(...(await openSources(positionals)));
     const r = await runBackup(vault, sources, {
       name: values.name,
       full: values.full,
+      quiesce,
+      requireAppConsistent: values['require-app-consistent'],
       onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal, `stored ${formatBytes(p.bytesStored)}`),
     });
     bar.done();
@@ -93,12 +128,13 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
     if (values.json) out(JSON.stringify({ ...backupJson(r, vault.store.location), requests: vault.store.requests }));
     else {
       const m = r.manifest;
-      out(`backup ${m.name} (${m.id}) done: ${m.kind}${m.parent ? ` on top of ${m.parent}` : ''}`);
+      out(`backup ${m.name} (${m.id}) done: ${m.kind}${m.parent ? ` on top of ${m.parent}` : ''}, ${m.consistency.replace('_', '-')}`);
       out(
         `read ${formatBytes(r.bytesRead)} in ${formatDuration(r.durationMs)} (${formatRate(r.bytesRead, r.durationMs)}), ` +
           `${r.changedChunks} chunks changed, stored ${formatBytes(r.bytesStored)} new`,
       );
       if (r.recoveredPacks) out(`reused ${r.recoveredPacks} packs left by an interrupted backup`);
+      for (const w of r.warnings) out(`warning: ${w}`);
     }
     return 0;
   } catch (err) {
@@ -121,4 +157,26 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
   } finally {
     for (const s of sources) await s.close().catch(() => undefined);
   }
+}
+
+function quiesceOptions(values: {
+  'pre-freeze'?: string[];
+  'post-thaw'?: string[];
+  freeze?: string[];
+  'hook-timeout'?: string;
+  'freeze-timeout'?: string;
+}): QuiesceOptions | undefined {
+  const preFreeze = values['pre-freeze'] ?? [];
+  const postThaw = values['post-thaw'] ?? [];
+  const freeze = values.freeze ?? [];
+  const hookTimeoutMs = values['hook-timeout'] === undefined ? undefined : parseDuration(values['hook-timeout'], '--hook-timeout');
+  const freezeTimeoutMs = values['freeze-timeout'] === undefined ? undefined : parseDuration(values['freeze-timeout'], '--freeze-timeout');
+  if (hookTimeoutMs === 0 || freezeTimeoutMs === 0) throw new CairnError('USAGE', 'backup: --hook-timeout and --freeze-timeout must be above 0');
+  if (preFreeze.length + postThaw.length + freeze.length === 0) {
+    if (hookTimeoutMs !== undefined || freezeTimeoutMs !== undefined) {
+      throw new CairnError('USAGE', 'backup: --hook-timeout and --freeze-timeout need --pre-freeze, --post-thaw or --freeze');
+    }
+    return undefined;
+  }
+  return { preFreeze, postThaw, freeze, hookTimeoutMs, freezeTimeoutMs };
 }

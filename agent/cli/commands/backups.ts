@@ -31,6 +31,7 @@ function summary(m: Manifest) {
     bytesStored: m.bytesStored,
     size: m.disks.reduce((s, d) => s + d.size, 0),
     usedBytes: m.disks.reduce((s, d) => s + d.usedBytes, 0),
+    warnings: m.warnings ?? [],
     disks: m.disks,
   };
 }
@@ -77,14 +78,16 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
       out(`kind       ${m.kind}${m.parent ? `, parent ${m.parent}` : ''}`);
       out(`started    ${m.startedAt}`);
       out(`finished   ${m.finishedAt}`);
-      out(`host       ${m.host}, ${m.consistency}-consistent`);
+      out(`host       ${m.host}, ${m.consistency.replace('_', '-')}`);
       out(`read       ${formatBytes(m.bytesRead)}, stored ${formatBytes(m.bytesStored)} new`);
       for (const d of m.disks) {
         out(
           `disk ${d.index}     ${d.source}: ${formatBytes(d.size)}, ${formatBytes(d.usedBytes)} used, ` +
-            `${d.newChunks} new chunks (${formatBytes(d.newBytes)}), changes by ${d.changeDetection}`,
+            `${d.newChunks} new chunks (${formatBytes(d.newBytes)}), changes by ${d.changeDetection}` +
+            (d.bytesRead !== undefined ? `, read ${formatBytes(d.bytesRead)}` : ''),
         );
       }
+      for (const w of m.warnings ?? []) out(`warning    ${w}`);
     }
     return 0;
   }

@@ -1,0 +1,46 @@
+import { open } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { BlockSource } from './block-source.js';
+import { FileSource } from './file-source.js';
+import { isNbdUrl, NbdSource } from './nbd-source.js';
+import { QCOW2_MAGIC, Qcow2ImageSource } from './qemu/qcow2-image.js';
+
+/**
+ * Opens the sources of one backup from how the user names them:
+ * - `nbd+unix:///EXPORT?socket=PATH[&bitmap=NAME]`, `nbd://HOST[:PORT]/EXPORT[?bitmap=NAME]`: an NBD export;
+ * - a qcow2 image (recognised by its magic): its guest disk, with Cairn-managed dirty bitmaps;
+ * - any other file or block device: read as raw.
+ * On failure the sources opened so far are closed.
+ */
+export async function openSources(specs: string[]): Promise<BlockSource[]> {
+  const sources: BlockSource[] = [];
+  try {
+    for (const spec of specs) sources.push(await openSource(spec));
+    return sources;
+  } catch (err) {
+    for (const s of sources) await s.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function openSource(spec: string): Promise<BlockSource> {
+  if (isNbdUrl(spec)) return NbdSource.fromUrl(spec);
+  if (await isQcow2(spec)) return Qcow2ImageSource.open(spec);
+  return FileSource.open(spec);
+}
+
+async function isQcow2(path: string): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(resolve(path), 'r');
+  } catch {
+    return false; // FileSource.open says what is wrong
+  }
+  try {
+    const head = Buffer.alloc(QCOW2_MAGIC.length);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0).catch(() => ({ bytesRead: 0 }));
+    return bytesRead === head.length && head.equals(QCOW2_MAGIC);
+  } finally {
+    await fh.close();
+  }
+}
