@@ -276,6 +276,109 @@ describe('NBD exports named by URL', () => {
   });
 });
 
+describe('disks in use by a running qemu-storage-daemon (QMP)', () => {
+  let sb: Sandbox;
+  let vault: string;
+  let daemon: ChildProcess | undefined;
+  let qmp: string;
+  let vm: string;
+  const nodes = ['disk0', 'disk1'];
+  const urls = (): string[] => nodes.map((n) => `qmp+unix:///${n}?socket=${qmp}&nbd=${vm}`);
+
+  /** The guest's view of a disk now, read through the VM's NBD export. */
+  function snapshot(node: string, to: string): string {
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `nbd+unix:///${node}?socket=${vm}`, to]);
+    return to;
+  }
+
+  /** The "VM" writes fresh random data through its writable NBD export; returns the dirty bytes. */
+  async function vmWrites(node: string, writes: { offset: number }[], tag: string): Promise<number> {
+    const commands: string[] = [];
+    for (const [i, w] of writes.entries()) {
+      const file = sb.path(`vm-${tag}-${node}-${i}`);
+      await writeFile(file, randomBytes(GRANULE));
+      commands.push('-c', `write -q -s ${file} ${w.offset} ${GRANULE}`);
+    }
+    run('qemu-io', ['-f', 'raw', ...commands, `nbd+unix:///${node}?socket=${vm}`]);
+    return writes.length * GRANULE;
+  }
+
+  beforeAll(async () => {
+    sb = await Sandbox.create('cbt-live');
+    vault = await sb.initVault('vault');
+    const disk0 = await makeQcow2(sb, 'disk0');
+    const disk1 = sb.path('disk1.raw');
+    await makeImage(disk1, [{ kind: 'text', length: 4 * MiB }, { kind: 'hole', length: 28 * MiB }]);
+    qmp = sb.path('qmp.sock');
+    vm = sb.path('vm.sock');
+    const args = [
+      '--chardev', `socket,id=mon0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=mon0',
+      '--blockdev', `driver=file,node-name=disk0-file,filename=${disk0}`, '--blockdev', 'driver=qcow2,node-name=disk0,file=disk0-file',
+      '--blockdev', `driver=file,node-name=disk1-file,filename=${disk1}`, '--blockdev', 'driver=raw,node-name=disk1,file=disk1-file',
+      '--nbd-server', `addr.type=unix,addr.path=${vm}`,
+      '--export', 'type=nbd,id=vm0,node-name=disk0,name=disk0,writable=on',
+      '--export', 'type=nbd,id=vm1,node-name=disk1,name=disk1,writable=on',
+    ];
+    const child = spawn('qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    daemon = child;
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    await waitFor(() => {
+      if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited: ${stderr}`);
+      return existsSync(qmp) && existsSync(vm);
+    }, 10_000);
+  });
+  afterAll(async () => {
+    if (daemon && daemon.exitCode === null) {
+      daemon.kill('SIGTERM');
+      await new Promise((r) => daemon!.once('exit', r));
+    }
+    await sb?.cleanup();
+  });
+
+  it('captures both disks at one point in time; writes during the backup stay out of it and are caught by the next', async () => {
+    const full = await sb.cairnJson<BackupJson>(['backup', ...urls(), '--vault', vault, '--name', 'l1', '--json']);
+    expect(full.disks.map((d) => d.changeDetection)).toEqual(['full', 'full']);
+    const expected = new Map<string, string[]>([['l1', nodes.map((n) => snapshot(n, sb.path(`l1-${n}.raw`)))]]);
+
+    const dirty0 = await vmWrites('disk0', offsets(12, 31).map((offset) => ({ offset })), 'a');
+    const dirty1 = await vmWrites('disk1', [{ offset: 0 }, { offset: 20 * MiB }], 'a');
+    expected.set('l2', nodes.map((n) => snapshot(n, sb.path(`l2-${n}.raw`))));
+    // The post-thaw hook runs after the capture and before any read: the "VM" writes to both disks
+    // while the backup is in progress.
+    const during = sb.path('during.sh');
+    const hookWrites = offsets(6, 8080);
+    const commands = hookWrites.map((o) => `-c 'write -q -P 0x5a ${o} ${GRANULE}'`).join(' ');
+    await writeFile(during, `#!/bin/sh\nset -e\nqemu-io -f raw ${commands} 'nbd+unix:///disk0?socket=${vm}'\nqemu-io -f raw -c 'write -q -P 0x5b 0 ${GRANULE}' 'nbd+unix:///disk1?socket=${vm}'\n`);
+    spawnSync('chmod', ['+x', during]);
+    const incr = await sb.cairnJson<BackupJson>(['backup', ...urls(), '--vault', vault, '--name', 'l2', '--json', '--post-thaw', during]);
+    expect(incr.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
+    expect(incr.disks.map((d) => d.dirtyBytes)).toEqual([dirty0, dirty1]);
+    expect(incr.disks[0].bytesRead).toBe(dirty0);
+
+    expected.set('l3', nodes.map((n) => snapshot(n, sb.path(`l3-${n}.raw`))));
+    const next = await sb.cairnJson<BackupJson>(['backup', ...urls(), '--vault', vault, '--name', 'l3', '--json']);
+    expect(next.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
+    expect(next.disks.map((d) => d.dirtyBytes), 'the writes made during l2 are in l3').toEqual([hookWrites.length * GRANULE, GRANULE]);
+
+    for (const [name, raws] of expected) {
+      const to = sb.path(`restored-${name}`);
+      expect((await sb.cairn(['restore', name, '--vault', vault, '--to', to])).code).toBe(0);
+      for (const [i, raw] of raws.entries()) {
+        const cmp = spawnSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', join(to, `disk-${i}.img`), raw], { encoding: 'utf8' });
+        expect(cmp.status, `${name} disk ${i}: ${cmp.stdout}${cmp.stderr}`).toBe(0);
+      }
+    }
+  });
+
+  it('an unknown block node is a clear error and leaves the vault as it was', async () => {
+    const before = await listFiles(vault);
+    const r = await sb.cairn(['backup', `qmp+unix:///nope?socket=${qmp}&nbd=${vm}`, '--vault', vault]);
+    expectCliError(r, 'SOURCE_UNREADABLE', 'nope');
+    expect(await listFiles(vault)).toEqual(before);
+  });
+});
+
 async function backupOf(sb: Sandbox, vault: string, name: string): Promise<BackupJson> {
   return sb.cairnJson<BackupJson>(['backups', 'show', name, '--vault', vault, '--json']);
 }

@@ -3,19 +3,26 @@ import { resolve } from 'node:path';
 import type { BlockSource } from './block-source.js';
 import { FileSource } from './file-source.js';
 import { isNbdUrl, NbdSource } from './nbd-source.js';
+import { isLiveUrl, LiveDaemon } from './qemu/live-source.js';
 import { QCOW2_MAGIC, Qcow2ImageSource } from './qemu/qcow2-image.js';
 
 /**
  * Opens the sources of one backup from how the user names them:
  * - `nbd+unix:///EXPORT?socket=PATH[&bitmap=NAME]`, `nbd://HOST[:PORT]/EXPORT[?bitmap=NAME]`: an NBD export;
+ * - `qmp+unix:///NODE?socket=QMP[&nbd=NBD]`: a disk in use by a running qemu-storage-daemon or
+ *   QEMU; the disks of one daemon are captured together, at one point in time;
  * - a qcow2 image (recognised by its magic): its guest disk, with Cairn-managed dirty bitmaps;
  * - any other file or block device: read as raw.
  * On failure the sources opened so far are closed.
  */
 export async function openSources(specs: string[]): Promise<BlockSource[]> {
   const sources: BlockSource[] = [];
+  const daemons = new Map<string, LiveDaemon>();
   try {
-    for (const spec of specs) sources.push(await openSource(spec));
+    for (const spec of specs) {
+      if (isLiveUrl(spec)) sources.push(...LiveDaemon.fromUrls([spec], daemons));
+      else sources.push(await openSource(spec));
+    }
     return sources;
   } catch (err) {
     for (const s of sources) await s.close().catch(() => undefined);
