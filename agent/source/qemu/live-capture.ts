@@ -76,6 +76,7 @@ export interface CapturedDisk {
   warning?: string;
 }
 
+/** commit and abort connect to the QMP socket again (a monitor serves one client at a time, so a capture does not hold it); if the daemon cannot be reached they throw and may be retried, and the next capture of these nodes removes what is left. */
 export interface LiveCapture {
   disks: CapturedDisk[];
   /** After the backup is committed: remove exports, cancel the fleecing jobs, delete fleecing nodes and files, remove oldBitmap; newBitmap stays (it is the next change token). Idempotent. */

@@ -124,10 +124,7 @@ export class QmpClient {
 
   /** Runs one command after those queued before it; resolves with its `return` value. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
-    const run = this.queue.then(
-      () => this.send(command, args),
-      () => this.send(command, args),
-    );
+    const run = this.queue.then(() => this.send(command, args));
     this.queue = run.catch(() => undefined);
     return run as Promise<T>;
   }
