@@ -1,14 +1,16 @@
 /**
  * Cairn against restic on the same disk image: full backup, incremental backup after a 1 % change,
- * restore. A program, not a test: it prints a table (ours beside the peer, ratio per row) and writes
+ * restore; and Cairn on a qcow2 copy of the image through NBD with a dirty bitmap (the CBT section)
+ * beside restic's runs on the raw image. A program, not a test: it prints a table (ours beside the peer, ratio per row) and writes
  * the same numbers as JSON. It never fails because the machine was slow; it exits non-zero only when
  * a command fails or a restore is not bit-identical to the image it came from.
  *
  * Order of work, chosen so both tools see the image in the same state and page-cache warmth:
- *   build image -> hash (warms the cache) -> cairn full, restic full -> start S3 server ->
- *   cairn S3 full, restic S3 full -> modify 1 % -> hash -> cairn incremental, restic incremental ->
- *   cairn S3 incremental, restic S3 incremental -> stop S3 server -> cairn restore, restic restore ->
- *   compare hashes.
+ *   build image -> hash (warms the cache) -> cairn full, restic full -> convert to qcow2 ->
+ *   cairn CBT full -> start S3 server -> cairn S3 full, restic S3 full -> modify 1 % -> hash ->
+ *   the same writes into the qcow2 -> qemu-img compare -> cairn incremental, restic incremental ->
+ *   cairn CBT incremental -> cairn S3 incremental, restic S3 incremental -> stop S3 server ->
+ *   cairn restore, restic restore -> compare hashes.
  *
  * Progress goes to stderr; the results (header and table) go to stdout. See bench/README.md.
  */
@@ -57,6 +59,10 @@ const WORK_NAMES = {
   resticRestore: 'restic-restore',
   cairnS3State: 'cairn-s3-state',
   resticS3Cache: 'restic-s3-cache',
+  qcow2: 'image.qcow2',
+  cairnCbtVault: 'cairn-cbt-vault',
+  cairnCbtState: 'cairn-cbt-state',
+  cbtPatterns: 'cbt-patterns',
   time: 'gnu-time',
 } as const;
 const DEFAULT_JSON_NAME = 'bench.json';
@@ -74,6 +80,7 @@ interface Options {
   jsonOut: string | undefined;
   seed: number;
   skipS3: boolean;
+  skipCbt: boolean;
 }
 
 class UsageError extends Error {
@@ -100,6 +107,7 @@ const USAGE = `usage: npm run bench -- [options]
   --json-out FILE     where to write the results as JSON (default: <work>/${DEFAULT_JSON_NAME})
   --seed N            seed of the change pattern (default 1)
   --skip-s3           skip the S3 section (both tools backing up into a local Ceph radosgw)
+  --skip-cbt          skip the CBT section (cairn on a qcow2 copy through NBD with a dirty bitmap)
 `;
 
 function parseOptions(argv: string[]): Options | 'help' {
@@ -120,6 +128,7 @@ function parseOptions(argv: string[]): Options | 'help' {
         'json-out': { type: 'string' },
         seed: { type: 'string', default: '1' },
         'skip-s3': { type: 'boolean', default: false },
+        'skip-cbt': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -158,6 +167,7 @@ function parseOptions(argv: string[]): Options | 'help' {
     jsonOut: values['json-out'] === undefined ? undefined : path.resolve(values['json-out']),
     seed,
     skipS3: values['skip-s3'],
+    skipCbt: values['skip-cbt'],
   };
 }
 
@@ -659,15 +669,31 @@ function parseCairnReport(stdout: string): CairnBackupReport {
   );
 }
 
-function cairnSubject(work: string, repoRoot: string, image: string, options: Options, timeDir: string, place: Place): Subject {
+/** Which of Cairn's runs a subject is: the raw image into a folder or a bucket, or the qcow2 copy (CBT). */
+type CairnRole = 'local' | 's3' | 'cbt';
+
+const CAIRN_ROLES: Record<CairnRole, { name: string; timeName: string; stateDir: string }> = {
+  local: { name: 'cairn', timeName: 'cairn', stateDir: WORK_NAMES.cairnState },
+  s3: { name: 'cairn S3', timeName: 'cairn-s3', stateDir: WORK_NAMES.cairnS3State },
+  cbt: { name: 'cairn CBT', timeName: 'cairn-cbt', stateDir: WORK_NAMES.cairnCbtState },
+};
+
+function cairnSubject(
+  work: string,
+  repoRoot: string,
+  image: string,
+  options: Options,
+  timeDir: string,
+  place: Place,
+  role: CairnRole = place.kind,
+): Subject {
   const vault = place.location;
   const bin = path.join(repoRoot, 'bin', 'cairn.js');
-  // Its own state per place: the S3 vault's backups must not build on the local vault's history.
-  const stateDir = path.join(work, place.kind === 's3' ? WORK_NAMES.cairnS3State : WORK_NAMES.cairnState);
+  // Its own state per role: one vault's backups must not build on another vault's history.
+  const { name, timeName, stateDir: stateName } = CAIRN_ROLES[role];
+  const stateDir = path.join(work, stateName);
   const env = childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: stateDir, ...place.env });
   const cairn = (args: string[]): Command => ({ file: process.execPath, args: [bin, ...args], cwd: repoRoot, env });
-  const name = place.kind === 's3' ? 'cairn S3' : 'cairn';
-  const timeName = place.kind === 's3' ? 'cairn-s3' : 'cairn';
   let lastId: string | undefined;
   let lastKind: string | undefined;
 
@@ -1040,6 +1066,167 @@ async function measureS3Backup(s3: S3Bench, subject: Subject, tool: Tool, kind: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// CBT: Cairn backs up a qcow2 copy of the image through qemu-nbd, with a dirty bitmap for the
+// incremental, and is compared with restic's runs on the raw image (restic is not run again).
+
+const QEMU_TOOLS = ['qemu-img', 'qemu-io', 'qemu-nbd'] as const;
+const QEMU_INSTALL_HINT = 'apt-get install qemu-utils';
+
+/** The goals of the CBT issue, checked against the measured numbers (they never change the exit code). */
+const CBT_TARGETS = {
+  /** restic incremental wall time / Cairn CBT incremental wall time, at least. */
+  incrementalSpeedup: 15,
+  /** Cairn CBT incremental vault growth / restic incremental repository growth, at most. */
+  growthShare: 0.25,
+  /** restic full wall time / Cairn CBT full wall time, at least. */
+  fullSpeedup: 2,
+};
+
+interface CbtBackupStep extends BackupStep {
+  /** From Cairn's --json: disks[0].changeDetection ('full' | 'compare' | 'bitmap'), bytesRead, dirtyBytes. */
+  changeDetection: string | null;
+  diskBytesRead: number | null;
+  dirtyBytes: number | null;
+}
+
+interface CbtRun {
+  tool: 'cairn';
+  qemuVersion: string | null;
+  /** The qcow2 made by `qemu-img convert` from the unmodified image; untimed. */
+  qcow2?: { allocatedBytes: number; convertMs: number };
+  full?: CbtBackupStep;
+  /** The change plan written into the qcow2 with one qemu-io run, then checked with qemu-img compare; untimed. */
+  change?: { writes: number; bytesWritten: number; writeMs: number; compareMs: number; identical: boolean };
+  incremental?: CbtBackupStep;
+  /** Set when a step failed (the qcow2 not matching the modified image counts as failed). */
+  error?: string;
+}
+
+interface CbtTarget {
+  what: string;
+  /** speedup: restic / cairn wall time, at least `goal`; share: cairn / restic growth, at most `goal`. */
+  kind: 'speedup' | 'share';
+  goal: number;
+  /** null when a side was not measured. */
+  value: number | null;
+  /** For the speedups: restic / cairn CPU time, less sensitive to a busy machine than wall time. */
+  cpuValue: number | null;
+  met: boolean | null;
+}
+
+/** The first qemu tool the CBT section needs that does not run, if any. */
+function missingQemuTool(): string | undefined {
+  return QEMU_TOOLS.find((tool) => spawnSync(tool, ['--version']).error !== undefined);
+}
+
+/** `qemu-img --version`: "qemu-img version 7.2.22 (Debian …)" -> "7.2.22". */
+function qemuVersion(): string | null {
+  const line = toolVersion('qemu-img', ['--version']);
+  const m = line === null ? null : /version (\S+)/.exec(line);
+  return m === null ? line : m[1]!;
+}
+
+async function convertToQcow2(raw: string, qcow2: string): Promise<{ allocatedBytes: number; convertMs: number }> {
+  const start = performance.now();
+  await runChecked('converting the image to qcow2', {
+    file: 'qemu-img',
+    args: ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2],
+  });
+  return { allocatedBytes: allocatedSize(qcow2), convertMs: performance.now() - start };
+}
+
+/**
+ * Writes the blocks the change plan wrote into the raw image into the qcow2 as well: the same
+ * offsets, and the bytes read back from the modified raw image, each block through its own pattern
+ * file, all in one qemu-io run (which opens the image once, so its dirty bitmap records the writes).
+ */
+async function writeChangesToQcow2(raw: string, qcow2: string, changes: ChangePlan, patternDir: string): Promise<number> {
+  fs.mkdirSync(patternDir);
+  const commands: string[] = [];
+  const buf = Buffer.allocUnsafe(changes.blockSize);
+  const fd = fs.openSync(raw, 'r');
+  try {
+    for (const offset of changes.offsets) {
+      let filled = 0;
+      while (filled < buf.length) {
+        const n = fs.readSync(fd, buf, filled, buf.length - filled, offset + filled);
+        if (n === 0) throw new StepError(`${raw} ends before the changed block at ${offset}`);
+        filled += n;
+      }
+      // Relative names: qemu-io splits its commands at spaces, and the work directory may hold some.
+      const file = `${offset}.bin`;
+      fs.writeFileSync(path.join(patternDir, file), buf);
+      commands.push('-c', `write -q -s ${file} ${offset} ${changes.blockSize}`);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  const start = performance.now();
+  await runChecked('writing the change into the qcow2', {
+    file: 'qemu-io',
+    args: ['-f', 'qcow2', ...commands, qcow2],
+    cwd: patternDir,
+  });
+  return performance.now() - start;
+}
+
+/** `qemu-img compare` of the qcow2's guest view with the raw image: null if identical, else what differs. */
+async function compareQcow2(qcow2: string, raw: string): Promise<string | null> {
+  const cmd: Command = { file: 'qemu-img', args: ['compare', '-f', 'qcow2', '-F', 'raw', qcow2, raw] };
+  const result = await runProcess(cmd);
+  if (result.code === 0) return null;
+  // 1 means the images differ; anything else is an error of qemu-img itself.
+  if (result.code === 1) return `${commandLine(cmd)} says: ${result.stdout.trim() || 'the images differ'}`;
+  throw failure('comparing the qcow2 with the raw image', cmd, result);
+}
+
+/** Adds what Cairn reported about the (only) disk to a backup step. */
+function cbtBackupStep(backup: BackupStep): CbtBackupStep {
+  const disks = backup.report?.disks;
+  const disk = Array.isArray(disks) && typeof disks[0] === 'object' ? (disks[0] as Record<string, unknown>) : null;
+  const detection = disk?.changeDetection;
+  return {
+    ...backup,
+    changeDetection: typeof detection === 'string' ? detection : null,
+    diskBytesRead: reportField(disk, 'bytesRead'),
+    dirtyBytes: reportField(disk, 'dirtyBytes'),
+  };
+}
+
+function cbtTargets(cbt: CbtRun | undefined, restic: ToolRun | undefined): CbtTarget[] {
+  const ratio = (num: number | null | undefined, den: number | null | undefined): number | null =>
+    typeof num === 'number' && typeof den === 'number' && den > 0 ? num / den : null;
+  const speedup = (what: string, goal: number, c: BackupStep | undefined, r: BackupStep | undefined): CbtTarget => {
+    const value = ratio(r?.wallMs, c?.wallMs);
+    return { what, kind: 'speedup', goal, value, cpuValue: ratio(r?.cpuMs, c?.cpuMs), met: value === null ? null : value >= goal };
+  };
+  const t = CBT_TARGETS;
+  const growth = ratio(cbt?.incremental?.repoGrowthBytes, restic?.incremental?.repoGrowthBytes);
+  return [
+    speedup('CBT incremental vs restic incremental', t.incrementalSpeedup, cbt?.incremental, restic?.incremental),
+    {
+      what: 'CBT vault growth (1%) vs restic',
+      kind: 'share',
+      goal: t.growthShare,
+      value: growth,
+      cpuValue: null,
+      met: growth === null ? null : growth <= t.growthShare,
+    },
+    speedup('CBT full vs restic full', t.fullSpeedup, cbt?.full, restic?.full),
+  ];
+}
+
+function formatTarget(t: CbtTarget): string {
+  const goal = t.kind === 'speedup' ? `at least ${t.goal}x faster` : `at most ${t.goal.toFixed(2)}x of restic's`;
+  if (t.value === null || t.met === null) return `${t.what}: not measured (goal ${goal})`;
+  const value =
+    t.kind === 'speedup'
+      ? `${t.value.toFixed(1)}x faster` + (t.cpuValue === null ? '' : `, ${t.cpuValue.toFixed(1)}x less CPU`)
+      : `${t.value.toFixed(2)}x of restic's`;
+  return `${t.what}: ${t.met ? 'met' : 'MISSED'} (${value}; goal ${goal})`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 function formatBytes(n: number): string {
@@ -1129,6 +1316,26 @@ function buildRows(
   return rows;
 }
 
+/**
+ * The CBT block: Cairn on the qcow2 (through NBD, dirty bitmap for the incremental) in the cairn
+ * column, restic's runs on the raw image from the main block in the restic column.
+ */
+function buildCbtRows(cbt: CbtRun, restic: ToolRun | undefined): Row[] {
+  const read = (step: BackupStep | undefined, key: string): number | null => reportField(step?.report, key);
+  return [
+    row('CBT full backup', 'ms', cbt.full?.wallMs, restic?.full?.wallMs),
+    row('CBT incremental backup', 'ms', cbt.incremental?.wallMs, restic?.incremental?.wallMs),
+    row('CBT bytes read (full)', 'bytes', read(cbt.full, 'bytesRead'), read(restic?.full, 'total_bytes_processed')),
+    row('CBT bytes read (1%)', 'bytes', read(cbt.incremental, 'bytesRead'), read(restic?.incremental, 'total_bytes_processed')),
+    row('CBT vault growth (full)', 'bytes', cbt.full?.repoGrowthBytes, restic?.full?.repoGrowthBytes),
+    row('CBT vault growth (1%)', 'bytes', cbt.incremental?.repoGrowthBytes, restic?.incremental?.repoGrowthBytes),
+    row('CBT CPU full', 'ms', cbt.full?.cpuMs, restic?.full?.cpuMs),
+    row('CBT CPU incremental', 'ms', cbt.incremental?.cpuMs, restic?.incremental?.cpuMs),
+    row('CBT peak RSS full', 'bytes', cbt.full?.peakRssBytes, restic?.full?.peakRssBytes),
+    row('CBT peak RSS incremental', 'bytes', cbt.incremental?.peakRssBytes, restic?.incremental?.peakRssBytes),
+  ];
+}
+
 function formatCell(unit: Unit, v: Value): string {
   if (v === null) return '-';
   if (typeof v === 'boolean') return v ? 'yes' : 'NO';
@@ -1140,16 +1347,17 @@ function formatRatio(r: Row): string {
   if (r.ratio === null) return '-';
   const x = (v: number): string => `${v.toFixed(v >= 10 ? 1 : 2)}x`;
   if (r.unit !== 'ms' || r.ratio === 0) return x(r.ratio);
-  const [less, more] = r.step.startsWith('CPU') ? ['less', 'more'] : ['faster', 'slower'];
+  const [less, more] = /\bCPU\b/.test(r.step) ? ['less', 'more'] : ['faster', 'slower'];
   return r.ratio <= 1
     ? `${x(r.ratio)}  (${(1 / r.ratio).toFixed(1)}x ${less})`
     : `${x(r.ratio)}  (${r.ratio.toFixed(1)}x ${more})`;
 }
 
-function renderTable(rows: Row[]): string {
-  const lines = [['step', 'cairn', 'restic', 'cairn/restic']];
+/** `stepWidth`: width of the first column, the same for every table of one report. */
+function renderTable(rows: Row[], stepWidth: number, columns = ['step', 'cairn', 'restic', 'cairn/restic']): string {
+  const lines = [columns];
   for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
-  const widths = [24, 12, 12];
+  const widths = [stepWidth, 12, 12];
   const line = (cols: string[]): string =>
     cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd();
   return lines.map(line).join('\n');
@@ -1291,6 +1499,39 @@ async function runBenchmark(
     run.full = await s.backup('full');
   });
 
+  // CBT: a qcow2 copy of the unmodified image, backed up through NBD into a vault of its own. It
+  // runs before the S3 server starts, so that server's daemons do not share the CPUs with it.
+  const qcow2 = path.join(work, WORK_NAMES.qcow2);
+  let cbt: CbtRun | undefined;
+  let cbtSubject: Subject | undefined;
+  /** Why the CBT section did not run. */
+  let cbtNote: string | undefined;
+  if (opts.skipCbt) {
+    cbtNote = 'skipped (--skip-cbt)';
+  } else if (!opts.tools.includes('cairn')) {
+    cbtNote = 'skipped (--only restic)';
+  } else {
+    const missing = missingQemuTool();
+    if (missing !== undefined) {
+      cbtNote = `skipped: ${missing} not found (${QEMU_INSTALL_HINT})`;
+    } else {
+      cbt = { tool: 'cairn', qemuVersion: qemuVersion() };
+      const vault = localPlace(path.join(work, WORK_NAMES.cairnCbtVault));
+      cbtSubject = cairnSubject(work, repoRoot, qcow2, opts, timeDir, vault, 'cbt');
+    }
+  }
+  if (cbtNote !== undefined) log(`cbt ${cbtNote}`);
+  const cbtStep = (what: string, fn: (run: CbtRun, subject: Subject) => Promise<void>): Promise<void> =>
+    step(cbt, what, (run) => fn(run, cbtSubject!));
+  await cbtStep('CBT: converting the image to qcow2 (untimed)', async (run) => {
+    run.qcow2 = await convertToQcow2(image, qcow2);
+    log(`cairn: ${WORK_NAMES.qcow2} converted in ${formatSeconds(run.qcow2.convertMs)}, ${formatBytes(run.qcow2.allocatedBytes)} allocated`);
+  });
+  await cbtStep('CBT vault init', (_run, s) => s.init());
+  await cbtStep('CBT full backup (qcow2 through NBD)', async (run, s) => {
+    run.full = cbtBackupStep(await s.backup('full'));
+  });
+
   // S3: the same image into buckets on one local server, between the local full and incremental
   // backups so the image is in the same state for both; the server is stopped before the restores.
   let s3: S3Bench | undefined;
@@ -1352,9 +1593,27 @@ async function runBenchmark(
     log(`modifying ${CHANGE_FRACTION * 100} % of the image (seed ${opts.seed})`);
     changes = modifyImage(image, opts.sizeBytes, original.usedBlocks!, new SeededRandom(opts.seed));
     modified = await scanFile(image, false);
+    const plan = changes;
+    await cbtStep('CBT: the same writes into the qcow2 (qemu-io), then qemu-img compare (untimed)', async (run) => {
+      const patterns = path.join(work, WORK_NAMES.cbtPatterns);
+      const writeMs = await writeChangesToQcow2(image, qcow2, plan, patterns);
+      if (!opts.keep) fs.rmSync(patterns, { recursive: true, force: true });
+      const start = performance.now();
+      const difference = await compareQcow2(qcow2, image);
+      const compareMs = performance.now() - start;
+      run.change = { writes: plan.offsets.length, bytesWritten: plan.bytesWritten, writeMs, compareMs, identical: difference === null };
+      if (difference !== null) throw new StepError(`the qcow2 is NOT identical to the modified raw image: ${difference}`);
+      log(`cairn: ${plan.offsets.length} writes in ${formatSeconds(writeMs)}; qcow2 identical to the raw image (compare ${formatSeconds(compareMs)})`);
+    });
 
     await each('incremental backup', async (s, run) => {
       run.incremental = await s.backup('incremental');
+    });
+    await cbtStep('CBT incremental backup (dirty bitmap)', async (run, s) => {
+      run.incremental = cbtBackupStep(await s.backup('incremental'));
+      if (run.incremental.changeDetection !== 'bitmap') {
+        log(`WARNING: the CBT incremental found changes by '${run.incremental.changeDetection}', not by the dirty bitmap`);
+      }
     });
     await eachS3('S3 incremental backup', async (s, run, server) => {
       run.incremental = await measureS3Backup(server, s, run.tool, 'incremental');
@@ -1375,6 +1634,9 @@ async function runBenchmark(
   }
 
   const rows = buildRows(runs.cairn, runs.restic, s3Runs.cairn, s3Runs.restic);
+  const cbtRows = cbt === undefined ? [] : buildCbtRows(cbt, runs.restic);
+  const targets = cbt === undefined ? [] : cbtTargets(cbt, runs.restic);
+  const cbtNotBitmap = cbt?.incremental !== undefined && cbt.incremental.changeDetection !== 'bitmap';
   const loadEnd = os.loadavg()[0]!;
   const header = [
     `cairn bench  ${new Date().toISOString()}  node ${process.version}  ${resticVersion ?? 'restic not run'}  ${os.cpus().length} cpus  ${formatBytes(os.totalmem())} RAM`,
@@ -1426,14 +1688,46 @@ async function runBenchmark(
   } else if (s3Note !== undefined) {
     header.push(`s3           ${s3Note.split('\n')[0]}`);
   }
-  const failures = [...Object.values(runs), ...Object.values(s3Runs)].filter((r) => r.error !== undefined);
+  if (cbt !== undefined) {
+    const fmt = (v: number | null | undefined): string => (v === null || v === undefined ? '-' : formatBytes(v));
+    const q = cbt.qcow2;
+    const ch = cbt.change;
+    header.push(
+      `cbt          qemu ${cbt.qemuVersion ?? 'version unknown'}; ${WORK_NAMES.qcow2} ${q === undefined ? '-' : `${fmt(q.allocatedBytes)} allocated`} ` +
+        `(qemu-img convert, untimed); change: ` +
+        (ch === undefined
+          ? '-'
+          : `${ch.writes} qemu-io writes, qemu-img compare ${ch.identical ? 'identical' : 'DIFFERENT'}`),
+      `cbt cairn    full (${cbt.full?.changeDetection ?? '-'}): read ${fmt(reportField(cbt.full?.report, 'bytesRead'))}, ` +
+        `stored ${fmt(reportField(cbt.full?.report, 'bytesStored'))}; incremental (${cbt.incremental?.changeDetection ?? '-'}): ` +
+        `read ${fmt(reportField(cbt.incremental?.report, 'bytesRead'))}, dirty ${fmt(cbt.incremental?.dirtyBytes)}, ` +
+        `stored ${fmt(reportField(cbt.incremental?.report, 'bytesStored'))}`,
+    );
+  } else if (cbtNote !== undefined) {
+    header.push(`cbt          ${cbtNote}`);
+  }
+  const failures: { label: string; error: string }[] = [
+    ...Object.values(runs).map((r) => ({ label: r.tool, error: r.error })),
+    ...Object.values(s3Runs).map((r) => ({ label: `${r.tool} S3`, error: r.error })),
+    ...(cbt === undefined ? [] : [{ label: 'cairn CBT', error: cbt.error }]),
+  ].filter((f): f is { label: string; error: string } => f.error !== undefined);
   const mismatches = Object.values(runs).filter((r) => r.restore !== undefined && !r.restore.identical);
 
-  process.stdout.write(`${header.join('\n')}\n\n${renderTable(rows)}\n`);
-  for (const r of failures) {
-    const which = 'bucket' in r ? `${r.tool} S3` : r.tool;
-    process.stdout.write(`\n${which} FAILED: ${r.error!.split('\n')[0]}\n`);
-    log(`${which} failed:\n${r.error}`);
+  const stepWidth = Math.max(24, ...[...rows, ...cbtRows].map((r) => r.step.length + 2));
+  process.stdout.write(`${header.join('\n')}\n\n${renderTable(rows, stepWidth)}\n`);
+  if (cbt !== undefined) {
+    const table = renderTable(cbtRows, stepWidth, ['CBT: qcow2 via NBD', 'cairn', 'restic raw', 'cairn/restic']);
+    process.stdout.write(`\n${table}\n${targets.map((t) => `target: ${formatTarget(t)}`).join('\n')}\n`);
+    if (cbtNotBitmap) {
+      process.stdout.write(
+        `\nWARNING: the CBT incremental found changes by '${cbt.incremental!.changeDetection}', not by the dirty bitmap; ` +
+          'its rows do not measure changed-block tracking\n',
+      );
+    }
+  }
+  for (const f of failures) {
+    process.stdout.write(`\n${f.label} FAILED: ${f.error.split('\n')[0]}\n`);
+    log(`${f.label} failed:\n${f.error}`);
   }
   if (s3Failed) process.stdout.write(`\nS3 section ${s3Note!.split('\n')[0]}\n`);
   for (const r of mismatches) process.stdout.write(`\n${r.tool} restore is NOT identical to the modified image\n`);
@@ -1455,6 +1749,7 @@ async function runBenchmark(
       skipRestore: opts.skipRestore,
       seed: opts.seed,
       skipS3: opts.skipS3,
+      skipCbt: opts.skipCbt,
     },
     image: {
       sizeBytes: opts.sizeBytes,
@@ -1470,7 +1765,13 @@ async function runBenchmark(
       note: s3Note ?? null,
       runs: s3Runs,
     },
-    rows,
+    cbt: {
+      note: cbtNote ?? null,
+      qcow2: cbt === undefined ? null : WORK_NAMES.qcow2,
+      run: cbt ?? null,
+      targets,
+    },
+    rows: [...rows, ...cbtRows],
   };
   fs.writeFileSync(jsonOut, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`\nresults as JSON: ${jsonOut}\n`);

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
 import type { ObjectStore } from '../../shared/store/object-store.js';
 import { LocalStore } from '../../shared/store/local-store.js';
-import { S3Store } from '../../shared/store/s3-store.js';
+import type { S3Store } from '../../shared/store/s3-store.js';
 import { isS3Url } from '../../shared/store/s3-url.js';
 import { RateLimiter, ThrottledStore } from '../../shared/store/throttled-store.js';
 import { Vault } from '../../shared/vault/vault.js';
@@ -28,9 +28,11 @@ const s3Stores: S3Store[] = [];
  * Turns a vault location (a folder path, file:///path or s3://bucket/prefix?…) into an object store,
  * rate-limited when --limit-upload / --limit-download (MiB/s) are given.
  */
-export function openStore(location: string, transfer: TransferOptions = {}): ObjectStore {
+export async function openStore(location: string, transfer: TransferOptions = {}): Promise<ObjectStore> {
   let store: ObjectStore;
   if (isS3Url(location)) {
+    // Loaded only for S3 vaults: the AWS SDK takes about 100 ms to load.
+    const { S3Store } = await import('../../shared/store/s3-store.js');
     // After closeStores() a store retries nothing more, so no warning follows the command's error.
     const s3 = new S3Store(location, {
       onRetry: (what, err, wait) =>
@@ -120,7 +122,7 @@ export interface VaultArgs extends TransferOptions {
 export async function openVault(args: VaultArgs, command: string): Promise<Vault> {
   const location = args.vault;
   if (!location) throw new CairnError('USAGE', `${command}: --vault is required; see 'cairn ${command} --help'`);
-  const store = openStore(location, args);
+  const store = await openStore(location, args);
   const concurrency = uploadConcurrency(location, args['upload-concurrency']);
   // Check the vault exists before asking for a passphrase, so a wrong path is named as such.
   const config = await Vault.readConfig(store);

@@ -96,13 +96,22 @@ export async function backupCommand(argv: string[], out: (s: string) => void): P
   if (values['require-app-consistent'] && !quiesce) {
     throw new CairnError('USAGE', 'backup: --require-app-consistent needs something to quiesce: --pre-freeze, --post-thaw or --freeze');
   }
-  const vault = await openVault(values, 'backup');
+  // Sources open (qemu-img info, NBD handshakes) while the passphrase's key is derived.
+  const opening = openSources(positionals);
+  opening.catch(() => undefined);
+  let vault;
+  try {
+    vault = await openVault(values, 'backup');
+  } catch (err) {
+    for (const s of await opening.catch(() => [])) await s.close().catch(() => undefined);
+    throw err;
+  }
   const sources: BlockSource[] = [];
   const state = openState();
   const startedAt = new Date().toISOString();
   const bar = new ProgressBar('backup', !values.json && process.stderr.isTTY === true);
   try {
-    sources.push(...(await openSources(positionals)));
+    sources.push(...(await opening));
     const r = await runBackup(vault, sources, {
       name: values.name,
       full: values.full,

@@ -102,11 +102,11 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
 }
 
 /** Backup runs recorded in the local state (this machine only), oldest first. */
-function history(argv: string[], out: (s: string) => void): number {
+async function history(argv: string[], out: (s: string) => void): Promise<number> {
   const { values, positionals } = parse('backups history', argv, { vault: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } });
   if (values.help) return (out(backupsHelp), 0);
   if (positionals.length) throw new CairnError('USAGE', `backups history: unexpected argument '${positionals[0]}'`);
-  const location = values.vault ? openStore(values.vault).location : undefined;
+  const location = values.vault ? (await openStore(values.vault)).location : undefined;
   const runs = openState()
     .runs()
     .filter((r) => !location || r.vaultLocation === location);

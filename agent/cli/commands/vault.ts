@@ -80,7 +80,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   if (days !== undefined && !/^\d+$/.test(days)) {
     throw new CairnError('USAGE', `vault init: --immutable-days must be a whole number of days, not '${days}'`);
   }
-  const store = openStore(location, values);
+  const store = await openStore(location, values);
   // The store is checked before the passphrase is asked for, so a wrong URL is named as such.
   if (await store.stat('config')) {
     throw new CairnError('VAULT_EXISTS', `a vault exists already at ${store.location}; use it, or choose an empty location`);
