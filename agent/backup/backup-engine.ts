@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { CairnError } from '../../shared/errors.js';
+import { onInterrupt } from '../../shared/interrupt.js';
 import { shortSuffix } from '../../shared/clock.js';
 import { BlockMap, blockMapKey, ZERO_ID } from '../../shared/vault/block-map.js';
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
@@ -89,6 +90,12 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
   };
   let captured: CaptureGroup[] = [];
   let committed = false;
+  // Ctrl-C or a service stop: thaw at once and drop the new tracking points (the previous ones
+  // still hold every change); the watchdog would thaw too, but only after --freeze-timeout.
+  const unregister = onInterrupt(async () => {
+    await thaw().catch(() => undefined);
+    if (!committed) for (const g of captured) await g.abort().catch(() => undefined);
+  });
   try {
     const { index, plan, packs } = await vault.loadIndex();
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
@@ -206,6 +213,7 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       warnings: after,
     };
   } finally {
+    unregister();
     await thaw().catch(() => undefined);
     if (!committed) for (const g of captured) await g.abort().catch(() => undefined);
     await pool.close();

@@ -17,6 +17,7 @@ import { unusedPort } from '../../../test/helpers.js';
 import { NbdClient, type Extent } from './nbd-client.js';
 import { NBD_FLAG_READ_ONLY, NBD_STATE_HOLE } from './nbd-protocol.js';
 import { formatNbdUrl, parseNbdUrl, type NbdTarget } from './nbd-url.js';
+import { failure } from '../../../test/support/caught.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -631,16 +632,6 @@ function roundToGranules(writes: Write[]): { offset: number; length: number }[] 
     else out.push({ offset: r.from, length: r.to - r.from });
   }
   return out;
-}
-
-async function failure(promise: Promise<unknown>): Promise<CairnError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof CairnError) return err;
-    throw err;
-  }
-  throw new Error('expected a CairnError, but the call succeeded');
 }
 
 function sha256(data: Buffer): string {

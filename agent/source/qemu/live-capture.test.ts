@@ -17,6 +17,7 @@ import { CairnError } from '../../../shared/errors.js';
 import { NbdClient, type Extent } from '../nbd/nbd-client.js';
 import { captureLive, type CapturedDisk, type LiveCaptureRequest } from './live-capture.js';
 import { QmpClient, QmpError } from './qmp-client.js';
+import { failure } from '../../../test/support/caught.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -549,16 +550,6 @@ function merge(extents: Extent[]): { offset: number; length: number }[] {
     else out.push({ offset: e.offset, length: e.length });
   }
   return out;
-}
-
-async function failure(promise: Promise<unknown>): Promise<CairnError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof CairnError) return err;
-    throw err;
-  }
-  throw new Error('expected a CairnError, but the call succeeded');
 }
 
 function sha256(data: Buffer): string {
