@@ -4,6 +4,8 @@ import { NBD_STATE_DIRTY, NBD_STATE_ZERO } from './nbd/nbd-protocol.js';
 import { parseNbdUrl, type NbdTarget } from './nbd/nbd-url.js';
 
 const ALLOCATION = 'base:allocation';
+/** Batches are read as 64 KiB requests, all in flight at once (see NbdConnectOptions.requestSize). */
+const REQUEST_SIZE = 64 * 1024;
 
 export interface NbdSourceOptions {
   /** Name of the disk in backups (backups of the same names chain). */
@@ -54,7 +56,7 @@ export class NbdSource implements BlockSource {
 
   static async connect(opts: NbdSourceOptions): Promise<NbdSource> {
     const contexts = [ALLOCATION, ...(opts.bitmap ? [dirtyContext(opts.bitmap)] : [])];
-    const client = await NbdClient.connect(opts.target, { exportName: opts.exportName, metaContexts: contexts });
+    const client = await NbdClient.connect(opts.target, { exportName: opts.exportName, metaContexts: contexts, requestSize: REQUEST_SIZE });
     return new NbdSource(opts.name, client, opts);
   }
 

@@ -260,6 +260,27 @@ describe('NbdClient with block size constraints (qemu-nbd over blkdebug: 4 KiB a
     expect(parsed[parsed.length - 1]).toEqual({ type: 2, from: 0, len: 0 });
     expect(status).toEqual(clip(nbdinfoMap(server.url), 100, 5 * MiB)); // after the trace: nbdinfo's requests land there too
   });
+
+  it('sends reads as requests of requestSize, rounded down to the minimum block size', async () => {
+    const trace = join(dir, 'request-size-trace.log');
+    const events = join(dir, 'request-size-events');
+    await writeFile(events, 'nbd_receive_request\n');
+    const server = await startQemuNbd('unix', ['-T', `events=${events},file=${trace}`], {
+      image: { imageOpts: `driver=blkdebug,align=4096,image.driver=qcow2,image.file.driver=file,image.file.filename=${image}` },
+    });
+    const client = await NbdClient.connect(server.target, { exportName: 'disk0', requestSize: 64 * 1024 + 100 });
+    expect(client.requestSize).toBe(64 * 1024);
+    const data = await client.read(2 * MiB, MiB);
+    await client.close();
+    expect(data.equals(expected.subarray(2 * MiB, 3 * MiB))).toBe(true);
+    const reads = (await readFile(trace, 'utf8'))
+      .split('\n')
+      .map((l) => /\.type = 0x0, from = (\d+), len = (\d+)/.exec(l))
+      .filter((m) => m !== null)
+      .map((m) => ({ from: Number(m[1]), len: Number(m[2]) }));
+    expect(reads.map((r) => r.len)).toEqual(new Array(16).fill(64 * 1024));
+    expect(reads.map((r) => r.from).sort((a, b) => a - b)).toEqual(Array.from({ length: 16 }, (_, i) => 2 * MiB + i * 64 * 1024));
+  });
 });
 
 describe('NbdClient on an 8 GiB sparse disk (offsets beyond 32 bits, block status in several requests)', { timeout: TEST_TIMEOUT_MS }, () => {

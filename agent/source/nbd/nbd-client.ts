@@ -58,6 +58,13 @@ export interface NbdConnectOptions {
    * like libnbd's nbd_set_request_structured_replies. Default true.
    */
   structuredReplies?: boolean;
+  /**
+   * Reads are sent as requests of at most this many bytes (rounded down to the minimum block size,
+   * capped at the maximum payload), all at once. Default: the maximum payload. qemu-nbd 7.2 serves
+   * 64 KiB requests about twice as fast as 256 KiB-2 MiB ones here: it maps a fresh bounce buffer
+   * per large request and pays its page faults (measured 2.7 ms per 256 KiB pread).
+   */
+  requestSize?: number;
 }
 
 /**
@@ -118,6 +125,8 @@ export class NbdClient {
   readonly blockSize: BlockSizeConstraints;
   /** Reads are split into requests of at most this many bytes (a multiple of blockSize.minimum). */
   readonly maxPayload: number;
+  /** Size of the requests reads are split into (NbdConnectOptions.requestSize). */
+  readonly requestSize: number;
   /** Whether the server agreed to structured replies (sparse reads, error messages, block status). */
   readonly structuredReplies: boolean;
   /** The metadata contexts negotiated for this connection, with their ids. */
@@ -140,6 +149,7 @@ export class NbdClient {
     exportName: string,
     negotiated: NegotiatedExport,
     signal: AbortSignal | undefined,
+    requestSize: number | undefined,
   ) {
     this.url = url;
     this.exportName = exportName;
@@ -148,6 +158,8 @@ export class NbdClient {
     this.blockSize = negotiated.blockSize ?? { minimum: 1, preferred: 4096, maximum: 0xffffffff };
     const cap = Math.min(this.blockSize.maximum, DEFAULT_MAX_PAYLOAD);
     this.maxPayload = Math.max(this.blockSize.minimum, cap - (cap % this.blockSize.minimum));
+    const wanted = Math.min(requestSize ?? this.maxPayload, this.maxPayload);
+    this.requestSize = Math.max(this.blockSize.minimum, wanted - (wanted % this.blockSize.minimum));
     this.structuredReplies = negotiated.structuredReplies;
     this.metaContexts = negotiated.metaContexts;
     this.socketClosed = new Promise((resolve) => {
@@ -199,7 +211,7 @@ export class NbdClient {
     });
     try {
       const negotiated = await Promise.race([work, deadline]);
-      return new NbdClient(socket, reader, url, opts.exportName, negotiated, signal);
+      return new NbdClient(socket, reader, url, opts.exportName, negotiated, signal, opts.requestSize);
     } catch (err) {
       // A refusal has sent NBD_OPT_ABORT and ends the socket itself; anything else hangs up now.
       if (!socket.writableEnded) socket.destroy();
@@ -308,8 +320,8 @@ export class NbdClient {
 
   private async readAligned(target: Buffer, offset: number): Promise<void> {
     const pieces: Promise<void>[] = [];
-    for (let done = 0; done < target.length; done += this.maxPayload) {
-      const n = Math.min(this.maxPayload, target.length - done);
+    for (let done = 0; done < target.length; done += this.requestSize) {
+      const n = Math.min(this.requestSize, target.length - done);
       const request: ReadRequest = { kind: 'read', offset: offset + done, length: n, target: target.subarray(done, done + n), received: 0 };
       pieces.push(this.submit(NBD_CMD_READ, request));
     }
