@@ -20,6 +20,7 @@ export const errorCatalogue = {
   IMMUTABLE: { exit: 18, http: 423, summary: 'the data is under retention (object lock) and cannot be deleted yet' },
   SOURCE_UNREADABLE: { exit: 20, http: 400, summary: 'a backup source cannot be read' },
   TARGET_UNWRITABLE: { exit: 21, http: 400, summary: 'a restore target cannot be written' },
+  CONFIG_INVALID: { exit: 23, http: 400, summary: 'the agent configuration file is not valid' },
   QUIESCE_FAILED: { exit: 22, http: 424, summary: 'the workload could not be quiesced, and an application-consistent backup was required' },
   VERIFY_FAILED: { exit: 30, http: 500, summary: 'verification found damaged or missing data' },
   STORE_UNAVAILABLE: { exit: 40, http: 503, summary: 'the object store did not answer' },

@@ -1,6 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { CairnError, exitCodeFor } from '../../shared/errors.js';
+import { agentCommand } from './commands/agent.js';
 import { backupCommand } from './commands/backup.js';
+import { cairnVersion } from './version.js';
 import { backupsCommand } from './commands/backups.js';
 import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';
@@ -20,16 +21,14 @@ Usage:
   cairn vault gc --vault <vault>
   cairn vault verify --vault <vault> [--read-data]
   cairn quickstart [--dir DIR]
+  cairn agent run --config FILE        (the daemon: policies on schedule, status endpoint)
+  cairn agent status [--config FILE | --address HOST:PORT] [--json]
 
 <vault> is a folder path, file:///path or s3://bucket/prefix[?endpoint=URL&region=R&path-style=true]
 (S3 credentials from the standard AWS chain). The passphrase comes from the CAIRN_PASSPHRASE environment
 variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN_STATE_DIR, by default
 ~/.local/state/cairn. 'cairn COMMAND --help' tells more about each command.`;
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 /**
  * Ctrl-C or a service stop: say what state things are in, undo what is registered (leases, so gc
@@ -62,11 +61,13 @@ export async function main(argv: string[]): Promise<number> {
         return await backupsCommand(rest, out);
       case 'restore':
         return await restoreCommand(rest, out);
+      case 'agent':
+        return await agentCommand(rest, out);
       case 'quickstart':
         return await quickstartCommand(rest, out);
       case '--version':
       case '-V':
-        out(version());
+        out(cairnVersion());
         return 0;
       case undefined:
       case '--help':

@@ -25,6 +25,22 @@ export interface BackupRun {
  * vault stays the source of truth: deleting this file loses only history of failed runs, and the
  * cache is rebuilt on the next run.
  */
+export interface AgentJobRecord {
+  jobId: string;
+  kind: 'backup' | 'prune' | 'gc';
+  resource: string | null;
+  vault: string;
+  policy: string | null;
+  backup: string | null;
+  status: 'ok' | 'failed' | 'cancelled';
+  startedAt: string;
+  finishedAt: string;
+  bytesRead: number;
+  bytesStored: number;
+  durationMs: number;
+  error: string | null;
+}
+
 export class StateStore implements IndexCache {
   private readonly db: Database.Database;
 
@@ -42,6 +58,16 @@ export class StateStore implements IndexCache {
           started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
           bytes_read INTEGER NOT NULL, bytes_stored INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
           error TEXT
+        );
+        CREATE TABLE IF NOT EXISTS agent_jobs (
+          seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          job_id TEXT NOT NULL, kind TEXT NOT NULL, resource TEXT, vault TEXT NOT NULL, policy TEXT,
+          backup TEXT, status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
+          bytes_read INTEGER NOT NULL, bytes_stored INTEGER NOT NULL, duration_ms INTEGER NOT NULL, error TEXT
+        );
+        CREATE TABLE IF NOT EXISTS agent_marks (
+          policy TEXT NOT NULL, resource TEXT NOT NULL, last_fire TEXT NOT NULL,
+          PRIMARY KEY (policy, resource)
         );
         CREATE TABLE IF NOT EXISTS index_cache (
           vault_id TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
@@ -66,6 +92,41 @@ export class StateStore implements IndexCache {
           @bytesRead, @bytesStored, @durationMs, @error)`,
       )
       .run(run);
+  }
+
+  /** The agent's job history (backups, prunes, gc runs), one row per finished job. */
+  recordJob(job: AgentJobRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO agent_jobs (job_id, kind, resource, vault, policy, backup, status, started_at, finished_at,
+          bytes_read, bytes_stored, duration_ms, error)
+         VALUES (@jobId, @kind, @resource, @vault, @policy, @backup, @status, @startedAt, @finishedAt,
+          @bytesRead, @bytesStored, @durationMs, @error)`,
+      )
+      .run(job);
+  }
+
+  /** Jobs of a kind, oldest first (optionally of one resource). */
+  jobs(kind: string, resource?: string): AgentJobRecord[] {
+    return this.db
+      .prepare(
+        `SELECT job_id AS jobId, kind, resource, vault, policy, backup, status, started_at AS startedAt,
+          finished_at AS finishedAt, bytes_read AS bytesRead, bytes_stored AS bytesStored, duration_ms AS durationMs, error
+         FROM agent_jobs WHERE kind = ? ${resource === undefined ? '' : 'AND resource = ?'} ORDER BY seq`,
+      )
+      .all(...(resource === undefined ? [kind] : [kind, resource])) as AgentJobRecord[];
+  }
+
+  /** When a policy last fired for a resource (for catching up a run missed while the agent was down). */
+  lastFire(policy: string, resource: string): Date | undefined {
+    const row = this.db.prepare('SELECT last_fire AS t FROM agent_marks WHERE policy = ? AND resource = ?').get(policy, resource) as { t: string } | undefined;
+    return row ? new Date(row.t) : undefined;
+  }
+
+  setLastFire(policy: string, resource: string, at: Date): void {
+    this.db
+      .prepare('INSERT INTO agent_marks (policy, resource, last_fire) VALUES (?, ?, ?) ON CONFLICT (policy, resource) DO UPDATE SET last_fire = excluded.last_fire')
+      .run(policy, resource, at.toISOString());
   }
 
   runs(vaultId?: string): BackupRun[] {

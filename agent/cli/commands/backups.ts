@@ -1,8 +1,7 @@
 import { CairnError } from '../../../shared/errors.js';
 import type { Manifest } from '../../../shared/vault/manifest.js';
-import { manifestKey } from '../../../shared/vault/manifest.js';
+import { deleteBackup } from '../../backup/delete-backup.js';
 import { parse, vaultOptions } from '../args.js';
-import { checkDeletable, deleteUnlessRetained } from '../../../shared/vault/retention.js';
 import { openState, openStore, openVault } from '../context.js';
 import { formatBytes, formatTime, table } from '../format.js';
 
@@ -93,9 +92,7 @@ export async function backupsCommand(argv: string[], out: (s: string) => void): 
   }
 
   // delete: the manifest first (the backup is gone at once), then its block maps.
-  checkDeletable(vault, m);
-  await vault.store.delete(manifestKey(m.id));
-  for (const d of m.disks) await deleteUnlessRetained(vault, d.blockMap);
+  await deleteBackup(vault, m);
   if (values.json) out(JSON.stringify({ deleted: { id: m.id, name: m.name } }));
   else out(`deleted backup ${m.name} (${m.id}); run 'cairn vault gc' to free data no other backup needs`);
   return 0;

@@ -1,0 +1,14 @@
+import { readFileSync } from 'node:fs';
+
+/** Cairn's version, from package.json (three levels above this file in src and in dist/agent/cli). */
+export function cairnVersion(): string {
+  for (const rel of ['../../package.json', '../../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version: string };
+      if (pkg.name === 'cairn') return pkg.version;
+    } catch {
+      // try the next
+    }
+  }
+  return 'unknown';
+}

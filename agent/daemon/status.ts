@@ -1,0 +1,96 @@
+/**
+ * What the agent daemon reports about itself: the data behind `GET /status`, `GET /metrics` and
+ * `cairn agent status`. The daemon fills these in; the status server only renders them. Nothing
+ * here may hold a secret: vault locations are shown without query strings or credentials.
+ */
+
+export interface JobProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  bytesStored: number;
+  /** 0-100, one decimal. */
+  percent: number;
+  /** Average read rate since the job started, bytes per second. */
+  rateBytesPerSecond: number;
+  /** Seconds left at the current rate; null while unknown. */
+  etaSeconds: number | null;
+}
+
+export interface RunningJob {
+  id: string;
+  kind: 'backup' | 'prune' | 'gc';
+  resource: string | null;
+  vault: string;
+  policy: string | null;
+  startedAt: string;
+  progress: JobProgress | null;
+}
+
+export interface LastResult {
+  status: 'ok' | 'failed' | 'cancelled';
+  backup: string | null;
+  startedAt: string;
+  finishedAt: string;
+  bytesRead: number;
+  bytesStored: number;
+  durationMs: number;
+  error: string | null;
+}
+
+export interface ResourceStatus {
+  name: string;
+  vault: string;
+  policy: string | null;
+  lastResult: LastResult | null;
+  lastSuccessAt: string | null;
+  nextRun: string | null;
+}
+
+export interface VaultStatus {
+  name: string;
+  /** The location without credentials or query string. */
+  location: string;
+  backups: number | null;
+  storedBytes: number | null;
+}
+
+export interface Inventory {
+  hostname: string;
+  os: { platform: string; distro: string; release: string; kernel: string; arch: string };
+  cpus: { model: string; cores: number; physicalCores: number };
+  memoryBytes: number;
+  disks: { name: string; type: string; sizeBytes: number; model: string }[];
+  network: { iface: string; mac: string; ip4: string[]; ip6: string[] }[];
+}
+
+export interface AgentStatus {
+  agentId: string;
+  version: string;
+  startedAt: string;
+  uptimeSeconds: number;
+  controlPlane: { state: 'not-configured' | 'connected' | 'disconnected'; url: string | null };
+  jobs: RunningJob[];
+  resources: ResourceStatus[];
+  vaults: VaultStatus[];
+  inventory: Inventory | null;
+}
+
+/** Counters since the daemon started, plus the last success per resource, for `GET /metrics`. */
+export interface MetricsSnapshot {
+  /** One entry per (resource, result). */
+  backups: { resource: string; vault: string; result: 'ok' | 'failed' | 'cancelled'; count: number }[];
+  bytesRead: { resource: string; bytes: number }[];
+  bytesStored: { resource: string; bytes: number }[];
+  /** Durations of finished backups in seconds, per resource (rendered as a histogram). */
+  durations: { resource: string; seconds: number[] }[];
+  lastSuccess: { resource: string; timestamp: number }[];
+  runningJobs: number;
+  queuedJobs: number;
+  /** Seconds since the daemon started; rendered as `cairn_agent_uptime_seconds` when present. */
+  uptimeSeconds?: number;
+}
+
+export interface StatusProvider {
+  status(): AgentStatus;
+  metrics(): MetricsSnapshot;
+}
