@@ -149,6 +149,14 @@ describe('cairn agent run', () => {
     expect(metrics.text).toMatch(/^cairn_backups_total\{resource="web",vault="main",result="ok"\} [1-9]/m);
     expect(metrics.text).toMatch(/^cairn_backup_last_success_timestamp_seconds\{resource="web"\} \d/m);
 
+    // SIGHUP with a broken config keeps the running one and says why.
+    await writeFile(configPath, JSON.stringify(config({ concurrency: 0 })));
+    agent.kill('SIGHUP');
+    await waitFor('the reload refusal in the log', async () => (agentLog.includes('configuration not reloaded') ? true : undefined), 10_000);
+    expect(agentLog).toContain("'concurrency'");
+    expect((await get('/healthz')).status).toBe(200);
+    await writeFile(configPath, JSON.stringify(config(), null, 2));
+
     const text = await sb.cairn(['agent', 'status', '--config', configPath]);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout).toContain('web');

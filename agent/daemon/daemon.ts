@@ -91,6 +91,7 @@ export class AgentDaemon implements StatusProvider {
         this.arm(`gc/${vault.name}`, gcSchedule, gcSchedule.next(this.clock.now()), () => this.enqueueGc(vault));
       }
     }
+    for (const v of this.config.vaults.values()) void this.openVault(v).then((vault) => this.refreshVault(v, vault), () => undefined);
     this.deps.log.info('agent started', {
       policies: [...this.config.policies.values()].filter((p) => p.enabled).length,
       resources: this.config.resources.size,
