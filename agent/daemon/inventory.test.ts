@@ -30,7 +30,7 @@ describe('inventory', () => {
   it('falls back instead of waiting when the budget is spent', async () => {
     const started = Date.now();
     const inv = await collectInventory({ timeoutMs: 1 });
-    expect(Date.now() - started).toBeLessThan(1000);
+    expect(Date.now() - started).toBeLessThan(2000);
     expect(inv.hostname).toBe(os.hostname());
     expect(inv.cpus.cores).toBeGreaterThanOrEqual(1);
     expect(inv.memoryBytes).toBeGreaterThan(0);

@@ -1,9 +1,9 @@
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { ManualClock } from '../../shared/clock.js';
 import { isCairnError } from '../../shared/errors.js';
@@ -96,12 +96,14 @@ describe('agent log', () => {
     const first = Number(kept[0].slice(5, 9));
     expect(kept).toEqual(Array.from({ length: kept.length }, (_, k) => lineOf(first + k)));
     expect(first).toBeGreaterThan(0);
-    // A rotated file is cut at the first line that takes it to maxBytes or beyond.
+    // A rotated file was full: the next line would have taken it past maxBytes.
+    const lineBytes = Buffer.byteLength((await readFile(join(dir, 'agent.log'), 'utf8')).split('\n')[0]) + 1;
     for (const f of ['agent1.log', 'agent2.log']) {
       const size = (await stat(join(dir, f))).size;
-      expect(size).toBeGreaterThanOrEqual(maxBytes);
-      expect(size).toBeLessThan(maxBytes + 200);
+      expect(size).toBeLessThanOrEqual(maxBytes);
+      expect(size).toBeGreaterThan(maxBytes - lineBytes);
     }
+    expect((await stat(join(dir, 'agent.log'))).size).toBeLessThanOrEqual(maxBytes);
   });
 
   it('redacts secret fields at any depth', async () => {
@@ -155,6 +157,40 @@ describe('agent log', () => {
     jlog.error('vault unreachable');
     await jlog.close();
     expect(journal.text()).toBe('<6>info agent started\n<3>error vault unreachable\n');
+  });
+
+  it('appends to an existing agent.log and counts its size towards rotation', async () => {
+    const dir = await tempDir();
+    const first = createLogger({ dir, console: false, clock });
+    first.info('from the last run');
+    await first.close();
+    const size = (await stat(join(dir, 'agent.log'))).size;
+
+    const second = createLogger({ dir, console: false, clock, maxBytes: size + 10, maxFiles: 2 });
+    second.info('from this run');
+    await second.close();
+    expect((await readdir(dir)).sort()).toEqual(['agent.log', 'agent1.log']);
+    expect(JSON.parse(await readFile(join(dir, 'agent1.log'), 'utf8')).message).toBe('from the last run');
+    expect(JSON.parse(await readFile(join(dir, 'agent.log'), 'utf8')).message).toBe('from this run');
+  });
+
+  it('keeps running when the log folder cannot be written', async () => {
+    const dir = await tempDir();
+    const blocked = join(dir, 'not-a-folder');
+    await writeFile(blocked, 'a file where the log folder should be');
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      const log = createLogger({ dir: blocked, console: false });
+      log.info('lost');
+      log.info('lost too');
+      await log.close();
+      // One message for the streak of failures, naming the folder.
+      expect(stderr.mock.calls.map((c) => String(c[0]))).toEqual([
+        expect.stringMatching(/^cairn: the agent log in .*not-a-folder cannot be written: EEXIST/),
+      ]);
+    } finally {
+      stderr.mockRestore();
+    }
   });
 
   it('close is idempotent and later lines are dropped', async () => {

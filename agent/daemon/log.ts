@@ -5,9 +5,15 @@
  * Contracts:
  * - One JSON object per line: `timestamp` (ISO 8601, UTC), `level`, `message`, then the fields. A
  *   field named like one of those three is written with a trailing underscore (`level_`).
- * - The file rotates by size: when `agent.log` passes `maxBytes` it becomes `agent1.log`, the older
- *   ones move up by one (`tailable`), and at most `maxFiles` files exist in all; `agent.log` is always
- *   the newest.
+ * - The file rotates by size: before a line would take `agent.log` past `maxBytes` it becomes
+ *   `agent1.log`, the older ones move up by one (`agent1.log` → `agent2.log`, winston's `tailable`
+ *   naming), and at most `maxFiles` files exist in all; `agent.log` is always the newest. A file
+ *   exceeds `maxBytes` only if one line does.
+ * - Each line is written to the file synchronously, whole, as it is logged: a crash loses nothing
+ *   already logged. (winston's own File transport buffers: in a burst of lines logged before it has
+ *   opened its file it lost every line and never finished, and a burst after opening did not rotate;
+ *   so the file is a RotatingFile behind winston's Stream transport instead.) A file that cannot be
+ *   written (disk full, folder gone) costs those lines and one message on stderr, never the daemon.
  * - Console lines read `2026-11-25T10:00:00Z info message key=value`. Under systemd (JOURNAL_STREAM
  *   or INVOCATION_ID set) the timestamp is left out, since journald stamps lines itself, and when
  *   the console is the journal (JOURNAL_STREAM) each line starts with its syslog priority (`<6>`,
@@ -17,6 +23,7 @@
  *   not inspected: never put a secret into one.
  * - `close()` resolves once every line logged before it is in the file.
  */
+import { closeSync, fstatSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 
@@ -113,6 +120,95 @@ function consoleLine(e: Entry, underSystemd: boolean, toJournal: boolean): strin
   return `${toJournal ? `<${syslogPriority[e.level]}>` : ''}${parts.join(' ')}`;
 }
 
+/**
+ * An append-only log file with size-based rotation, as a Writable for winston's Stream transport.
+ * Writes are synchronous; see the contract at the top of this file.
+ */
+export class RotatingFile extends Writable {
+  private fd: number | null = null;
+  private size = 0;
+  private failed = false;
+
+  constructor(
+    private readonly dir: string,
+    private readonly base: string,
+    private readonly maxBytes: number,
+    private readonly maxFiles: number,
+    private readonly onError: (err: Error) => void,
+  ) {
+    super({ decodeStrings: true });
+  }
+
+  /** `agent.log` for 0, `agent<n>.log` for n ≥ 1. */
+  private pathOf(n: number): string {
+    const dot = this.base.lastIndexOf('.');
+    const [stem, ext] = dot > 0 ? [this.base.slice(0, dot), this.base.slice(dot)] : [this.base, ''];
+    return join(this.dir, n === 0 ? this.base : `${stem}${n}${ext}`);
+  }
+
+  private open(): number {
+    if (this.fd === null) {
+      mkdirSync(this.dir, { recursive: true });
+      this.fd = openSync(this.pathOf(0), 'a', 0o640);
+      this.size = fstatSync(this.fd).size;
+    }
+    return this.fd;
+  }
+
+  private closeFile(): void {
+    if (this.fd !== null) {
+      const fd = this.fd;
+      this.fd = null;
+      closeSync(fd);
+    }
+  }
+
+  private rotate(): void {
+    this.closeFile();
+    rmSync(this.pathOf(this.maxFiles - 1), { force: true });
+    for (let n = this.maxFiles - 2; n >= 0; n--) {
+      try {
+        renameSync(this.pathOf(n), this.pathOf(n + 1));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (err?: Error | null) => void): void {
+    try {
+      this.open();
+      if (this.size > 0 && this.size + chunk.length > this.maxBytes) {
+        this.rotate();
+        this.open();
+      }
+      let off = 0;
+      while (off < chunk.length) off += writeSync(this.fd!, chunk, off);
+      this.size += chunk.length;
+      this.failed = false;
+    } catch (err) {
+      // Try again with a fresh descriptor on the next line; report each failure streak once.
+      try {
+        this.closeFile();
+      } catch {
+        // The descriptor is gone either way.
+      }
+      if (!this.failed) this.onError(err as Error);
+      this.failed = true;
+    }
+    done();
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    try {
+      this.closeFile();
+    } catch {
+      // Nothing left to flush: every write was synchronous.
+    }
+    done();
+  }
+}
+
 function waitFinished(stream: Writable): Promise<void> {
   if (stream.writableFinished || stream.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
@@ -139,18 +235,18 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     })();
 
   const transports: winston.transport[] = [];
-  const files: Writable[] = [];
+  let file: RotatingFile | undefined;
   if (opts.dir !== undefined) {
-    const file = new winston.transports.File({
-      filename: join(opts.dir, 'agent.log'),
-      maxsize: opts.maxBytes ?? 10 * 1024 * 1024,
-      maxFiles: opts.maxFiles ?? 5,
-      tailable: true,
-      eol: '\n',
-      format: asMessage(jsonLine),
-    });
-    transports.push(file);
-    files.push(file);
+    const maxBytes = opts.maxBytes ?? 10 * 1024 * 1024;
+    const maxFiles = opts.maxFiles ?? 5;
+    if (!(maxBytes > 0) || !Number.isInteger(maxFiles) || maxFiles < 1) {
+      throw new CairnError('USAGE', `log rotation needs maxBytes > 0 and maxFiles ≥ 1 (got ${maxBytes} and ${maxFiles})`);
+    }
+    const dir = opts.dir;
+    file = new RotatingFile(dir, 'agent.log', maxBytes, maxFiles, (err) =>
+      process.stderr.write(`cairn: the agent log in ${dir} cannot be written: ${err.message}\n`),
+    );
+    transports.push(new winston.transports.Stream({ stream: file, eol: '\n', format: asMessage(jsonLine) }));
   }
   if (opts.console ?? true) {
     transports.push(
@@ -166,14 +262,9 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     levels,
     level,
     transports,
-    // The logger must not swallow a failing file transport silently, nor exit the process for it.
-    exitOnError: false,
   });
   if (transports.length === 0) logger.silent = true;
-  logger.on('error', (err: Error) => {
-    // The log itself cannot be written (disk full, folder removed): say so once on stderr.
-    process.stderr.write(`cairn: the agent log cannot be written: ${err.message}\n`);
-  });
+  logger.on('error', (err: Error) => process.stderr.write(`cairn: logging failed: ${err.message}\n`));
 
   let closing: Promise<void> | undefined;
   const write = (lvl: LogLevel) => (message: string, fields?: LogFields) => {
@@ -182,7 +273,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
       timestamp: clock.now().toISOString(),
       level: lvl,
       message,
-      fields: (redact(fields ?? {}) as Record<string, unknown>) ?? {},
+      fields: redact(fields ?? {}) as Record<string, unknown>,
     };
     logger.log({ level: lvl, message, [entryKey]: entry });
   };
@@ -194,9 +285,14 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     debug: write('debug'),
     close: () =>
       (closing ??= (async () => {
-        const done = Promise.all([waitFinished(logger), ...files.map(waitFinished)]);
+        const finished = waitFinished(logger);
         logger.end();
-        await done;
+        await finished;
+        if (file) {
+          const closed = waitFinished(file);
+          file.end();
+          await closed;
+        }
       })()),
   };
 }
