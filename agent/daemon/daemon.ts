@@ -301,7 +301,7 @@ export class AgentDaemon implements StatusProvider {
     try {
       const vault = await this.openVault(vaultConfig);
       const r = await collectGarbage(vault, { graceMs: 15 * 60_000 });
-      this.record(job, { status: 'ok', backup: null, bytesRead: 0, bytesStored: -r.bytesFreed, error: null });
+      this.record(job, { status: 'ok', backup: null, bytesRead: 0, bytesStored: 0, error: null });
       this.deps.log.info('gc done', { vault: vaultConfig.name, packsDeleted: r.packsDeleted, bytesFreed: r.bytesFreed });
       await this.refreshVault(vaultConfig, vault);
     } catch (err) {
