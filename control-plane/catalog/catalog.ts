@@ -1,0 +1,304 @@
+import type { Consistency } from '../../shared/vault/manifest.js';
+
+/**
+ * The control plane's catalog: enrollment tokens, agents, vaults, resources, policies, backups and
+ * the per-agent command outbox. One async interface so that SQLite (now) and PostgreSQL (later) are
+ * interchangeable; `conformance.ts` holds the suite every implementation must pass, and README.md the
+ * data model and the idempotency rules.
+ *
+ * Contracts shared by every operation:
+ * - Each call is atomic: it either happens whole or not at all, also across processes sharing the
+ *   database. A failed call changes nothing and bumps no version.
+ * - Timestamps are ISO 8601 strings. They are stored and returned in UTC with milliseconds
+ *   (`Date.toISOString()` form), so they sort as text; an unparsable one is a CairnError USAGE.
+ * - The catalog never reads the clock: every time it records comes from the caller.
+ * - Errors are CairnErrors: NOT_FOUND when a named record the call needs is missing, ALREADY_EXISTS
+ *   when a create meets an existing record (or a retry carries different data), USAGE for bad input,
+ *   BUSY (retryable) when the database stayed locked too long.
+ * - Records returned are copies: changing them changes nothing in the catalog.
+ */
+
+/** ISO 8601 date and time. */
+export type Timestamp = string;
+
+/** Anything JSON can carry; stored as JSON and returned parsed. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+export interface EnrollmentToken {
+  id: string;
+  /** Hash of the token's secret; the catalog never sees the secret itself. */
+  secretHash: string;
+  expiresAt: Timestamp;
+  createdAt: Timestamp;
+  /** When the token was used to enroll an agent; null while unused. */
+  usedAt: Timestamp | null;
+}
+
+export type EnrollmentTokenInput = Omit<EnrollmentToken, 'usedAt'>;
+
+export type AgentStatus = 'online' | 'offline';
+
+export interface AgentRecord {
+  agentId: string;
+  /** Hash of the agent's long-lived credential. */
+  credentialHash: string;
+  hostname: string;
+  /** What the agent reported about its machine at enrollment (see agent/daemon/inventory.ts). */
+  inventory: JsonValue;
+  enrolledAt: Timestamp;
+  /** Last time the control plane heard from the agent; null before the first touch. */
+  lastSeen: Timestamp | null;
+  /** 'offline' until the first touchAgent. */
+  status: AgentStatus;
+  /** Set once by revokeAgent; a revoked agent stays listed. */
+  revokedAt: Timestamp | null;
+  /** The highest policy version the agent has acknowledged; 0 before its first ack. */
+  policyAck: number;
+}
+
+export type AgentInput = Pick<AgentRecord, 'agentId' | 'credentialHash' | 'hostname' | 'inventory' | 'enrolledAt'>;
+
+/** CBR's vault protection types. */
+export type VaultType = 'server' | 'disk' | 'filesystem' | 'hybrid';
+
+export interface VaultInput {
+  name: string;
+  type: VaultType;
+  /** Where the vault lives (a path or an s3:// URL); never credentials: URLs with a user or password are refused. */
+  location: string;
+  /** The capacity the operator allots the vault; null: no limit. */
+  capacityBytes: number | null;
+}
+
+export interface VaultRecord extends VaultInput {
+  /** Sum of bytesStored over the vault's backups with status 'available'. */
+  usedBytes: number;
+  /** Number of the vault's backups with status 'available'. */
+  backupCount: number;
+  /** Names of the resources assigned to the vault, sorted. */
+  resources: string[];
+  /** Names of the policies bound to the vault, sorted. */
+  policies: string[];
+}
+
+export interface ResourceRecord {
+  /** Unique across the control plane (not per agent): callers qualify agent-local names if needed. */
+  name: string;
+  agentId: string;
+  vault: string;
+  /** Sources as the agent's `cairn backup` takes them. */
+  disks: string[];
+}
+
+export interface ResourceFilter {
+  agentId?: string;
+  vault?: string;
+}
+
+/**
+ * When a policy fires: CBR trigger patterns and/or one cron expression, read in `timezone` (as
+ * ScheduleSpec in agent/policy/trigger.ts, and Trigger in shared/protocol/messages.ts).
+ */
+export interface PolicyTrigger {
+  patterns?: string[];
+  cron?: string;
+  timezone: string;
+}
+
+/**
+ * Which backups a policy keeps, with CBR's field names (operation_definition). Mirrors
+ * agent/policy/retention.ts RetentionRule; the control plane may not import the agent. Structurally
+ * the same as Retention in shared/protocol (as PolicyRecord is as its Policy), so a stored policy
+ * can be pushed as it is.
+ */
+export interface PolicyRetention {
+  max_backups?: number;
+  retention_duration_days?: number;
+  day_backups?: number;
+  week_backups?: number;
+  month_backups?: number;
+  year_backups?: number;
+  timezone?: string;
+}
+
+export interface PolicyRecord {
+  name: string;
+  enabled: boolean;
+  trigger: PolicyTrigger;
+  retention: PolicyRetention;
+  /** Vaults the policy is bound to, sorted. */
+  vaults: string[];
+}
+
+/** What updatePolicy changes: only the fields given. `vaults`, when given, replaces the bindings. */
+export type PolicyChanges = Partial<Omit<PolicyRecord, 'name'>>;
+
+export type BackupKind = 'full' | 'incremental';
+export type BackupStatus = 'available' | 'deleted';
+
+export interface BackupRecord {
+  id: string;
+  name: string;
+  vault: string;
+  resource: string;
+  /** The agent that made the backup; null when only a vault scan knows it. */
+  agentId: string | null;
+  kind: BackupKind;
+  startedAt: Timestamp;
+  finishedAt: Timestamp;
+  bytesRead: number;
+  bytesStored: number;
+  consistency: Consistency;
+  status: BackupStatus;
+  /** When the backup was marked deleted; null while available (and when the time is unknown). */
+  deletedAt: Timestamp | null;
+}
+
+export type BackupInput = Omit<BackupRecord, 'deletedAt'> & { deletedAt?: Timestamp | null };
+
+/** A backup found by a vault scan: present in the vault, so available by definition. */
+export type ScannedBackup = Omit<BackupRecord, 'status' | 'deletedAt'>;
+
+export interface BackupFilter {
+  vault?: string;
+  resource?: string;
+  agentId?: string;
+  kind?: BackupKind;
+  status?: BackupStatus;
+  /** Backups started at or after this time. */
+  from?: Timestamp;
+  /** Backups started before this time. */
+  to?: Timestamp;
+  /** At most this many (a non-negative integer); absent: all. */
+  limit?: number;
+  /** Skip this many of the matching backups first (a non-negative integer). */
+  offset?: number;
+}
+
+export interface ReplaceSummary {
+  /** Backups the catalog did not know. */
+  added: number;
+  /** Backups the catalog had marked deleted, available again because the vault still holds them. */
+  restored: number;
+  /** Available backups of the vault the scan did not find, now marked deleted. */
+  deleted: number;
+}
+
+export interface CommandInput {
+  commandId: string;
+  agentId: string;
+  action: string;
+  args: JsonValue;
+  createdAt: Timestamp;
+}
+
+export interface CommandRecord extends CommandInput {
+  completedAt: Timestamp | null;
+  result: JsonValue | null;
+}
+
+export interface Catalog {
+  // Enrollment tokens
+
+  /** Stores a new token; ALREADY_EXISTS if the id is taken. */
+  addEnrollmentToken(token: EnrollmentTokenInput): Promise<void>;
+  /** The token as stored, or undefined. For checking a presented secret before using the token. */
+  getEnrollmentToken(id: string): Promise<EnrollmentToken | undefined>;
+  /**
+   * Marks the token used at `now` and returns it as it was before (usedAt null), if it exists, is
+   * unused and expires after `now`; otherwise undefined and nothing changes. Atomic: of any number of
+   * concurrent callers, in this process or others, exactly one gets the record.
+   */
+  useEnrollmentToken(id: string, now: Timestamp): Promise<EnrollmentToken | undefined>;
+
+  // Agents
+
+  /** Stores a newly enrolled agent, offline, with policyAck 0; ALREADY_EXISTS if the id is taken. */
+  addAgent(agent: AgentInput): Promise<void>;
+  getAgent(agentId: string): Promise<AgentRecord | undefined>;
+  /** All agents, revoked ones included, in order of enrollment. */
+  listAgents(): Promise<AgentRecord[]>;
+  /** Records contact and status; allowed for revoked agents (so their socket can still go 'offline'). */
+  touchAgent(agentId: string, lastSeen: Timestamp, status: AgentStatus): Promise<void>;
+  /** Sets revokedAt; revoking again keeps the first time. */
+  revokeAgent(agentId: string, at: Timestamp): Promise<void>;
+  /** Records an ack; policyAck only grows, so a late ack of an older version changes nothing. */
+  setAgentPolicyAck(agentId: string, version: number): Promise<void>;
+
+  // Vaults
+
+  /** Creates the vault or replaces its type, location and capacity. */
+  upsertVault(vault: VaultInput): Promise<void>;
+  /** All vaults by name, with usage, resources and bound policies. */
+  listVaults(): Promise<VaultRecord[]>;
+
+  // Resources
+
+  /** Creates the resource or replaces its agent, vault and disks; NOT_FOUND for an unknown agent or vault. */
+  upsertResource(resource: ResourceRecord): Promise<void>;
+  /** Resources by name, optionally only those of one agent and/or vault. */
+  listResources(filter?: ResourceFilter): Promise<ResourceRecord[]>;
+
+  // Policies. Each call that changes something bumps the one global policy version by exactly 1 and
+  // returns the new version; a call that changes nothing (binding a bound vault, unbinding an unbound
+  // one, an update to the same values) returns the current version without bumping.
+
+  /** ALREADY_EXISTS for a taken name; NOT_FOUND for an unknown vault in `vaults`. */
+  createPolicy(policy: PolicyRecord): Promise<number>;
+  /** NOT_FOUND for an unknown policy or vault. */
+  updatePolicy(name: string, changes: PolicyChanges): Promise<number>;
+  /** Removes the policy and its bindings; NOT_FOUND for an unknown policy. */
+  deletePolicy(name: string): Promise<number>;
+  getPolicy(name: string): Promise<PolicyRecord | undefined>;
+  listPolicies(): Promise<PolicyRecord[]>;
+  /** NOT_FOUND for an unknown policy or vault. */
+  bindPolicy(policy: string, vault: string): Promise<number>;
+  /** NOT_FOUND for an unknown policy. */
+  unbindPolicy(policy: string, vault: string): Promise<number>;
+  /** The current policy version; 0 before the first change. */
+  policyVersion(): Promise<number>;
+
+  // Backups. Idempotent by id: see recordBackup.
+
+  /**
+   * Records a backup. The first call for an id stores every field. A later call for the same id:
+   * - must carry the same identity (name, vault, resource, kind, startedAt), else ALREADY_EXISTS;
+   * - fills in agentId if the catalog has none, and otherwise keeps the stored one;
+   * - keeps the stored measurements (finishedAt, bytesRead, bytesStored, consistency): they are facts
+   *   of the run, written once;
+   * - sets status: 'available' clears deletedAt, 'deleted' keeps an earlier deletedAt or takes the given one.
+   * NOT_FOUND for an unknown vault.
+   */
+  recordBackup(backup: BackupInput): Promise<void>;
+  getBackup(id: string): Promise<BackupRecord | undefined>;
+  /** Matching backups, newest first (startedAt, then id, both descending: a stable order for paging). */
+  listBackups(filter?: BackupFilter): Promise<BackupRecord[]>;
+  /** NOT_FOUND for an unknown id; marking a deleted backup again keeps the first time. */
+  markBackupDeleted(id: string, at: Timestamp): Promise<void>;
+  /**
+   * Makes the catalog match a scan of the vault, in one transaction: each scanned backup is recorded
+   * (as recordBackup would, with status 'available'), and each available backup of the vault that is
+   * not in the scan is marked deleted at `at`. USAGE if a scanned backup names another vault; on any
+   * error nothing changes.
+   */
+  replaceVaultBackups(vault: string, backups: ScannedBackup[], at: Timestamp): Promise<ReplaceSummary>;
+
+  // Commands: the server side of each agent's outbox.
+
+  /**
+   * Queues a command. Idempotent by commandId: adding the same command again changes nothing;
+   * the same id with another agent, action or args is ALREADY_EXISTS. NOT_FOUND for an unknown agent.
+   */
+  addCommand(command: CommandInput): Promise<void>;
+  getCommand(commandId: string): Promise<CommandRecord | undefined>;
+  /** The agent's commands not completed yet, in the order they were added. */
+  pendingCommands(agentId: string): Promise<CommandRecord[]>;
+  /**
+   * Completes a command with its result. Idempotent: completing it again keeps the first result and
+   * time and returns false; true when this call completed it. NOT_FOUND for an unknown id.
+   */
+  completeCommand(commandId: string, result: JsonValue, at: Timestamp): Promise<boolean>;
+
+  /** Releases the database; the catalog must not be used afterwards. */
+  close(): Promise<void>;
+}
