@@ -1,0 +1,248 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+
+import type { Clock } from '../../shared/clock.js';
+import type { ErrorCode } from '../../shared/errors.js';
+import {
+  chooseProtocolVersion,
+  decodeMessage,
+  encodeMessage,
+  errorReplyFor,
+  MAX_FRAME_BYTES,
+  ProtocolError,
+  SUPPORTED_VERSIONS,
+  type AgentMessage,
+  type ServerMessage,
+} from '../../shared/protocol/messages.js';
+import type { Catalog } from '../catalog/catalog.js';
+import { verifyAgentCredential } from '../pki/tokens.js';
+import type { Log } from './log.js';
+
+export const AGENT_PATH = '/v1/agent';
+/** WebSocket close code for a broken rule of the protocol (RFC 6455). */
+export const CLOSE_POLICY = 1008;
+
+export interface AgentLinkOptions {
+  catalog: Catalog;
+  clock: Clock;
+  log: Log;
+  /** How long a new connection has to send `hello` (default 10 s). */
+  helloTimeoutMs?: number;
+  /** Connections from one address that may be between upgrade and `welcome` at once (default 20). */
+  maxPendingPerAddress?: number;
+  /** Connections from all addresses that may be between upgrade and `welcome` at once (default 1000). */
+  maxPending?: number;
+  /** Sent in `welcome` (default 30). */
+  heartbeatSeconds?: number;
+}
+
+/**
+ * The control plane's end of the agents' WebSocket link (shared/protocol/README.md has the messages).
+ *
+ * Contracts:
+ * - The first message must be a valid `hello` with the credential of an enrolled, unrevoked agent,
+ *   within the hello timeout; it is answered `welcome` and the agent is marked online. Anything else
+ *   is answered with an `error` message and closed with 1008. An oversized frame is closed by ws
+ *   with 1009 before it is read. One connection's failure never touches another.
+ * - Messages of one connection are handled one at a time, in order.
+ * - One live connection per agent: a newer one replaces the older (closed 1000); the agent is
+ *   marked offline only when its live connection closes.
+ * - At most `maxPendingPerAddress` handshakes per remote address and `maxPending` in all; more are
+ *   refused with HTTP 503 before the upgrade, so a flood costs a socket, not a session.
+ */
+export class AgentLink {
+  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
+  private readonly pendingByAddress = new Map<string, number>();
+  private pendingTotal = 0;
+  private readonly live = new Map<string, WebSocket>();
+  private readonly sockets = new Set<WebSocket>();
+  private readonly helloTimeoutMs: number;
+  private readonly maxPendingPerAddress: number;
+  private readonly maxPending: number;
+  private readonly heartbeatSeconds: number;
+
+  constructor(private readonly options: AgentLinkOptions) {
+    this.helloTimeoutMs = options.helloTimeoutMs ?? 10_000;
+    this.maxPendingPerAddress = options.maxPendingPerAddress ?? 20;
+    this.maxPending = options.maxPending ?? 1000;
+    this.heartbeatSeconds = options.heartbeatSeconds ?? 30;
+  }
+
+  /** For the HTTPS server's 'upgrade' event. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    const path = new URL(req.url ?? '/', 'https://cairn.invalid').pathname;
+    if (path !== AGENT_PATH) {
+      refuseUpgrade(socket, 404, 'Not Found');
+      return;
+    }
+    const address = req.socket.remoteAddress ?? 'unknown';
+    const pending = this.pendingByAddress.get(address) ?? 0;
+    if (pending >= this.maxPendingPerAddress || this.pendingTotal >= this.maxPending) {
+      this.options.log('warn', `refused a WebSocket from ${address}: too many connections waiting for hello`);
+      refuseUpgrade(socket, 503, 'Service Unavailable');
+      return;
+    }
+    this.pendingByAddress.set(address, pending + 1);
+    this.pendingTotal++;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.pendingTotal--;
+      const left = (this.pendingByAddress.get(address) ?? 1) - 1;
+      if (left <= 0) this.pendingByAddress.delete(address);
+      else this.pendingByAddress.set(address, left);
+    };
+    socket.once('close', release);
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, address, release));
+  }
+
+  /** Closes the agent's live connection, if any (after it was revoked). */
+  disconnect(agentId: string, reason: string): void {
+    this.live.get(agentId)?.close(CLOSE_POLICY, reason);
+  }
+
+  /** Closes every connection with 1001 (going away). */
+  close(): void {
+    for (const ws of this.sockets) ws.close(1001, 'control plane shutting down');
+    this.wss.close();
+  }
+
+  private accept(ws: WebSocket, address: string, releasePending: () => void): void {
+    this.sockets.add(ws);
+    let agentId: string | undefined;
+    let sent = 0;
+    let queue = Promise.resolve();
+    const { catalog, clock, log } = this.options;
+
+    const send = (message: ServerMessage): void => {
+      if (ws.readyState === ws.OPEN) ws.send(encodeMessage(message));
+    };
+    const nextId = (): string => `cp-${++sent}`;
+    const refuse = (code: ErrorCode, message: string, inReplyTo: string | null, extra: { supportedVersions?: number[] } = {}): void => {
+      send({ v: 1, type: 'error', id: nextId(), code, message, inReplyTo, ...extra });
+      ws.close(CLOSE_POLICY, message.slice(0, 120));
+    };
+
+    const helloTimer = setTimeout(() => refuse('USAGE', `no hello within ${this.helloTimeoutMs} ms`, null), this.helloTimeoutMs);
+
+    ws.on('error', (err) => log('warn', `WebSocket from ${address}${agentId ? ` (${agentId})` : ''}: ${err.message}`));
+    ws.on('close', () => {
+      clearTimeout(helloTimer);
+      releasePending();
+      this.sockets.delete(ws);
+      if (agentId !== undefined && this.live.get(agentId) === ws) {
+        this.live.delete(agentId);
+        const id = agentId;
+        queue = queue.then(() => catalog.touchAgent(id, clock.now().toISOString(), 'offline')).catch((err) =>
+          log('error', `marking agent ${id} offline: ${(err as Error).message}`),
+        );
+      }
+    });
+
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      queue = queue.then(async () => {
+        if (ws.readyState !== ws.OPEN) return;
+        let message: AgentMessage;
+        try {
+          if (isBinary) throw new ProtocolError(null, 'frame must be a text frame, not binary', { context: 'message to the control plane refused' });
+          message = decodeMessage(rawText(data), 'to-server');
+        } catch (err) {
+          if (!(err instanceof ProtocolError)) throw err;
+          send(errorReplyFor(err, nextId()));
+          ws.close(CLOSE_POLICY, 'protocol error');
+          return;
+        }
+        try {
+          agentId = await this.handle(message, agentId, send, refuse, () => {
+            clearTimeout(helloTimer);
+            releasePending();
+          }, ws);
+        } catch (err) {
+          log('error', `handling ${message.type} from ${agentId ?? address}: ${(err as Error)?.stack ?? String(err)}`);
+          refuse('INTERNAL', 'internal error in the control plane; see its log', message.id);
+        }
+      }).catch((err) => log('error', `WebSocket from ${address}: ${(err as Error)?.stack ?? String(err)}`));
+    });
+  }
+
+  /** Handles one decoded message; returns the connection's agent id (set by a welcomed hello). */
+  private async handle(
+    message: AgentMessage,
+    agentId: string | undefined,
+    send: (message: ServerMessage) => void,
+    refuse: (code: ErrorCode, message: string, inReplyTo: string | null, extra?: { supportedVersions?: number[] }) => void,
+    welcomed: () => void,
+    ws: WebSocket,
+  ): Promise<string | undefined> {
+    const { catalog, clock, log } = this.options;
+    if (agentId === undefined) {
+      if (message.type !== 'hello') {
+        refuse('USAGE', `the first message must be hello, not ${message.type}`, message.id);
+        return undefined;
+      }
+      const agent = await catalog.getAgent(message.agentId);
+      // One answer for unknown, wrong and revoked, so the reply tells a guesser nothing.
+      if (agent === undefined || agent.revokedAt !== null || !verifyAgentCredential(agent.credentialHash, message.token)) {
+        log('warn', `refused hello from agent ${message.agentId}: ${agent === undefined ? 'unknown' : agent.revokedAt !== null ? 'revoked' : 'wrong credential'}`);
+        refuse('PERMISSION_DENIED', 'agent credential refused: the agent is unknown, revoked or its credential is wrong; enroll it again', message.id);
+        return undefined;
+      }
+      const version = chooseProtocolVersion(message.protocolVersions);
+      if (version === undefined) {
+        refuse('USAGE', `no common protocol version: this control plane speaks ${SUPPORTED_VERSIONS.join(', ')}`, message.id, {
+          supportedVersions: [...SUPPORTED_VERSIONS],
+        });
+        return undefined;
+      }
+      welcomed();
+      const previous = this.live.get(agent.agentId);
+      this.live.set(agent.agentId, ws);
+      previous?.close(1000, 'replaced by a newer connection of the same agent');
+      const now = clock.now();
+      await catalog.touchAgent(agent.agentId, now.toISOString(), 'online');
+      send({
+        v: 1,
+        type: 'welcome',
+        id: `cp-welcome`,
+        agentId: agent.agentId,
+        serverTime: now.toISOString(),
+        heartbeatSeconds: this.heartbeatSeconds,
+        protocolVersion: version,
+      });
+      log('info', `agent ${agent.agentId} connected`);
+      return agent.agentId;
+    }
+
+    switch (message.type) {
+      case 'hello':
+        refuse('USAGE', 'hello was sent twice on one connection', message.id);
+        return agentId;
+      case 'heartbeat':
+        await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+        return agentId;
+      case 'policy-ack':
+        await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+        if (message.error === null) await catalog.setAgentPolicyAck(agentId, message.version);
+        else log('warn', `agent ${agentId} refused policy version ${message.version}: ${message.error.message}`);
+        return agentId;
+      default:
+        // TODO(issue 6, next part): job-progress, job-result and catalog-sync (store, then ack).
+        await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+        return agentId;
+    }
+  }
+}
+
+function rawText(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+function refuseUpgrade(socket: Duplex, status: number, text: string): void {
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}

@@ -1,0 +1,237 @@
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+import type { Clock } from '../../shared/clock.js';
+import type { AgentRecord, Catalog, JsonValue } from '../catalog/catalog.js';
+import {
+  createEnrollmentToken,
+  issueAgentCredential,
+  parseEnrollmentToken,
+  verifyAdminToken,
+  verifyEnrollmentSecret,
+} from '../pki/tokens.js';
+import { ApiError, toApiError } from './http-error.js';
+import type { Log } from './log.js';
+
+/** Largest request body read; a larger one is answered 413 without being parsed. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+/** Longest enrollment token lifetime an admin may ask for: 30 days. */
+export const MAX_ENROLLMENT_TTL_SECONDS = 30 * 24 * 3600;
+const MAX_HOSTNAME = 256;
+
+export interface RestApiDeps {
+  catalog: Catalog;
+  clock: Clock;
+  log: Log;
+  /** The agents' address put into enrollment tokens, `wss://host:port/v1/agent`. */
+  wsUrl: string;
+  caFingerprint: string;
+  /** The stored scrypt hash of the admin token. */
+  adminTokenHash: string;
+  /** Called after an agent is revoked, to drop its live connection. */
+  onRevoked(agentId: string): void;
+}
+
+type Handler = (req: IncomingMessage, params: string[]) => Promise<{ status: number; body: unknown }>;
+
+interface Route {
+  method: string;
+  pattern: RegExp;
+  admin: boolean;
+  handler: Handler;
+}
+
+/**
+ * The control plane's JSON API. Contracts: every answer is JSON; every failure is
+ * `{ error: { code, message } }` with the status of its code and never a stack trace; every route
+ * but POST /v1/enroll needs `Authorization: Bearer <admin token>`; no answer carries a secret's hash.
+ */
+export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const { catalog, clock } = deps;
+  // SHA-256 of admin tokens already checked with scrypt: the scrypt cost is for the stored hash, not
+  // for every request. Only right tokens are remembered, so the set cannot grow past the few in use.
+  const verifiedAdmin = new Set<string>();
+
+  const routes: Route[] = [
+    {
+      method: 'POST',
+      pattern: /^\/v1\/enrollment-tokens$/,
+      admin: true,
+      handler: async (req) => {
+        const body = await readJsonObject(req);
+        const ttl = body.ttlSeconds;
+        if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 1 || ttl > MAX_ENROLLMENT_TTL_SECONDS) {
+          throw new ApiError('USAGE', `ttlSeconds must be a whole number of seconds from 1 to ${MAX_ENROLLMENT_TTL_SECONDS}`);
+        }
+        const made = createEnrollmentToken({ url: deps.wsUrl, caFingerprint: deps.caFingerprint, ttlMs: ttl * 1000, clock });
+        await catalog.addEnrollmentToken({
+          id: made.id,
+          secretHash: made.secretHash,
+          expiresAt: made.expiresAt.toISOString(),
+          createdAt: clock.now().toISOString(),
+        });
+        deps.log('info', `enrollment token ${made.id} created, expires ${made.expiresAt.toISOString()}`);
+        return { status: 201, body: { token: made.token, id: made.id, expiresAt: made.expiresAt.toISOString() } };
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/v1\/agents$/,
+      admin: true,
+      handler: async () => ({ status: 200, body: { agents: (await catalog.listAgents()).map(publicAgent) } }),
+    },
+    {
+      method: 'POST',
+      pattern: /^\/v1\/agents\/([A-Za-z0-9._:-]{1,64})\/revoke$/,
+      admin: true,
+      handler: async (_req, [agentId]) => {
+        await catalog.revokeAgent(agentId, clock.now().toISOString());
+        deps.onRevoked(agentId);
+        const agent = await catalog.getAgent(agentId);
+        if (agent === undefined) throw new ApiError('NOT_FOUND', `no agent ${agentId}`);
+        deps.log('info', `agent ${agentId} revoked`);
+        return { status: 200, body: { agent: publicAgent(agent) } };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: /^\/v1\/enroll$/,
+      admin: false,
+      handler: async (req) => enroll(await readJsonObject(req)),
+    },
+  ];
+
+  async function enroll(body: Record<string, unknown>): Promise<{ status: number; body: unknown }> {
+    const { token, hostname, inventory } = body;
+    if (typeof token !== 'string') throw new ApiError('USAGE', 'token must be the enrollment token text');
+    if (typeof hostname !== 'string' || hostname.length < 1 || hostname.length > MAX_HOSTNAME || /\p{Cc}/u.test(hostname)) {
+      throw new ApiError('USAGE', `hostname must be 1-${MAX_HOSTNAME} characters without control characters`);
+    }
+    if (inventory !== undefined && inventory !== null && (typeof inventory !== 'object' || Array.isArray(inventory))) {
+      throw new ApiError('USAGE', 'inventory must be an object or null');
+    }
+    // Expiry is judged by the stored record below, not by the expiry the client's copy claims, so
+    // parse with a clock at 1970: the token's own expiry never refuses it here.
+    const parsed = parseEnrollmentToken(token, { now: () => new Date(0) });
+    const now = clock.now();
+    const stored = await catalog.getEnrollmentToken(parsed.id);
+    const check =
+      stored === undefined
+        ? 'wrong'
+        : verifyEnrollmentSecret(
+            { id: stored.id, secretHash: stored.secretHash, expiresAt: new Date(stored.expiresAt), used: stored.usedAt !== null },
+            parsed.secret,
+            now,
+          );
+    if (check !== 'ok') throw enrollmentRefused(check, parsed.id);
+    // Of concurrent requests with the same token exactly one gets past this line.
+    const used = await catalog.useEnrollmentToken(parsed.id, now.toISOString());
+    if (used === undefined) {
+      const again = await catalog.getEnrollmentToken(parsed.id);
+      throw enrollmentRefused(again?.usedAt != null ? 'reused' : 'expired', parsed.id);
+    }
+    const credential = issueAgentCredential();
+    await catalog.addAgent({
+      agentId: credential.agentId,
+      credentialHash: credential.secretHash,
+      hostname,
+      inventory: (inventory ?? null) as JsonValue,
+      enrolledAt: now.toISOString(),
+    });
+    deps.log('info', `agent ${credential.agentId} (${hostname}) enrolled with token ${parsed.id}`);
+    return { status: 200, body: { agentId: credential.agentId, credential: credential.secret } };
+  }
+
+  function enrollmentRefused(check: 'wrong' | 'expired' | 'reused', id: string): ApiError {
+    switch (check) {
+      case 'reused':
+        deps.log('warn', `enrollment token ${id} presented again after it was used: it may have been copied`);
+        return new ApiError('ENROLLMENT_REUSED', `the enrollment token ${id} was used already (reused); create a new one`);
+      case 'expired':
+        return new ApiError('ENROLLMENT_EXPIRED', `the enrollment token ${id} has expired; create a new one`);
+      case 'wrong':
+        return new ApiError('ENROLLMENT_WRONG', 'the enrollment token is not known to this control plane or its secret is wrong');
+    }
+  }
+
+  async function isAdmin(req: IncomingMessage): Promise<boolean> {
+    const match = /^Bearer (\S{1,1024})$/.exec(req.headers.authorization ?? '');
+    if (match === null) return false;
+    const key = createHash('sha256').update(match[1]).digest('hex');
+    if (verifiedAdmin.has(key)) return true;
+    if (!(await verifyAdminToken(deps.adminTokenHash, match[1]))) return false;
+    verifiedAdmin.add(key);
+    return true;
+  }
+
+  return (req, res) => {
+    void (async () => {
+      try {
+        const path = new URL(req.url ?? '/', 'https://cairn.invalid').pathname;
+        const route = routes.find((r) => r.method === req.method && r.pattern.test(path));
+        if (route === undefined) throw new ApiError('ROUTE_NOT_FOUND', `no route ${req.method} ${path}`);
+        if (route.admin && !(await isAdmin(req))) {
+          throw new ApiError('UNAUTHENTICATED', 'this call needs "Authorization: Bearer <admin token>" with a valid admin token');
+        }
+        const params = route.pattern.exec(path)!.slice(1);
+        const { status, body } = await route.handler(req, params);
+        send(res, status, body);
+      } catch (err) {
+        const { error, internal } = toApiError(err);
+        if (internal) deps.log('error', `${req.method} ${req.url}: ${(err as Error)?.stack ?? String(err)}`);
+        send(res, error.status, { error: { code: error.code, message: error.message } });
+        // Whatever of the body is still coming is read and dropped, so the client sees the answer.
+        req.resume();
+      }
+    })();
+  };
+}
+
+/** An agent as the API shows it: everything but the credential hash. */
+function publicAgent(agent: AgentRecord): Omit<AgentRecord, 'credentialHash'> {
+  const { credentialHash: _hidden, ...rest } = agent;
+  return rest;
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The request body as a JSON object: 413 past MAX_BODY_BYTES, 400 when it is not a JSON object. */
+async function readJsonObject(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const tooLarge = (): ApiError => new ApiError('TOO_LARGE', `the request body is larger than ${MAX_BODY_BYTES} bytes`);
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) throw tooLarge();
+  // Listeners rather than an async iterator: leaving the iterator early would destroy the socket
+  // before the 413 is sent. Past the limit the rest is read and dropped.
+  const text = await new Promise<string>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        chunks.length = 0;
+        reject(tooLarge());
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ApiError('USAGE', 'the request body is not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ApiError('USAGE', 'the request body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
