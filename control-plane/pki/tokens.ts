@@ -1,16 +1,26 @@
 import { createHash, scrypt, timingSafeEqual } from 'node:crypto';
 
-import { hexId, randomIdSource, systemClock, type Clock, type IdSource } from '../../shared/clock.js';
+import { hexId, randomIdSource, type Clock, type IdSource } from '../../shared/clock.js';
 import { CairnError } from '../../shared/errors.js';
+import {
+  fingerprintPattern,
+  formatEnrollmentToken,
+  normaliseControlPlaneUrl,
+} from '../../shared/protocol/enrollment-token.js';
+
+export {
+  ENROLLMENT_TOKEN_PREFIX,
+  parseEnrollmentToken,
+  type EnrollmentToken,
+} from '../../shared/protocol/enrollment-token.js';
 
 /**
  * Secrets the control plane hands out, and how it checks them without keeping them (README.md in
  * this folder has the trust model):
  *
- * - Enrollment token: `cairn-enroll.v1.<base64url(JSON {u, f, i, s, e})>`, made by an admin, pasted
- *   into an agent once. u: the control plane's wss:// URL; f: its CA fingerprint (SHA-256, hex);
- *   i: token id (`enr_` + 16 hex); s: one-time secret (32 random bytes, base64url); e: expiry (ms since
- *   1970). The control plane stores id, secretHash, expiresAt and a used flag, never the secret.
+ * - Enrollment token: made by an admin, pasted into an agent once; its format (and the agent's
+ *   parser) is in shared/protocol/enrollment-token.ts. The control plane stores id, secretHash,
+ *   expiresAt and a used flag, never the secret.
  * - Agent credential: `agt_` + 16 hex and a 32-byte secret, given to an agent at registration and
  *   presented at every connection; stored as secretHash.
  * - Admin API token: `cairn-admin.` + 32 random bytes (base64url); stored as a salted scrypt hash,
@@ -18,37 +28,18 @@ import { CairnError } from '../../shared/errors.js';
  *
  * A secret's hash is SHA-256 of its text as handed out (lower-case hex); a 32-byte random secret needs
  * no salt or stretching. Every comparison of a presented secret is constant-time.
- *
- * This file imports nothing from the control plane, so the token format and parseEnrollmentToken can
- * move to shared/protocol when the agent needs them.
  */
 
-export const ENROLLMENT_TOKEN_PREFIX = 'cairn-enroll.v1.';
 export const ADMIN_TOKEN_PREFIX = 'cairn-admin.';
 export const SECRET_BYTES = 32;
 /** scrypt cost of admin tokens: 32 MiB of memory and tens of milliseconds per check. */
 export const ADMIN_SCRYPT = { N: 2 ** 15, r: 8, p: 1 } as const;
 
-const enrollmentIdPattern = /^enr_[0-9a-f]{16}$/;
-const fingerprintPattern = /^[0-9a-f]{64}$/;
-const secretPattern = /^[A-Za-z0-9_-]{43}$/;
 const hashPattern = /^[0-9a-f]{64}$/;
 /** Longer presented secrets are wrong without hashing them. */
 const MAX_PRESENTED = 1024;
 
 // --- enrollment tokens ----------------------------------------------------------------------
-
-/** What an agent reads from an enrollment token. */
-export interface EnrollmentToken {
-  /** The control plane's address, `wss://host:port`. */
-  url: string;
-  /** SHA-256 of the control plane's CA certificate, lower-case hex: the only CA the agent trusts. */
-  caFingerprint: string;
-  id: string;
-  /** The one-time secret, base64url; the agent presents it with the id when it registers. */
-  secret: string;
-  expiresAt: Date;
-}
 
 /** What the control plane keeps of an enrollment token. */
 export interface StoredEnrollmentToken {
@@ -75,7 +66,7 @@ export function createEnrollmentToken(options: {
   ids?: IdSource;
 }): NewEnrollmentToken {
   const ids = options.ids ?? randomIdSource;
-  const url = checkUrl(options.url);
+  const url = normaliseControlPlaneUrl(options.url);
   if (url === undefined) throw new CairnError('USAGE', `the control plane address "${options.url}" is not a wss://host:port URL`);
   if (!fingerprintPattern.test(options.caFingerprint)) {
     throw new CairnError('USAGE', 'the CA fingerprint must be 64 lower-case hex digits (SHA-256)');
@@ -86,53 +77,8 @@ export function createEnrollmentToken(options: {
   const id = 'enr_' + hexId(ids, 8);
   const secret = ids.bytes(SECRET_BYTES).toString('base64url');
   const expiresAt = new Date(options.clock.now().getTime() + options.ttlMs);
-  const payload = { u: url, f: options.caFingerprint, i: id, s: secret, e: expiresAt.getTime() };
-  const token = ENROLLMENT_TOKEN_PREFIX + Buffer.from(JSON.stringify(payload), 'utf8').toString('base64url');
+  const token = formatEnrollmentToken({ url, caFingerprint: options.caFingerprint, id, secret, expiresAt });
   return { token, id, secretHash: hashSecret(secret), expiresAt };
-}
-
-/**
- * Reads an enrollment token on the agent. Surrounding white space is ignored (tokens get pasted).
- * Throws USAGE when the text is not a Cairn enrollment token, is damaged (cut short, changed) or has
- * expired by `clock`. The token carries no signature: the agent relies on the CA fingerprint in it,
- * and the control plane on the secret, so a changed token fails at connection or registration.
- */
-export function parseEnrollmentToken(text: string, clock: Clock = systemClock): EnrollmentToken {
-  const trimmed = text.trim();
-  if (!trimmed.startsWith(ENROLLMENT_TOKEN_PREFIX)) {
-    if (/^cairn-enroll\.v\d+\./.test(trimmed)) {
-      throw new CairnError('USAGE', 'this enrollment token was made by a newer Cairn control plane; update the agent');
-    }
-    throw new CairnError('USAGE', `this is not a Cairn enrollment token (one starts with "${ENROLLMENT_TOKEN_PREFIX}"); copy it from the control plane again`);
-  }
-  const damaged = (why: string): CairnError =>
-    new CairnError('USAGE', `the enrollment token is damaged (${why}); copy the whole token from the control plane again`);
-
-  const body = trimmed.slice(ENROLLMENT_TOKEN_PREFIX.length);
-  if (!/^[A-Za-z0-9_-]+$/.test(body)) throw damaged('it has characters a token does not contain');
-  const bytes = Buffer.from(body, 'base64url');
-  // base64url decoding ignores stray trailing bits; only the exact encoding is a token.
-  if (bytes.toString('base64url') !== body) throw damaged('it is cut short');
-  let payload: unknown;
-  try {
-    payload = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    throw damaged('it is cut short or changed');
-  }
-  if (typeof payload !== 'object' || payload === null) throw damaged('it holds no token fields');
-  const { u, f, i, s, e } = payload as Record<string, unknown>;
-  const url = typeof u === 'string' ? checkUrl(u) : undefined;
-  if (url === undefined) throw damaged('no valid wss:// address');
-  if (typeof f !== 'string' || !fingerprintPattern.test(f)) throw damaged('no valid CA fingerprint');
-  if (typeof i !== 'string' || !enrollmentIdPattern.test(i)) throw damaged('no valid token id');
-  if (typeof s !== 'string' || !secretPattern.test(s)) throw damaged('no valid secret');
-  if (typeof e !== 'number' || !Number.isSafeInteger(e) || e <= 0) throw damaged('no valid expiry');
-
-  const expiresAt = new Date(e);
-  if (clock.now().getTime() >= e) {
-    throw new CairnError('USAGE', `the enrollment token ${i} expired at ${expiresAt.toISOString()}; create a new one on the control plane`);
-  }
-  return { url, caFingerprint: f, id: i, secret: s, expiresAt };
 }
 
 export type EnrollmentCheck = 'ok' | 'expired' | 'reused' | 'wrong';
@@ -219,19 +165,6 @@ function secretMatches(storedHash: string, presented: string): boolean {
   if (!hashPattern.test(storedHash)) throw new CairnError('INTERNAL', 'a stored secret hash is damaged (expected 64 hex digits)');
   if (presented.length > MAX_PRESENTED) return false;
   return timingSafeEqual(Buffer.from(hashSecret(presented), 'hex'), Buffer.from(storedHash, 'hex'));
-}
-
-/** The URL normalised when it is wss://host[:port] with nothing after the path '/', else undefined. */
-function checkUrl(text: string): string | undefined {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    return undefined;
-  }
-  if (url.protocol !== 'wss:' || url.hostname === '' || url.username !== '' || url.password !== '') return undefined;
-  if (url.search !== '' || url.hash !== '') return undefined;
-  return url.pathname === '/' ? `wss://${url.host}` : `wss://${url.host}${url.pathname}`;
 }
 
 function scryptAsync(password: string, salt: Buffer, keylen: number, N: number, r: number, p: number): Promise<Buffer> {

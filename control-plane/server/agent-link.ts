@@ -16,9 +16,10 @@ import {
   type AgentMessage,
   type ServerMessage,
 } from '../../shared/protocol/messages.js';
-import type { Catalog } from '../catalog/catalog.js';
+import type { Catalog, PolicyRecord } from '../catalog/catalog.js';
 import { verifyAgentCredential } from '../pki/tokens.js';
 import type { Log } from './log.js';
+import { policyPush, readPolicySnapshot } from './policy-push.js';
 
 export const AGENT_PATH = '/v1/agent';
 /** WebSocket close code for a broken rule of the protocol (RFC 6455). */
@@ -38,6 +39,19 @@ export interface AgentLinkOptions {
   heartbeatSeconds?: number;
 }
 
+type PolicySnapshot = { version: number; records: PolicyRecord[] };
+
+/** One WebSocket and what the link knows of it. */
+interface Connection {
+  ws: WebSocket;
+  /** Set once `welcome` is sent: only then may a `policy-push` follow. */
+  welcomed: boolean;
+  /** The highest policy version the agent runs or was sent on this connection (hello's, else 0). */
+  policyVersion: number;
+  send(message: ServerMessage): void;
+  nextId(): string;
+}
+
 /**
  * The control plane's end of the agents' WebSocket link (shared/protocol/README.md has the messages).
  *
@@ -51,12 +65,18 @@ export interface AgentLinkOptions {
  *   marked offline only when its live connection closes.
  * - At most `maxPendingPerAddress` handshakes per remote address and `maxPending` in all; more are
  *   refused with HTTP 503 before the upgrade, so a flood costs a socket, not a session.
+ * - Policies: right after `welcome`, an agent whose `hello.policyVersion` is below the catalog's
+ *   gets the latest `policy-push`; `policiesChanged()` pushes the latest version to every welcomed
+ *   connection. A connection is never sent a version at or below one it runs or was already sent,
+ *   so pushes on it only grow. `policy-ack` records the agent's acknowledged version.
  */
 export class AgentLink {
   private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
   private readonly pendingByAddress = new Map<string, number>();
   private pendingTotal = 0;
-  private readonly live = new Map<string, WebSocket>();
+  private readonly live = new Map<string, Connection>();
+  private pushWanted = false;
+  private pushRunning = false;
   private readonly sockets = new Set<WebSocket>();
   private readonly helloTimeoutMs: number;
   private readonly maxPendingPerAddress: number;
@@ -102,7 +122,40 @@ export class AgentLink {
 
   /** Closes the agent's live connection, if any (after it was revoked). */
   disconnect(agentId: string, reason: string): void {
-    this.live.get(agentId)?.close(CLOSE_POLICY, reason);
+    this.live.get(agentId)?.ws.close(CLOSE_POLICY, reason);
+  }
+
+  /**
+   * Pushes the catalog's latest policy version to every connected agent; call after each change
+   * that may have bumped it. Returns at once; calls made while a push is being read fold into one
+   * more push, so a burst of changes ends with every agent sent the last version.
+   */
+  policiesChanged(): void {
+    this.pushWanted = true;
+    if (this.pushRunning) return;
+    this.pushRunning = true;
+    void this.pushLoop();
+  }
+
+  private async pushLoop(): Promise<void> {
+    while (this.pushWanted) {
+      this.pushWanted = false;
+      try {
+        const snapshot = await readPolicySnapshot(this.options.catalog);
+        if (snapshot !== undefined) for (const conn of this.live.values()) this.pushTo(conn, snapshot);
+      } catch (err) {
+        this.options.log('error', `pushing policies: ${(err as Error)?.stack ?? String(err)}`);
+      }
+    }
+    // No await between the last check of pushWanted and this line: no request is lost.
+    this.pushRunning = false;
+  }
+
+  /** Sends `snapshot` if the connection is welcomed and does not run or hold that version already. */
+  private pushTo(conn: Connection, snapshot: PolicySnapshot): void {
+    if (!conn.welcomed || snapshot.version <= conn.policyVersion || conn.ws.readyState !== conn.ws.OPEN) return;
+    conn.send(policyPush(conn.nextId(), snapshot.version, snapshot.records));
+    conn.policyVersion = snapshot.version;
   }
 
   /** Closes every connection with 1001 (going away). */
@@ -122,6 +175,7 @@ export class AgentLink {
       if (ws.readyState === ws.OPEN) ws.send(encodeMessage(message));
     };
     const nextId = (): string => `cp-${++sent}`;
+    const conn: Connection = { ws, welcomed: false, policyVersion: 0, send, nextId };
     const refuse = (code: ErrorCode, message: string, inReplyTo: string | null, extra: { supportedVersions?: number[] } = {}): void => {
       send({ v: 1, type: 'error', id: nextId(), code, message, inReplyTo, ...extra });
       ws.close(CLOSE_POLICY, message.slice(0, 120));
@@ -134,7 +188,7 @@ export class AgentLink {
       clearTimeout(helloTimer);
       releasePending();
       this.sockets.delete(ws);
-      if (agentId !== undefined && this.live.get(agentId) === ws) {
+      if (agentId !== undefined && this.live.get(agentId) === conn) {
         this.live.delete(agentId);
         const id = agentId;
         queue = queue.then(() => catalog.touchAgent(id, clock.now().toISOString(), 'offline')).catch((err) =>
@@ -160,7 +214,7 @@ export class AgentLink {
           agentId = await this.handle(message, agentId, send, refuse, () => {
             clearTimeout(helloTimer);
             releasePending();
-          }, ws);
+          }, conn);
         } catch (err) {
           log('error', `handling ${message.type} from ${agentId ?? address}: ${(err as Error)?.stack ?? String(err)}`);
           refuse('INTERNAL', 'internal error in the control plane; see its log', message.id);
@@ -176,7 +230,7 @@ export class AgentLink {
     send: (message: ServerMessage) => void,
     refuse: (code: ErrorCode, message: string, inReplyTo: string | null, extra?: { supportedVersions?: number[] }) => void,
     welcomed: () => void,
-    ws: WebSocket,
+    conn: Connection,
   ): Promise<string | undefined> {
     const { catalog, clock, log } = this.options;
     if (agentId === undefined) {
@@ -200,8 +254,8 @@ export class AgentLink {
       }
       welcomed();
       const previous = this.live.get(agent.agentId);
-      this.live.set(agent.agentId, ws);
-      previous?.close(1000, 'replaced by a newer connection of the same agent');
+      this.live.set(agent.agentId, conn);
+      previous?.ws.close(1000, 'replaced by a newer connection of the same agent');
       const now = clock.now();
       await catalog.touchAgent(agent.agentId, now.toISOString(), 'online');
       send({
@@ -213,7 +267,18 @@ export class AgentLink {
         heartbeatSeconds: this.heartbeatSeconds,
         protocolVersion: version,
       });
+      conn.welcomed = true;
+      conn.policyVersion = message.policyVersion ?? 0;
       log('info', `agent ${agent.agentId} connected`);
+      // Read after `welcomed` is set: a change from now on is pushed by policiesChanged, one before
+      // it is in this snapshot, so the agent misses none.
+      // A failed read leaves the connection up: the next change pushes again.
+      try {
+        const snapshot = await readPolicySnapshot(catalog);
+        if (snapshot !== undefined) this.pushTo(conn, snapshot);
+      } catch (err) {
+        log('error', `pushing policies to agent ${agent.agentId}: ${(err as Error)?.stack ?? String(err)}`);
+      }
       return agent.agentId;
     }
 

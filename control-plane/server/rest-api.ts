@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 import type { Clock } from '../../shared/clock.js';
-import type { AgentRecord, Catalog, JsonValue } from '../catalog/catalog.js';
+import type { AgentRecord, Catalog, JsonValue, PolicyChanges, PolicyRecord, VaultInput } from '../catalog/catalog.js';
 import {
   createEnrollmentToken,
   issueAgentCredential,
@@ -12,6 +12,7 @@ import {
 } from '../pki/tokens.js';
 import { ApiError, toApiError } from './http-error.js';
 import type { Log } from './log.js';
+import { checkPolicyInput, checkPolicySet, checkVaultName } from './policy-push.js';
 
 /** Largest request body read; a larger one is answered 413 without being parsed. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -30,6 +31,8 @@ export interface RestApiDeps {
   adminTokenHash: string;
   /** Called after an agent is revoked, to drop its live connection. */
   onRevoked(agentId: string): void;
+  /** Called after each change to policies or their bindings, to push the new version to agents. */
+  onPoliciesChanged(): void;
 }
 
 type Handler = (req: IncomingMessage, params: string[]) => Promise<{ status: number; body: unknown }>;
@@ -94,12 +97,125 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
       },
     },
     {
+      method: 'GET',
+      pattern: /^\/v1\/policies$/,
+      admin: true,
+      handler: async () => ({ status: 200, body: { policies: await catalog.listPolicies(), policyVersion: await catalog.policyVersion() } }),
+    },
+    {
+      method: 'POST',
+      pattern: /^\/v1\/policies$/,
+      admin: true,
+      handler: async (req) => {
+        const body = await readJsonObject(req);
+        checkPolicyInput(body);
+        const policy = body as unknown as Omit<PolicyRecord, 'vaults'> & { vaults?: string[] };
+        const existing = await catalog.listPolicies();
+        if (existing.some((p) => p.name === policy.name)) throw new ApiError('ALREADY_EXISTS', `a policy named ${JSON.stringify(policy.name)} exists already`);
+        const record: PolicyRecord = { ...policy, vaults: policy.vaults ?? [] };
+        checkPolicySet([...existing, record]);
+        const version = await catalog.createPolicy(record);
+        return policyChanged(201, `policy ${record.name} created`, record.name, version);
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/v1\/policies\/([^/]+)$/,
+      admin: true,
+      handler: async (_req, [raw]) => ({ status: 200, body: { policy: await knownPolicy(nameParam(raw)) } }),
+    },
+    {
+      method: 'PUT',
+      pattern: /^\/v1\/policies\/([^/]+)$/,
+      admin: true,
+      handler: async (req, [raw]) => {
+        const name = nameParam(raw);
+        const body = await readJsonObject(req);
+        const old = await knownPolicy(name);
+        if (body.name !== undefined && body.name !== name) throw new ApiError('USAGE', 'name cannot be changed; create a policy with the new name and delete this one');
+        const merged = { ...old, ...body, name };
+        checkPolicyInput(merged);
+        checkPolicySet((await catalog.listPolicies()).map((p) => (p.name === name ? (merged as PolicyRecord) : p)));
+        const { name: _same, ...changes } = body;
+        const version = await catalog.updatePolicy(name, changes as PolicyChanges);
+        return policyChanged(200, `policy ${name} updated`, name, version);
+      },
+    },
+    {
+      method: 'DELETE',
+      pattern: /^\/v1\/policies\/([^/]+)$/,
+      admin: true,
+      handler: async (_req, [raw]) => {
+        const name = nameParam(raw);
+        const version = await catalog.deletePolicy(name);
+        deps.onPoliciesChanged();
+        deps.log('info', `policy ${name} deleted (policy version ${version})`);
+        return { status: 200, body: { policyVersion: version } };
+      },
+    },
+    {
+      method: 'POST',
+      pattern: /^\/v1\/policies\/([^/]+)\/(bind|unbind)$/,
+      admin: true,
+      handler: async (req, [raw, action]) => {
+        const name = nameParam(raw);
+        const body = await readJsonObject(req);
+        onlyFields(body, ['vault']);
+        if (typeof body.vault !== 'string') throw new ApiError('USAGE', 'vault must be the name of a vault');
+        const vault = body.vault;
+        const old = await knownPolicy(name);
+        if (action === 'bind') {
+          const bound = { ...old, vaults: [...new Set([...old.vaults, vault])] };
+          checkPolicySet((await catalog.listPolicies()).map((p) => (p.name === name ? bound : p)));
+        }
+        const version = action === 'bind' ? await catalog.bindPolicy(name, vault) : await catalog.unbindPolicy(name, vault);
+        return policyChanged(200, `policy ${name} ${action === 'bind' ? 'bound to' : 'unbound from'} vault ${vault}`, name, version);
+      },
+    },
+    {
+      method: 'GET',
+      pattern: /^\/v1\/vaults$/,
+      admin: true,
+      handler: async () => ({ status: 200, body: { vaults: await catalog.listVaults() } }),
+    },
+    {
+      method: 'PUT',
+      pattern: /^\/v1\/vaults\/([^/]+)$/,
+      admin: true,
+      handler: async (req, [raw]) => {
+        const name = nameParam(raw);
+        checkVaultName(name);
+        const body = await readJsonObject(req);
+        onlyFields(body, ['type', 'location', 'capacityBytes']);
+        // The catalog checks type, location (no credentials) and capacity and names the field.
+        const vault = { name, type: body.type, location: body.location, capacityBytes: body.capacityBytes ?? null } as VaultInput;
+        const existed = (await catalog.listVaults()).some((v) => v.name === name);
+        await catalog.upsertVault(vault);
+        const stored = (await catalog.listVaults()).find((v) => v.name === name);
+        deps.log('info', `vault ${name} ${existed ? 'updated' : 'created'}`);
+        return { status: existed ? 200 : 201, body: { vault: stored } };
+      },
+    },
+    {
       method: 'POST',
       pattern: /^\/v1\/enroll$/,
       admin: false,
       handler: async (req) => enroll(await readJsonObject(req)),
     },
   ];
+
+  async function knownPolicy(name: string): Promise<PolicyRecord> {
+    const policy = await catalog.getPolicy(name);
+    if (policy === undefined) throw new ApiError('NOT_FOUND', `no policy ${JSON.stringify(name)}`);
+    return policy;
+  }
+
+  /** After a policy change: push, log, and answer with the policy and the version. */
+  async function policyChanged(status: number, what: string, name: string, version: number): Promise<{ status: number; body: unknown }> {
+    deps.onPoliciesChanged();
+    deps.log('info', `${what} (policy version ${version})`);
+    return { status, body: { policy: await knownPolicy(name), policyVersion: version } };
+  }
 
   async function enroll(body: Record<string, unknown>): Promise<{ status: number; body: unknown }> {
     const { token, hostname, inventory } = body;
@@ -187,10 +303,25 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
   };
 }
 
-/** An agent as the API shows it: everything but the credential hash. */
-function publicAgent(agent: AgentRecord): Omit<AgentRecord, 'credentialHash'> {
-  const { credentialHash: _hidden, ...rest } = agent;
-  return rest;
+/** An agent as the API shows it: everything but the credential hash, with the acked policy version. */
+function publicAgent(agent: AgentRecord): Omit<AgentRecord, 'credentialHash' | 'policyAck'> & { policyVersionAcked: number } {
+  const { credentialHash: _hidden, policyAck, ...rest } = agent;
+  return { ...rest, policyVersionAcked: policyAck };
+}
+
+/** A name from the URL path, percent-decoded. */
+function nameParam(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new ApiError('USAGE', 'the name in the path is not valid percent-encoding');
+  }
+}
+
+function onlyFields(body: Record<string, unknown>, known: string[]): void {
+  for (const key of Object.keys(body)) {
+    if (!known.includes(key)) throw new ApiError('USAGE', `${key} is not a known field (known: ${known.join(', ')})`);
+  }
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

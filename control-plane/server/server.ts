@@ -74,7 +74,9 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   let server: Server | undefined;
   try {
     const link = new AgentLink({ catalog, clock, log, helloTimeoutMs: options.helloTimeoutMs });
-    server = createServer({ cert: pki.serverCertPem, key: pki.serverKeyPem });
+    // The chain includes the CA: an enrolling agent has only the CA's fingerprint (from its token),
+    // so it finds the CA in the chain the server sends, checks its fingerprint, then the leaf against it.
+    server = createServer({ cert: pki.serverCertPem.trimEnd() + '\n' + pki.caCertPem, key: pki.serverKeyPem });
     server.on('upgrade', (req, socket, head) => link.handleUpgrade(req, socket, head));
     server.on('clientError', (_err, socket) => socket.destroy());
 
@@ -98,6 +100,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
         caFingerprint: pki.caFingerprint,
         adminTokenHash,
         onRevoked: (agentId) => link.disconnect(agentId, 'agent revoked'),
+        onPoliciesChanged: () => link.policiesChanged(),
       }),
     );
     log('info', `control plane listening on https://${authority}`);
