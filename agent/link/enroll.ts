@@ -1,11 +1,12 @@
 import { request } from 'node:https';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 
 import { systemClock, type Clock } from '../../shared/clock.js';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
+import { writePrivateFile } from '../../shared/fs/private-file.js';
 import { parseEnrollmentToken } from '../../shared/protocol/enrollment-token.js';
 import type { Inventory } from '../../shared/protocol/messages.js';
 import { checkPinnedServer, fingerprintOf, hostOf } from './pinned-ca.js';
@@ -167,20 +168,10 @@ function post(socket: TLSSocket, url: string, body: string, timeoutMs: number): 
 
 async function writeState(stateDir: string, state: ControlPlaneState): Promise<void> {
   const path = join(stateDir, CONTROL_PLANE_FILE);
-  const temp = `${path}.tmp-${process.pid}`;
   try {
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
-    await rm(temp, { force: true });
-    const file = await open(temp, 'wx', 0o600);
-    try {
-      await file.writeFile(JSON.stringify(state, null, 2) + '\n');
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(temp, path);
   } catch (err) {
-    await rm(temp, { force: true });
     throw fromSystemError(err, 'writing the control plane state', path);
   }
+  await writePrivateFile(path, JSON.stringify(state, null, 2) + '\n', 'writing the control plane state');
 }

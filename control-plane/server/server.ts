@@ -1,10 +1,11 @@
 import { createServer, type Server } from 'node:https';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { isIP, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 import { systemClock, type Clock } from '../../shared/clock.js';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
+import { writePrivateFile } from '../../shared/fs/private-file.js';
 import { SqliteCatalog } from '../catalog/sqlite-catalog.js';
 import { ensurePki } from '../pki/certificates.js';
 import { createAdminToken } from '../pki/tokens.js';
@@ -143,20 +144,7 @@ async function ensureAdminToken(dataDir: string): Promise<{ hash: string; token:
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, 'reading the admin token hash', path);
   }
   const made = await createAdminToken();
-  const temp = `${path}.tmp-${process.pid}`;
-  try {
-    const file = await open(temp, 'wx', 0o600);
-    try {
-      await file.writeFile(`${made.hash}\n`);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(temp, path);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw fromSystemError(err, 'writing the admin token hash', path);
-  }
+  await writePrivateFile(path, `${made.hash}\n`, 'writing the admin token hash');
   return { hash: made.hash, token: made.token };
 }
 
