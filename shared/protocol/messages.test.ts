@@ -161,6 +161,26 @@ const samples: { direction: Direction; message: Message }[] = [
     direction: 'to-agent',
     message: { v: 1, type: 'command', id: 's-5', commandId: 'cmd-11', action: 'verify', resource: null, vault: 'offsite', args: { readData: true } },
   },
+  {
+    direction: 'to-agent',
+    message: { v: 1, type: 'command', id: 's-8', commandId: 'cmd-12', action: 'delete', resource: 'db-01', vault: 'offsite', args: { backupId: backup.id } },
+  },
+  {
+    direction: 'to-agent',
+    message: { v: 1, type: 'command', id: 's-9', commandId: 'cmd-13', action: 'catalog-sync', resource: null, vault: 'offsite', args: {} },
+  },
+  {
+    direction: 'to-server',
+    message: {
+      v: 1,
+      type: 'resources',
+      id: 'a-9',
+      resources: [
+        { name: 'db-01', vault: 'offsite', disks: 2 },
+        { name: 'web-01', vault: 'local', disks: 1 },
+      ],
+    },
+  },
   { direction: 'to-agent', message: { v: 1, type: 'ack', id: 's-6', messageId: 'a-5' } },
   { direction: 'to-agent', message: { v: 1, type: 'error', id: 's-7', code: 'NOT_FOUND', message: 'no backup 9f2c in vault offsite', inReplyTo: null } },
 ];
@@ -316,7 +336,7 @@ describe('envelope', () => {
     const err = expectRefused('hello', (m) => (m.type = 'welcome'), 'type');
     expect(err.message).toBe(
       'message to the control plane refused: type "welcome" is not a message to the control plane; ' +
-        'expected one of hello, heartbeat, policy-ack, job-progress, job-result, catalog-sync, error',
+        'expected one of hello, heartbeat, resources, policy-ack, job-progress, job-result, catalog-sync, error',
     );
     expect(refusal(sample('hello'), 'to-agent').problem).toMatch(/^"hello" is not a message to the agent; expected one of welcome, policy-push, command, ack, error$/);
     expect(refusal(sample('ack'), 'to-server').field).toBe('type');
@@ -384,7 +404,10 @@ describe('fields', () => {
   });
 
   it('checks command args by action', () => {
-    expectRefused('command', (m) => (m.action = 'reboot'), 'command.action', /^must be one of "backup-now", "restore", "verify", not "reboot"$/);
+    expectRefused('command', (m) => (m.action = 'reboot'), 'command.action', /^must be one of "backup-now", "restore", "verify", "delete", "catalog-sync", not "reboot"$/);
+    const sync = samples.find((s) => s.message.type === 'command' && s.message.action === 'catalog-sync')!.message;
+    expect(refusal({ ...clone(sync), resource: 'db-01' }, 'to-agent').field).toBe('command.resource');
+    expect(refusal({ ...clone(sync), args: { full: true } }, 'to-agent').field).toBe('command.args.full');
     const restore = (mutate: (m: Record<string, any>) => void) => {
       const m = clone(samples.find((s) => s.message.type === 'command' && s.message.action === 'restore')!.message) as Record<string, any>;
       mutate(m);
@@ -557,5 +580,15 @@ describe('fuzz: random mutations of valid messages', () => {
     // `error` to the other direction); both outcomes must occur for the test to mean something.
     expect(refused).toBeGreaterThan(150);
     expect(accepted).toBeGreaterThan(0);
+  });
+});
+
+describe('resources', () => {
+  it('refuses a repeated resource name and a resource without disks', () => {
+    const m = clone(samples.find((s) => s.message.type === 'resources')!.message) as Record<string, any>;
+    m.resources[1].name = 'db-01';
+    expect(refusal(m, 'to-server')).toMatchObject({ field: 'resources.resources[1].name' });
+    m.resources[1] = { name: 'web-01', vault: 'local', disks: 0 };
+    expect(refusal(m, 'to-server')).toMatchObject({ field: 'resources.resources[1].disks' });
   });
 });

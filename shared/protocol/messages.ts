@@ -8,6 +8,7 @@ import {
   int,
   literal,
   nullable,
+  nullOnly,
   number,
   object,
   optional,
@@ -57,6 +58,8 @@ export const LIMITS = {
   inventoryItems: 256,
   addresses: 64,
   catalogBackups: 500,
+  resources: 1024,
+  disksPerResource: 1024,
 } as const;
 
 // ---- payload types ---------------------------------------------------------------------------
@@ -88,6 +91,17 @@ export interface BackupSummary {
   finishedAt: string;
   bytesRead: number;
   bytesStored: number;
+  /** Absent from agents that predate it. */
+  consistency?: 'crash_consistent' | 'app_consistent';
+}
+
+/** One resource the agent's config protects: what the control plane can target with a command. */
+export interface ResourceSummary {
+  name: string;
+  /** The vault the agent backs it up to. */
+  vault: string;
+  /** How many disks make one backup of it. */
+  disks: number;
 }
 
 export interface RunningJobSummary {
@@ -161,9 +175,23 @@ export interface PolicyAckMessage extends Envelope<'policy-ack'> {
   error: Problem | null;
 }
 
+/**
+ * The resources the agent protects, as its config says; sent after every `welcome` and after the
+ * config changes. Replaces what the control plane knew of this agent's resources. Not acknowledged.
+ */
+export interface ResourcesMessage extends Envelope<'resources'> {
+  resources: ResourceSummary[];
+}
+
 /** Best effort: neither stored nor acknowledged; the next one supersedes it. */
 export interface JobProgressMessage extends Envelope<'job-progress'> {
   jobId: string;
+  /** The `command` the job answers (null: a policy started it); absent from older agents. */
+  commandId?: string | null;
+  /** What the job works on; absent from older agents. */
+  kind?: 'backup' | 'prune' | 'gc' | 'restore' | 'verify' | 'delete';
+  resource?: string | null;
+  vault?: string;
   percent: number;
   bytesDone: number;
   bytesTotal: number;
@@ -248,7 +276,19 @@ export interface VerifyCommand extends CommandBase<'verify'> {
   };
 }
 
-export type CommandMessage = BackupNowCommand | RestoreCommand | VerifyCommand;
+/** Deletes one backup from the vault (its chunks go at the vault's next gc). */
+export interface DeleteCommand extends CommandBase<'delete'> {
+  resource: string;
+  args: { backupId: string };
+}
+
+/** Asks the agent to send `catalog-sync` for `vault` now (the control plane rebuilds that vault's catalog). */
+export interface CatalogSyncCommand extends CommandBase<'catalog-sync'> {
+  resource: null;
+  args: Record<string, never>;
+}
+
+export type CommandMessage = BackupNowCommand | RestoreCommand | VerifyCommand | DeleteCommand | CatalogSyncCommand;
 
 /** Acknowledges a durable outbox message (`job-result`, `catalog-sync`) by its id. */
 export interface AckMessage extends Envelope<'ack'> {
@@ -268,6 +308,7 @@ export interface ErrorMessage extends Envelope<'error'> {
 export type AgentMessage =
   | HelloMessage
   | HeartbeatMessage
+  | ResourcesMessage
   | PolicyAckMessage
   | JobProgressMessage
   | JobResultMessage
@@ -325,6 +366,7 @@ const backupSummary: Schema<BackupSummary> = object({
   finishedAt: timestamp,
   bytesRead: bytes,
   bytesStored: bytes,
+  consistency: optional(enumOf(['crash_consistent', 'app_consistent'])),
 });
 
 const trigger: Schema<Trigger> = refine(
@@ -392,10 +434,21 @@ const schemas = {
       { max: LIMITS.runningJobs },
     ),
   }) satisfies Schema<HeartbeatMessage>,
+  resources: object({
+    ...envelope('resources'),
+    resources: refine(
+      array(object({ name, vault: name, disks: int({ min: 1, max: LIMITS.disksPerResource }) }), { max: LIMITS.resources }),
+      uniqueBy((r) => r.name, 'name'),
+    ),
+  }) satisfies Schema<ResourcesMessage>,
   'policy-ack': object({ ...envelope('policy-ack'), version: int({ min: 0 }), error: nullable(problem) }) satisfies Schema<PolicyAckMessage>,
   'job-progress': object({
     ...envelope('job-progress'),
     jobId: id,
+    commandId: optional(nullable(id)),
+    kind: optional(enumOf(['backup', 'prune', 'gc', 'restore', 'verify', 'delete'])),
+    resource: optional(nullable(name)),
+    vault: optional(name),
     percent,
     bytesDone: bytes,
     bytesTotal: bytes,
@@ -461,6 +514,8 @@ const schemas = {
       }),
     }),
     verify: object({ ...commandBase, action: literal('verify'), resource: nullable(name), args: object({ readData: boolean() }) }),
+    delete: object({ ...commandBase, action: literal('delete'), resource: name, args: object({ backupId: id }) }),
+    'catalog-sync': object({ ...commandBase, action: literal('catalog-sync'), resource: nullOnly, args: object({}) }),
   }) satisfies Schema<CommandMessage>,
   ack: object({ ...envelope('ack'), messageId: id }) satisfies Schema<AckMessage>,
   error: object({
@@ -480,7 +535,7 @@ type SchemasMatchInterfaces = AllTrue<{ [T in MessageType]: Same<Infer<(typeof s
 
 /** Which types travel in which direction; `error` travels both ways. */
 export const MESSAGE_TYPES = {
-  'to-server': ['hello', 'heartbeat', 'policy-ack', 'job-progress', 'job-result', 'catalog-sync', 'error'],
+  'to-server': ['hello', 'heartbeat', 'resources', 'policy-ack', 'job-progress', 'job-result', 'catalog-sync', 'error'],
   'to-agent': ['welcome', 'policy-push', 'command', 'ack', 'error'],
 } as const satisfies Record<Direction, readonly MessageType[]>;
 

@@ -161,6 +161,15 @@ export function literal<const T extends string | number | boolean>(expected: T):
   };
 }
 
+/** Only `null`. */
+export const nullOnly: Schema<null> = {
+  expected: 'null',
+  parse(value, path) {
+    if (value !== null) fail(path, `must be null, not ${describe(value)}`);
+    return null;
+  },
+};
+
 export function enumOf<const T extends string>(values: readonly T[]): Schema<T> {
   const allowed = new Set<string>(values);
   const list = values.map((v) => quote(v)).join(', ');
