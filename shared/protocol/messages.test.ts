@@ -176,8 +176,8 @@ const samples: { direction: Direction; message: Message }[] = [
       type: 'resources',
       id: 'a-9',
       resources: [
-        { name: 'db-01', vault: 'offsite', disks: 2 },
-        { name: 'web-01', vault: 'local', disks: 1 },
+        { name: 'db-01', vault: 'offsite', disks: ['/dev/vg0/db-data', '/dev/vg0/db-log'] },
+        { name: 'web-01', vault: 'local', disks: ['nbd+unix:///web?socket=/run/web.sock'] },
       ],
     },
   },
@@ -588,7 +588,7 @@ describe('resources', () => {
     const m = clone(samples.find((s) => s.message.type === 'resources')!.message) as Record<string, any>;
     m.resources[1].name = 'db-01';
     expect(refusal(m, 'to-server')).toMatchObject({ field: 'resources.resources[1].name' });
-    m.resources[1] = { name: 'web-01', vault: 'local', disks: 0 };
+    m.resources[1] = { name: 'web-01', vault: 'local', disks: [] };
     expect(refusal(m, 'to-server')).toMatchObject({ field: 'resources.resources[1].disks' });
   });
 });

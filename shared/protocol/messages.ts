@@ -93,6 +93,10 @@ export interface BackupSummary {
   bytesStored: number;
   /** Absent from agents that predate it. */
   consistency?: 'crash_consistent' | 'app_consistent';
+  /** The host that made it (the manifest's `host`). */
+  host?: string;
+  /** What a restore writes: the sum of its disks' sizes. With `bytesStored`, the dedup ratio. */
+  logicalBytes?: number;
 }
 
 /** One resource the agent's config protects: what the control plane can target with a command. */
@@ -100,8 +104,8 @@ export interface ResourceSummary {
   name: string;
   /** The vault the agent backs it up to. */
   vault: string;
-  /** How many disks make one backup of it. */
-  disks: number;
+  /** Its disks' sources as the agent's config names them, without any user or password in a URL. */
+  disks: string[];
 }
 
 export interface RunningJobSummary {
@@ -367,6 +371,8 @@ const backupSummary: Schema<BackupSummary> = object({
   bytesRead: bytes,
   bytesStored: bytes,
   consistency: optional(enumOf(['crash_consistent', 'app_consistent'])),
+  host: optional(text),
+  logicalBytes: optional(bytes),
 });
 
 const trigger: Schema<Trigger> = refine(
@@ -437,7 +443,9 @@ const schemas = {
   resources: object({
     ...envelope('resources'),
     resources: refine(
-      array(object({ name, vault: name, disks: int({ min: 1, max: LIMITS.disksPerResource }) }), { max: LIMITS.resources }),
+      array(object({ name, vault: name, disks: array(string({ min: 1, max: LIMITS.target }), { min: 1, max: LIMITS.disksPerResource }) }), {
+        max: LIMITS.resources,
+      }),
       uniqueBy((r) => r.name, 'name'),
     ),
   }) satisfies Schema<ResourcesMessage>,
