@@ -27,6 +27,8 @@ export interface BackupOptions {
   name?: string;
   /** Prefix of generated names: 'manualbk' for one-off backups, 'autobk' for scheduled ones. */
   namePrefix?: 'manualbk' | 'autobk';
+  /** The agent's name for what these disks are (its config's resource), stored in the manifest. */
+  resourceName?: string;
   /** Ignore any parent: read and store as if first. Chunks already in the vault are still reused. */
   full?: boolean;
   onProgress?: (p: BackupProgress) => void;
@@ -176,6 +178,7 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       name,
       kind: parent ? 'incremental' : 'full',
       resource,
+      ...(opts.resourceName !== undefined ? { resourceName: opts.resourceName } : {}),
       parent: parent?.id ?? null,
       startedAt: started.toISOString(),
       finishedAt: vault.clock.now().toISOString(),

@@ -23,6 +23,8 @@ Usage:
   cairn quickstart [--dir DIR]
   cairn agent run --config FILE        (the daemon: policies on schedule, status endpoint)
   cairn agent status [--config FILE | --address HOST:PORT] [--json]
+  cairn agent enroll TOKEN --config FILE   (join a control plane: policies, commands, catalog)
+  cairn control-plane run|token create ...   (the control plane: REST API, web console, agents' WebSocket)
 
 <vault> is a folder path, file:///path or s3://bucket/prefix[?endpoint=URL&region=R&path-style=true]
 (S3 credentials from the standard AWS chain). The passphrase comes from the CAIRN_PASSPHRASE environment
@@ -63,6 +65,9 @@ export async function main(argv: string[]): Promise<number> {
         return await restoreCommand(rest, out);
       case 'agent':
         return await agentCommand(rest, out);
+      case 'control-plane':
+        // Loaded only when asked for: the agent's commands never load the control plane.
+        return await (await import('../../control-plane/cli/control-plane-command.js')).controlPlaneCommand(rest, out);
       case 'quickstart':
         return await quickstartCommand(rest, out);
       case '--version':

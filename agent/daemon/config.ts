@@ -29,6 +29,11 @@ export interface ResourceConfig {
 
 export interface PolicyConfig {
   name: string;
+  /**
+   * Where the policy comes from; absent: the config file. A pushed policy is kept apart from a
+   * config policy of the same name (both apply): its schedule marks and job history say `cp:<name>`.
+   */
+  origin?: 'config' | 'control-plane';
   enabled: boolean;
   /** Vaults the policy applies to: every resource of these vaults is backed up on its schedule. */
   vaults: string[];

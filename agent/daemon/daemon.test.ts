@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../shared/clock.js';
 import { LocalStore } from '../../shared/store/local-store.js';
 import { Vault } from '../../shared/vault/vault.js';
+import { pushedPolicies } from '../link/pushed-policies.js';
 import { StateStore } from '../state/state-store.js';
 import { parseAgentConfig } from './config.js';
 import { AgentDaemon, type DaemonLog } from './daemon.js';
@@ -96,5 +97,33 @@ describe('AgentDaemon', () => {
     const metrics = d.metrics();
     expect(metrics.backups).toEqual([{ resource: 'r', vault: 'v', result: 'ok', count: 5 }]);
     state.close();
+  });
+});
+
+describe('AgentDaemon with pushed policies', () => {
+  it('keeps a pushed policy apart from a config policy of the same name: both apply', () => {
+    const state = new StateStore(join(dir, 'pushed.sqlite'));
+    const clock = new ManualClock(Date.parse('2026-11-25T12:00:00Z'));
+    const d = daemon(state, clock);
+    d.setPushedPolicies(
+      pushedPolicies([{ name: 'daily', enabled: true, vaults: ['v', 'elsewhere'], trigger: { cron: '30 1 * * *', timezone: 'UTC' }, retention: { max_backups: 2 } }]),
+    );
+    d.start();
+    try {
+      expect(d.policies().map((p) => [p.name, p.origin ?? 'config'])).toEqual([
+        ['daily', 'config'],
+        ['daily', 'control-plane'],
+      ]);
+      expect(state.lastFire('daily', 'r')?.toISOString()).toBe('2026-11-25T12:00:00.000Z');
+      expect(state.lastFire('cp:daily', 'r')?.toISOString()).toBe('2026-11-25T12:00:00.000Z');
+      // The pushed schedule (01:30) comes before the config's (02:00).
+      expect(d.status().resources[0]).toMatchObject({ name: 'r', nextRun: '2026-11-26T01:30:00.000Z' });
+
+      d.setPushedPolicies([]);
+      expect(d.status().resources[0]).toMatchObject({ nextRun: '2026-11-26T02:00:00.000Z', policy: 'daily' });
+    } finally {
+      d.stop();
+      state.close();
+    }
   });
 });

@@ -1,9 +1,17 @@
+import { mkdir } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
 import { systemClock, type Clock } from '../../shared/clock.js';
-import { CairnError } from '../../shared/errors.js';
+import { CairnError, fromSystemError, isCairnError } from '../../shared/errors.js';
+import type { BackupSummary, CommandMessage, Problem } from '../../shared/protocol/messages.js';
+import type { Manifest } from '../../shared/vault/manifest.js';
 import { Vault } from '../../shared/vault/vault.js';
 import { collectGarbage } from '../../shared/vault/gc.js';
+import { verifyVault } from '../../shared/vault/verify.js';
+import { WorkerPool } from '../../shared/vault/worker-pool.js';
 import { resourceKey, runBackup } from '../backup/backup-engine.js';
 import { deleteBackup } from '../backup/delete-backup.js';
+import { restoreDisk } from '../restore/restore-disk.js';
+import { backupSummary, resourceNameOf } from './backup-summary.js';
 import { openStore, readPassphrase } from '../cli/context.js';
 import { catchUp, type Schedule } from '../policy/trigger.js';
 import { planRetention } from '../policy/retention.js';
@@ -11,12 +19,32 @@ import { openSources } from '../source/open-sources.js';
 import type { AgentJobRecord, StateStore } from '../state/state-store.js';
 import type { AgentConfig, PolicyConfig, ResourceConfig, VaultConfig } from './config.js';
 import { JobQueue } from './job-queue.js';
-import type { AgentStatus, Inventory, JobProgress, MetricsSnapshot, RunningJob, StatusProvider, VaultStatus } from './status.js';
+import type { AgentStatus, ControlPlaneStatus, Inventory, JobProgress, MetricsSnapshot, RunningJob, StatusProvider, VaultStatus } from './status.js';
 
 export interface DaemonLog {
   info(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
   error(message: string, fields?: Record<string, unknown>): void;
+}
+
+/** A job that ended: what the control-plane link turns into a `job-result`. */
+export interface FinishedJob {
+  job: RunningJob;
+  status: 'ok' | 'failed' | 'cancelled';
+  /** The backup the job made, if it made one. */
+  backup: BackupSummary | null;
+  /** null exactly when status is 'ok'. */
+  error: Problem | null;
+}
+
+/** Hooks for the control-plane link; called synchronously, must not throw. */
+export interface DaemonEvents {
+  /** Every finished job (ok, failed, cancelled), after it is in the job history. */
+  jobFinished?(finished: FinishedJob): void;
+  /** A running job's progress moved (often: throttle before sending anything). */
+  jobProgress?(job: RunningJob): void;
+  /** A vault's backups changed other than by a new backup: pruned or deleted. */
+  vaultChanged?(vault: string): void;
 }
 
 export interface DaemonDeps {
@@ -26,6 +54,9 @@ export interface DaemonDeps {
   version: string;
   clock?: Clock;
   inventory?: Inventory | null;
+  events?: DaemonEvents;
+  /** The control-plane link's state for /status (default: not configured). */
+  controlPlane?: () => ControlPlaneStatus;
 }
 
 /** setTimeout takes at most 2^31-1 ms; longer waits are re-armed. */
@@ -58,6 +89,9 @@ export class AgentDaemon implements StatusProvider {
   private readonly startedAt: Date;
   private jobSeq = 0;
   private stopping = false;
+  private started = false;
+  /** Policies the control plane pushed (the last accepted set); they apply besides the config's. */
+  private pushed: PolicyConfig[] = [];
 
   constructor(
     config: AgentConfig,
@@ -71,17 +105,56 @@ export class AgentDaemon implements StatusProvider {
 
   /** Arms every schedule and catches up runs missed while the agent was down. */
   start(): void {
+    this.started = true;
+    this.disarm();
     for (const v of this.config.vaults.values()) this.vaultStatus.set(v.name, { name: v.name, location: displayLocation(v.url), backups: null, storedBytes: null });
+    this.armAll();
+    for (const v of this.config.vaults.values()) void this.openVault(v).then((vault) => this.refreshVault(v, vault), () => undefined);
+    this.deps.log.info('agent started', {
+      policies: this.policies().filter((p) => p.enabled).length,
+      resources: this.config.resources.size,
+      vaults: this.config.vaults.size,
+    });
+  }
+
+  /** The configuration in force (the last one loaded). */
+  get configuration(): AgentConfig {
+    return this.config;
+  }
+
+  /**
+   * Replaces the pushed policies (an accepted `policy-push`, or the stored set at start): schedules
+   * are re-armed, running jobs finish as they were.
+   */
+  setPushedPolicies(policies: PolicyConfig[]): void {
+    this.pushed = policies.map((p) => ({ ...p, origin: 'control-plane' as const }));
+    if (this.stopping || !this.started) return;
+    this.disarm();
+    this.armAll();
+  }
+
+  /** The config file's policies, then the pushed ones. */
+  policies(): PolicyConfig[] {
+    return [...this.config.policies.values(), ...this.pushed];
+  }
+
+  private disarm(): void {
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    this.nextRuns.clear();
+  }
+
+  private armAll(): void {
     for (const { policy, resource } of this.assignments()) {
-      const key = scheduleKey(policy.name, resource.name);
-      const last = this.deps.state.lastFire(policy.name, resource.name);
+      const key = scheduleKey(policyKey(policy), resource.name);
+      const last = this.deps.state.lastFire(policyKey(policy), resource.name);
       const { missed, next } = catchUp(policy.schedule, last, this.clock);
       if (missed) {
         this.deps.log.info('catching up a run missed while the agent was down', { policy: policy.name, resource: resource.name, missed: missed.toISOString() });
         this.fire(policy, resource, missed);
       } else if (last === undefined) {
         // First start: from now on, a run missed while the agent is down is caught up.
-        this.deps.state.setLastFire(policy.name, resource.name, this.clock.now());
+        this.deps.state.setLastFire(policyKey(policy), resource.name, this.clock.now());
       }
       this.arm(key, policy.schedule, next, () => this.fire(policy, resource, this.clock.now()));
     }
@@ -91,19 +164,11 @@ export class AgentDaemon implements StatusProvider {
         this.arm(`gc/${vault.name}`, gcSchedule, gcSchedule.next(this.clock.now()), () => this.enqueueGc(vault));
       }
     }
-    for (const v of this.config.vaults.values()) void this.openVault(v).then((vault) => this.refreshVault(v, vault), () => undefined);
-    this.deps.log.info('agent started', {
-      policies: [...this.config.policies.values()].filter((p) => p.enabled).length,
-      resources: this.config.resources.size,
-      vaults: this.config.vaults.size,
-    });
   }
 
   /** Replaces the configuration (SIGHUP): schedules are re-armed; running jobs finish as they were. */
   reload(config: AgentConfig): void {
-    for (const t of this.timers.values()) clearTimeout(t);
-    this.timers.clear();
-    this.nextRuns.clear();
+    this.disarm();
     this.config = config;
     this.start();
   }
@@ -127,8 +192,71 @@ export class AgentDaemon implements StatusProvider {
   runNow(resourceName: string): boolean {
     const resource = this.config.resources.get(resourceName);
     if (!resource) throw new CairnError('NOT_FOUND', `no resource named '${resourceName}' in ${this.config.path}`);
-    const policy = [...this.config.policies.values()].find((p) => p.enabled && p.vaults.includes(resource.vault));
+    const policy = this.policies().find((p) => p.enabled && p.vaults.includes(resource.vault));
     return this.enqueueBackup(resource, policy ?? null);
+  }
+
+  /**
+   * Runs a control-plane command (not catalog-sync, which the link answers itself) through the job
+   * queue: it waits for a job on the same resource (or vault, for verify) instead of being refused.
+   * A restore needs only the vault, not the resource. The outcome, including a refusal (NOT_FOUND: no such vault, resource or backup; USAGE: the
+   * resource is not in that vault, or a relative restore target), arrives as `events.jobFinished`
+   * with `job.id === jobId` and the command's id.
+   */
+  runCommand(cmd: Exclude<CommandMessage, { action: 'catalog-sync' }>, jobId: string): void {
+    const kind = cmd.action === 'backup-now' ? 'backup' : cmd.action;
+    const job: RunningJob = { id: jobId, kind, commandId: cmd.commandId, resource: cmd.resource, vault: cmd.vault, policy: null, startedAt: this.clock.now().toISOString(), progress: null };
+    const refuse = (code: Problem['code'], message: string): void => {
+      this.deps.log.warn('command refused', { command: cmd.commandId, action: cmd.action, error: message });
+      this.record(job, { status: 'failed', backup: null, bytesRead: 0, bytesStored: 0, error: message }, { error: { code, message } });
+    };
+    const vaultConfig = this.config.vaults.get(cmd.vault);
+    if (!vaultConfig) return refuse('NOT_FOUND', `this agent has no vault named '${cmd.vault}' in ${this.config.path} (it has: ${[...this.config.vaults.keys()].join(', ')})`);
+    let resource: ResourceConfig | undefined;
+    // A restore needs only the vault: any agent with the vault can restore any backup in it (a
+    // cloud-side agent brings back an on-premises machine's disk), configured resource or not.
+    if (cmd.resource !== null && !(cmd.action === 'restore' && !this.config.resources.has(cmd.resource))) {
+      resource = this.config.resources.get(cmd.resource);
+      const known = [...this.config.resources.keys()].join(', ') || 'none';
+      if (!resource) return refuse('NOT_FOUND', `this agent has no resource named '${cmd.resource}' in ${this.config.path} (it has: ${known})`);
+      if (resource.vault !== cmd.vault) return refuse('USAGE', `resource '${resource.name}' is backed up to vault '${resource.vault}', not '${cmd.vault}'`);
+    }
+    let lock: string;
+    let run: () => Promise<void>;
+    switch (cmd.action) {
+      case 'backup-now':
+        lock = resource!.name;
+        run = () => this.backupJob(jobId, resource!, null, { commandId: cmd.commandId, name: cmd.args.name, full: cmd.args.full });
+        break;
+      case 'restore':
+        if (!isAbsolute(cmd.args.target)) return refuse('USAGE', `restore target '${cmd.args.target}' must be an absolute path on the agent's host`);
+        lock = cmd.resource;
+        run = () => this.commandJob(job, (j) => this.restoreWork(j, vaultConfig, cmd.args));
+        break;
+      case 'verify':
+        lock = `vault:${vaultConfig.name}`;
+        run = () => this.commandJob(job, (j) => this.verifyWork(j, vaultConfig, resource ?? null, cmd.args.readData));
+        break;
+      case 'delete':
+        lock = resource!.name;
+        run = () => this.commandJob(job, (j) => this.deleteWork(vaultConfig, cmd.args.backupId));
+        break;
+    }
+    if (!this.queue.enqueue({ id: jobId, lock, run }, { wait: true })) refuse('BUSY', 'the agent is stopping; send the command again once it runs');
+  }
+
+  /** Every backup in a configured vault, oldest first, as the control plane's catalog holds them. */
+  async catalog(vaultName: string): Promise<BackupSummary[]> {
+    const v = this.config.vaults.get(vaultName);
+    if (!v) throw new CairnError('NOT_FOUND', `this agent has no vault named '${vaultName}' in ${this.config.path} (it has: ${[...this.config.vaults.keys()].join(', ')})`);
+    const vault = await this.openVault(v);
+    const resources = [...this.config.resources.values()].filter((r) => r.vault === vaultName);
+    return (await vault.listBackups()).map((m) => backupSummary(m, vaultName, resourceNameOf(m, resources)));
+  }
+
+  /** The jobs running now (not those queued). */
+  runningJobs(): RunningJob[] {
+    return [...this.running.values()].map((r) => r.job);
   }
 
   idle(): Promise<void> {
@@ -142,21 +270,21 @@ export class AgentDaemon implements StatusProvider {
       version: this.deps.version,
       startedAt: this.startedAt.toISOString(),
       uptimeSeconds: Math.round((now.getTime() - this.startedAt.getTime()) / 1000),
-      controlPlane: { state: 'not-configured', url: null },
+      controlPlane: this.deps.controlPlane?.() ?? { state: 'not-configured', url: null },
       jobs: [...this.running.values()].map((r) => r.job),
       resources: [...this.config.resources.values()].map((r) => {
         const history = this.deps.state.jobs('backup', r.name);
         const last = history[history.length - 1];
         const success = [...history].reverse().find((j) => j.status === 'ok');
-        const policies = [...this.config.policies.values()].filter((p) => p.enabled && p.vaults.includes(r.vault));
+        const policies = this.policies().filter((p) => p.enabled && p.vaults.includes(r.vault));
         const next = policies
-          .map((p) => this.nextRuns.get(scheduleKey(p.name, r.name)))
+          .map((p) => this.nextRuns.get(scheduleKey(policyKey(p), r.name)))
           .filter((d): d is Date => d !== undefined)
           .sort((a, b) => a.getTime() - b.getTime())[0];
         return {
           name: r.name,
           vault: r.vault,
-          policy: policies[0]?.name ?? null,
+          policy: policies[0] ? policyKey(policies[0]) : null,
           lastResult: last
             ? {
                 status: last.status,
@@ -197,7 +325,7 @@ export class AgentDaemon implements StatusProvider {
   }
 
   private *assignments(): Generator<{ policy: PolicyConfig; resource: ResourceConfig }> {
-    for (const policy of this.config.policies.values()) {
+    for (const policy of this.policies()) {
       if (!policy.enabled) continue;
       for (const resource of this.config.resources.values()) {
         if (policy.vaults.includes(resource.vault)) yield { policy, resource };
@@ -224,9 +352,9 @@ export class AgentDaemon implements StatusProvider {
   }
 
   private fire(policy: PolicyConfig, resource: ResourceConfig, at: Date): void {
-    this.deps.state.setLastFire(policy.name, resource.name, at);
+    this.deps.state.setLastFire(policyKey(policy), resource.name, at);
     if (!this.enqueueBackup(resource, policy)) {
-      this.deps.log.warn('skipped a scheduled backup: the last one of this resource is still queued or running', { policy: policy.name, resource: resource.name });
+      this.deps.log.warn('skipped a scheduled backup: the last one of this resource is still queued or running', { policy: policyKey(policy), resource: resource.name });
     }
   }
 
@@ -244,36 +372,53 @@ export class AgentDaemon implements StatusProvider {
     return `${kind}-${this.clock.now().toISOString().replace(/[-:.]/g, '')}-${++this.jobSeq}`;
   }
 
-  private async backupJob(id: string, resource: ResourceConfig, policy: PolicyConfig | null): Promise<void> {
+  private async backupJob(
+    id: string,
+    resource: ResourceConfig,
+    policy: PolicyConfig | null,
+    command?: { commandId: string; name: string | null; full: boolean },
+  ): Promise<void> {
     const vaultConfig = this.config.vaults.get(resource.vault)!;
-    const job: RunningJob = { id, kind: 'backup', resource: resource.name, vault: vaultConfig.name, policy: policy?.name ?? null, startedAt: this.clock.now().toISOString(), progress: null };
+    const job: RunningJob = {
+      id,
+      kind: 'backup',
+      commandId: command?.commandId ?? null,
+      resource: resource.name,
+      vault: vaultConfig.name,
+      policy: policy ? policyKey(policy) : null,
+      startedAt: this.clock.now().toISOString(),
+      progress: null,
+    };
     const t0 = performance.now();
     this.running.set(id, { job, started: t0 });
-    this.deps.log.info('backup started', { job: id, resource: resource.name, vault: vaultConfig.name, policy: policy?.name });
+    this.deps.log.info('backup started', { job: id, resource: resource.name, vault: vaultConfig.name, policy: job.policy, command: command?.commandId });
     try {
       const vault = await this.openVault(vaultConfig);
       const sources = await openSources(resource.disks);
       let result;
       try {
         result = await runBackup(vault, sources, {
-          namePrefix: 'autobk',
+          namePrefix: command ? 'manualbk' : 'autobk',
+          resourceName: resource.name,
+          name: command?.name ?? undefined,
+          full: command?.full,
           quiesce: resource.quiesce,
           requireAppConsistent: resource.requireAppConsistent,
-          onProgress: (p) => (job.progress = progressOf(p, performance.now() - t0)),
+          onProgress: (p) => this.progressed(job, progressOf(p, performance.now() - t0)),
         });
       } finally {
         for (const s of sources) await s.close().catch(() => undefined);
       }
       if (this.stopping) return;
       const m = result.manifest;
-      this.record(job, { status: 'ok', backup: m.name, bytesRead: result.bytesRead, bytesStored: result.bytesStored, error: null });
+      this.record(job, { status: 'ok', backup: m.name, bytesRead: result.bytesRead, bytesStored: result.bytesStored, error: null }, { backup: backupSummary(m, vaultConfig.name, resource.name) });
       this.deps.log.info('backup done', { job: id, resource: resource.name, backup: m.name, kind: m.kind, bytesRead: result.bytesRead, bytesStored: result.bytesStored, consistency: m.consistency });
       for (const w of result.warnings) this.deps.log.warn(w, { job: id, resource: resource.name });
       if (policy) await this.prune(vault, policy, resourceKey(sources), resource);
       await this.refreshVault(vaultConfig, vault);
     } catch (err) {
       if (this.stopping) return;
-      this.record(job, { status: 'failed', backup: null, bytesRead: job.progress?.bytesDone ?? 0, bytesStored: job.progress?.bytesStored ?? 0, error: (err as Error).message });
+      this.record(job, { status: 'failed', backup: null, bytesRead: job.progress?.bytesDone ?? 0, bytesStored: job.progress?.bytesStored ?? 0, error: (err as Error).message }, { error: problemOf(err) });
       this.deps.log.error('backup failed', { job: id, resource: resource.name, error: (err as Error).message });
     } finally {
       this.running.delete(id);
@@ -284,15 +429,115 @@ export class AgentDaemon implements StatusProvider {
   private async prune(vault: Vault, policy: PolicyConfig, resource: string, config: ResourceConfig): Promise<void> {
     const backups = (await vault.listBackups()).filter((m) => m.resource === resource);
     const plan = planRetention(backups, policy.retention, this.clock.now());
+    let pruned = 0;
     for (const { id } of plan.prune) {
       const m = backups.find((b) => b.id === id)!;
       try {
         await deleteBackup(vault, m);
-        this.deps.log.info('pruned a backup by retention', { policy: policy.name, resource: config.name, backup: m.name });
+        pruned++;
+        this.deps.log.info('pruned a backup by retention', { policy: policyKey(policy), resource: config.name, backup: m.name });
       } catch (err) {
         this.deps.log.warn('could not prune a backup', { backup: m.name, error: (err as Error).message });
       }
     }
+    if (pruned > 0) this.deps.events?.vaultChanged?.(config.vault);
+  }
+
+  /** Runs a command's work as a job: in the running list while it runs, recorded and reported when it ends. */
+  private async commandJob(job: RunningJob, work: (job: RunningJob) => Promise<{ bytesRead?: number }>): Promise<void> {
+    const started = { ...job, startedAt: this.clock.now().toISOString() };
+    this.running.set(job.id, { job: started, started: performance.now() });
+    this.deps.log.info(`${job.kind} started`, { job: job.id, command: job.commandId, resource: job.resource, vault: job.vault });
+    try {
+      const r = await work(started);
+      if (this.stopping) return;
+      this.record(started, { status: 'ok', backup: null, bytesRead: r.bytesRead ?? 0, bytesStored: 0, error: null });
+      this.deps.log.info(`${job.kind} done`, { job: job.id, command: job.commandId });
+    } catch (err) {
+      if (this.stopping) return;
+      this.record(started, { status: 'failed', backup: null, bytesRead: started.progress?.bytesDone ?? 0, bytesStored: 0, error: (err as Error).message }, { error: problemOf(err) });
+      this.deps.log.error(`${job.kind} failed`, { job: job.id, command: job.commandId, error: (err as Error).message });
+    } finally {
+      this.running.delete(job.id);
+    }
+  }
+
+  /** As `cairn restore`: one disk to `target`, or every disk (one: `target` is the file; several: a folder of disk-N.img). */
+  private async restoreWork(job: RunningJob, v: VaultConfig, args: { backupId: string; target: string; disk: number | null; force: boolean }): Promise<{ bytesRead: number }> {
+    const vault = await this.openVault(v);
+    const m = await findById(vault, v.name, args.backupId);
+    let disks = m.disks;
+    const targets: string[] = [];
+    if (args.disk !== null) {
+      const d = m.disks.find((x) => x.index === args.disk);
+      if (!d) throw new CairnError('USAGE', `backup ${m.name} has no disk ${args.disk}; it has disks 0 to ${m.disks.length - 1}`);
+      disks = [d];
+      targets.push(args.target);
+    } else if (disks.length === 1) targets.push(args.target);
+    else {
+      try {
+        await mkdir(args.target, { recursive: true });
+      } catch (err) {
+        throw fromSystemError(err, 'cannot create the restore folder', args.target);
+      }
+      for (const d of disks) targets.push(join(args.target, `disk-${d.index}.img`));
+    }
+    const { index } = await vault.loadIndex({ includeCondemned: true });
+    const pool = new WorkerPool(vault.key, vault.config.compression.level);
+    const total = disks.reduce((s, d) => s + d.usedBytes, 0);
+    const t0 = performance.now();
+    let done = 0;
+    try {
+      for (const [i, d] of disks.entries()) {
+        await restoreDisk(vault, index, pool, d, targets[i]!, {
+          force: args.force,
+          onProgress: (n) => this.progressed(job, progressOf({ bytesDone: (done += n), bytesTotal: total, bytesStored: 0 }, performance.now() - t0)),
+        });
+      }
+    } finally {
+      await pool.close();
+    }
+    return { bytesRead: done };
+  }
+
+  /** As `cairn vault verify`; with a resource, only problems that touch its backups fail the job. */
+  private async verifyWork(job: RunningJob, v: VaultConfig, resource: ResourceConfig | null, readData: boolean): Promise<{ bytesRead: number }> {
+    const vault = await this.openVault(v);
+    const pool = readData ? new WorkerPool(vault.key, vault.config.compression.level) : undefined;
+    const t0 = performance.now();
+    try {
+      const r = await verifyVault(vault, {
+        readData,
+        pool,
+        onProgress: (done, total) => this.progressed(job, progressOf({ bytesDone: done, bytesTotal: total, bytesStored: 0 }, performance.now() - t0)),
+      });
+      let affected = r.affected;
+      if (resource) {
+        const resources = [...this.config.resources.values()].filter((x) => x.vault === v.name);
+        const mine = new Set((await vault.listBackups()).filter((m) => resourceNameOf(m, resources) === resource.name).map((m) => m.id));
+        affected = affected.filter((a) => mine.has(a.id));
+      }
+      const failed = resource ? affected.length > 0 : !r.ok;
+      if (failed) {
+        throw new CairnError(
+          'VERIFY_FAILED',
+          `verify found ${r.problems.length} problem(s) in vault '${v.name}'` + (affected.length ? `; affected: ${affected.map((a) => a.name).join(', ')}` : ''),
+        );
+      }
+      return { bytesRead: r.bytesChecked };
+    } finally {
+      await pool?.close();
+    }
+  }
+
+  private async deleteWork(v: VaultConfig, backupId: string): Promise<{ bytesRead: number }> {
+    const vault = await this.openVault(v);
+    const m = await findById(vault, v.name, backupId);
+    await deleteBackup(vault, m);
+    this.deps.log.info('deleted a backup', { vault: v.name, backup: m.name, id: m.id });
+    this.deps.events?.vaultChanged?.(v.name);
+    await this.refreshVault(v, vault);
+    return { bytesRead: 0 };
   }
 
   private async gcJob(id: string, vaultConfig: VaultConfig): Promise<void> {
@@ -305,7 +550,7 @@ export class AgentDaemon implements StatusProvider {
       this.deps.log.info('gc done', { vault: vaultConfig.name, packsDeleted: r.packsDeleted, bytesFreed: r.bytesFreed });
       await this.refreshVault(vaultConfig, vault);
     } catch (err) {
-      if (!this.stopping) this.record(job, { status: 'failed', backup: null, bytesRead: 0, bytesStored: 0, error: (err as Error).message });
+      if (!this.stopping) this.record(job, { status: 'failed', backup: null, bytesRead: 0, bytesStored: 0, error: (err as Error).message }, { error: problemOf(err) });
       this.deps.log.error('gc failed', { vault: vaultConfig.name, error: (err as Error).message });
     } finally {
       this.running.delete(id);
@@ -327,10 +572,30 @@ export class AgentDaemon implements StatusProvider {
     }
   }
 
-  private record(job: RunningJob, r: Pick<AgentJobRecord, 'status' | 'backup' | 'bytesRead' | 'bytesStored' | 'error'>): void {
+  private progressed(job: RunningJob, progress: JobProgress): void {
+    job.progress = progress;
+    try {
+      this.deps.events?.jobProgress?.(job);
+    } catch (err) {
+      this.deps.log.warn('reporting job progress failed', { job: job.id, error: (err as Error).message });
+    }
+  }
+
+  private record(
+    job: RunningJob,
+    r: Pick<AgentJobRecord, 'status' | 'backup' | 'bytesRead' | 'bytesStored' | 'error'>,
+    report: { backup?: BackupSummary; error?: Problem } = {},
+  ): void {
     const finishedAt = this.clock.now();
     const durationMs = finishedAt.getTime() - Date.parse(job.startedAt);
     this.deps.state.recordJob({ jobId: job.id, kind: job.kind, resource: job.resource, vault: job.vault, policy: job.policy, startedAt: job.startedAt, finishedAt: finishedAt.toISOString(), durationMs, ...r });
+    // A cancelled job (the agent stopped) has no code of its own in the catalogue: INTERNAL with the reason.
+    const error = r.status === 'ok' ? null : (report.error ?? { code: 'INTERNAL' as const, message: r.error ?? `the job was ${r.status}` });
+    try {
+      this.deps.events?.jobFinished?.({ job, status: r.status, backup: report.backup ?? null, error });
+    } catch (err) {
+      this.deps.log.error('reporting a finished job failed', { job: job.id, error: (err as Error).message });
+    }
     if (job.kind !== 'backup' || job.resource === null) return;
     const key = `${job.resource}\n${r.status}`;
     const c = this.counters.get(key) ?? { resource: job.resource, vault: job.vault, result: r.status, count: 0 };
@@ -344,6 +609,22 @@ export class AgentDaemon implements StatusProvider {
 
 function scheduleKey(policy: string, resource: string): string {
   return `${policy}/${resource}`;
+}
+
+/** How a policy is known in schedule marks, job history and status: pushed ones as `cp:<name>`. */
+export function policyKey(p: PolicyConfig): string {
+  return p.origin === 'control-plane' ? `cp:${p.name}` : p.name;
+}
+
+function problemOf(err: unknown): Problem {
+  return { code: isCairnError(err) ? err.code : 'INTERNAL', message: ((err as Error)?.message ?? String(err)).slice(0, 1024) };
+}
+
+/** A backup by its id (not its name: commands name backups by id). */
+async function findById(vault: Vault, vaultName: string, id: string): Promise<Manifest> {
+  const m = (await vault.listBackups()).find((b) => b.id === id);
+  if (!m) throw new CairnError('NOT_FOUND', `no backup with id '${id}' in vault '${vaultName}' (${displayLocation(vault.store.location)})`);
+  return m;
 }
 
 function progressOf(p: { bytesDone: number; bytesTotal: number; bytesStored: number }, elapsedMs: number): JobProgress {

@@ -65,3 +65,20 @@ describe('JobQueue', () => {
     await q.idle();
   });
 });
+
+describe('JobQueue with wait', () => {
+  it('queues a waiting job behind the one holding its lock, in order', async () => {
+    const q = new JobQueue(2);
+    const order: string[] = [];
+    let release!: () => void;
+    const first = new Promise<void>((r) => (release = r));
+    expect(q.enqueue({ id: 'a1', lock: 'a', run: async () => (await first, void order.push('a1')) })).toBe(true);
+    expect(q.enqueue({ id: 'a2', lock: 'a', run: async () => void order.push('a2') }, { wait: true })).toBe(true);
+    expect(q.enqueue({ id: 'a3', lock: 'a', run: async () => void order.push('a3') }, { wait: true })).toBe(true);
+    expect(q.enqueue({ id: 'a4', lock: 'a', run: async () => void order.push('a4') }), 'without wait a busy lock refuses').toBe(false);
+    expect(q.running.map((j) => j.id)).toEqual(['a1']);
+    release();
+    await q.idle();
+    expect(order).toEqual(['a1', 'a2', 'a3']);
+  });
+});

@@ -2,8 +2,9 @@
  * The agent's job queue: at most `concurrency` jobs at once and never two on one resource (a job's
  * `lock`). A job waiting for its lock does not hold back jobs behind it on other resources. A lock
  * that is queued or running already refuses a second job (a schedule firing while the last run is
- * still going adds nothing). After `stop()` nothing new starts; running jobs finish or are
- * cancelled by their owner.
+ * still going adds nothing), unless it is enqueued with `wait` (a control-plane command): then it
+ * queues behind the job holding its lock. After `stop()` nothing new starts; running jobs finish or
+ * are cancelled by their owner.
  */
 export interface Job {
   id: string;
@@ -27,9 +28,13 @@ export class JobQueue {
     return [...this.waiting];
   }
 
-  /** Adds a job; false (and nothing added) when its lock is queued or running, or the queue stopped. */
-  enqueue(job: Job): boolean {
-    if (this.stopped || this.active.has(job.lock) || this.waiting.some((j) => j.lock === job.lock)) return false;
+  /**
+   * Adds a job; false (and nothing added) when the queue stopped, or when its lock is queued or
+   * running and `wait` is not set. With `wait` it runs after the jobs holding or waiting for its lock.
+   */
+  enqueue(job: Job, opts: { wait?: boolean } = {}): boolean {
+    if (this.stopped) return false;
+    if (!opts.wait && (this.active.has(job.lock) || this.waiting.some((j) => j.lock === job.lock))) return false;
     this.waiting.push(job);
     this.pump();
     return true;
@@ -52,7 +57,7 @@ export class JobQueue {
   private pump(): void {
     for (let i = 0; i < this.waiting.length && this.active.size < this.concurrency && !this.stopped; ) {
       const job = this.waiting[i];
-      if (this.active.has(job.lock)) {
+      if (this.active.has(job.lock) || this.waiting.slice(0, i).some((j) => j.lock === job.lock)) {
         i++;
         continue;
       }

@@ -146,3 +146,13 @@ describe('formatStatus', () => {
     expect(formatLongDuration(2 * 86400 + 4 * 3600 + 59)).toBe('2d04h');
   });
 });
+
+describe('formatStatus control plane link', () => {
+  it('names the agent id, policy version and the last problem', () => {
+    const base: AgentStatus = { ...status, jobs: [] };
+    const connected = formatStatus({ ...base, controlPlane: { state: 'connected', url: 'wss://cp:8443/v1/agent', agentId: 'agt_01', policyVersion: 3, problem: null } });
+    expect(connected).toContain('connected to wss://cp:8443/v1/agent (as agt_01, policy version 3)');
+    const away = formatStatus({ ...base, controlPlane: { state: 'connecting', url: 'wss://cp:8443/v1/agent', agentId: 'agt_01', policyVersion: null, problem: 'cannot reach\nthe control plane' } });
+    expect(away).toContain('connecting to wss://cp:8443/v1/agent (as agt_01, policy version none yet); last problem: cannot reach the control plane');
+  });
+});

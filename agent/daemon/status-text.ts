@@ -25,11 +25,20 @@ const indent = (text: string) =>
 const oneLine = (text: string) => text.replace(/\s+/g, ' ').trim();
 
 function controlPlane(cp: AgentStatus['controlPlane']): string {
+  const url = cp.url ?? '(unknown address)';
+  const details = [
+    cp.agentId ? `as ${cp.agentId}` : '',
+    cp.policyVersion !== undefined ? `policy version ${cp.policyVersion ?? 'none yet'}` : '',
+  ].filter((d) => d !== '');
+  const suffix = details.length ? ` (${details.join(', ')})` : '';
+  const problem = cp.problem ? `; last problem: ${oneLine(cp.problem)}` : '';
   switch (cp.state) {
     case 'connected':
-      return `connected to ${cp.url ?? '(unknown address)'}`;
+      return `connected to ${url}${suffix}`;
+    case 'connecting':
+      return `connecting to ${url}${suffix}${problem}`;
     case 'disconnected':
-      return `disconnected from ${cp.url ?? '(unknown address)'}`;
+      return `disconnected from ${url}${suffix}${problem}`;
     case 'not-configured':
       return 'not configured (the agent runs on its own)';
   }

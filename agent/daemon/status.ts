@@ -16,9 +16,14 @@ export interface JobProgress {
   etaSeconds: number | null;
 }
 
+/** What a job does; restore, verify, delete and catalog-sync come only from control-plane commands. */
+export type JobKind = 'backup' | 'prune' | 'gc' | 'restore' | 'verify' | 'delete' | 'catalog-sync';
+
 export interface RunningJob {
   id: string;
-  kind: 'backup' | 'prune' | 'gc';
+  kind: JobKind;
+  /** The control-plane command the job answers; null or absent: a policy (or `--now`) started it. */
+  commandId?: string | null;
   resource: string | null;
   vault: string;
   policy: string | null;
@@ -63,12 +68,24 @@ export interface Inventory {
   network: { iface: string; mac: string; ip4: string[]; ip6: string[] }[];
 }
 
+/** The link to the control plane; `not-configured` until `cairn agent enroll`. */
+export interface ControlPlaneStatus {
+  state: 'not-configured' | 'connecting' | 'connected' | 'disconnected';
+  url: string | null;
+  /** The id the control plane gave this agent at enrollment. */
+  agentId?: string | null;
+  /** The pushed policy set the agent runs; null: none accepted yet. */
+  policyVersion?: number | null;
+  /** Why the last connection failed or was refused, while not connected. */
+  problem?: string | null;
+}
+
 export interface AgentStatus {
   agentId: string;
   version: string;
   startedAt: string;
   uptimeSeconds: number;
-  controlPlane: { state: 'not-configured' | 'connected' | 'disconnected'; url: string | null };
+  controlPlane: ControlPlaneStatus;
   jobs: RunningJob[];
   resources: ResourceStatus[];
   vaults: VaultStatus[];

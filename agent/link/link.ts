@@ -21,11 +21,15 @@ import {
   type Problem,
   type RunningJobSummary,
   type ServerMessage,
+  type WelcomeMessage,
 } from '../../shared/protocol/messages.js';
 import type { ControlPlaneState } from './enroll.js';
 import { checkPinnedServer, fingerprintOf, hostOf } from './pinned-ca.js';
 
 export type LinkState = 'connecting' | 'connected' | 'disconnected';
+
+/** An agent message without its `id`: `send` gives it the next id of the connection. */
+export type UnsentMessage = AgentMessage extends infer M ? (M extends AgentMessage ? Omit<M, 'id'> : never) : never;
 
 /** Reconnect delays: full jitter over base * 2^attempt, capped; the attempt count resets after a stable connection. */
 export const BACKOFF = { baseMs: 1000, capMs: 60_000, stableMs: 60_000 } as const;
@@ -43,6 +47,10 @@ export interface ControlPlaneLinkOptions {
   /** Applies a pushed policy set; a rejection is sent back as `policy-ack.error`. */
   onPolicyPush: (message: PolicyPushMessage) => Promise<void>;
   onCommand?: (message: CommandMessage) => void;
+  /** After each `welcome`, once `send` works: the moment to send what follows every (re)connection. */
+  onWelcome?: (message: WelcomeMessage) => void;
+  /** The control plane acknowledged an outbox message (`ack.messageId`). */
+  onAck?: (messageId: string) => void;
   /** The control plane refused this agent (credential unknown, revoked or wrong) or the protocol. */
   onRefused?: (problem: Problem) => void;
   onStateChange?: (state: LinkState) => void;
@@ -72,6 +80,8 @@ export class ControlPlaneLink {
   private current: LinkState = 'disconnected';
   private attempt = 0;
   private ws: WebSocket | undefined;
+  /** The welcomed connection's sender, or undefined while there is none. */
+  private sender: { send: (message: AgentMessage) => void; frame: (frame: string) => void; nextId: () => string } | undefined;
   private readonly stop = new AbortController();
   private readonly running: Promise<void>;
   private readonly clock: Clock;
@@ -97,6 +107,28 @@ export class ControlPlaneLink {
 
   get state(): LinkState {
     return this.current;
+  }
+
+  /**
+   * Sends a message on the welcomed connection with the connection's next id; false (nothing sent)
+   * while there is none. Throws ProtocolError when the message would be refused (a caller's bug).
+   */
+  send(message: UnsentMessage): boolean {
+    const sender = this.sender;
+    if (!sender) return false;
+    sender.send({ ...message, id: sender.nextId() } as AgentMessage);
+    return true;
+  }
+
+  /**
+   * Sends a frame already encoded (with `encodeMessage`) and carrying its own id, as the durable
+   * outbox does so a re-sent message keeps its id; false (nothing sent) while not welcomed.
+   */
+  sendFrame(frame: string): boolean {
+    const sender = this.sender;
+    if (!sender) return false;
+    sender.frame(frame);
+    return true;
   }
 
   /** Stops reconnecting and closes the connection; resolves when the link is down. */
@@ -143,6 +175,9 @@ export class ControlPlaneLink {
       let queue = Promise.resolve();
       const send = (message: AgentMessage): void => {
         if (ws.readyState === ws.OPEN) ws.send(encodeMessage(message));
+      };
+      const frame = (text: string): void => {
+        if (ws.readyState === ws.OPEN) ws.send(text);
       };
       const nextId = (): string => `ag-${++sent}`;
       const problem = (code: ErrorCode, message: string): void => {
@@ -199,6 +234,12 @@ export class ControlPlaneLink {
                   () => send({ v: 1, type: 'heartbeat', id: nextId(), jobs: this.options.runningJobs?.() ?? [] }),
                   message.heartbeatSeconds * 1000,
                 );
+                this.sender = { send, frame, nextId };
+                try {
+                  this.options.onWelcome?.(message);
+                } catch (err) {
+                  log?.('error', `after the welcome: ${(err as Error)?.message ?? String(err)}`);
+                }
               }
             }, ws);
           })
@@ -208,6 +249,7 @@ export class ControlPlaneLink {
         problem('STORE_UNAVAILABLE', `cannot reach the control plane at ${state.controlPlaneUrl}: ${err.message}`);
       });
       ws.on('close', () => {
+        if (this.sender?.send === send) this.sender = undefined;
         clearTimeout(welcomeTimer);
         if (heartbeat !== undefined) clearInterval(heartbeat);
         resolve(welcomedAt === undefined ? 0 : this.clock.now().getTime() - welcomedAt);
@@ -265,6 +307,7 @@ export class ControlPlaneLink {
         this.options.onCommand?.(message);
         return;
       case 'ack':
+        this.options.onAck?.(message.messageId);
         return;
     }
   }

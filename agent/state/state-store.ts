@@ -27,7 +27,7 @@ export interface BackupRun {
  */
 export interface AgentJobRecord {
   jobId: string;
-  kind: 'backup' | 'prune' | 'gc';
+  kind: 'backup' | 'prune' | 'gc' | 'restore' | 'verify' | 'delete' | 'catalog-sync';
   resource: string | null;
   vault: string;
   policy: string | null;
@@ -41,16 +41,31 @@ export interface AgentJobRecord {
   error: string | null;
 }
 
-export class StateStore implements IndexCache {
-  private readonly db: Database.Database;
+/** A command the control plane sent (cp_commands). `result` is the job-result frame once the job finished. */
+export interface CommandRecord {
+  commandId: string;
+  action: string;
+  jobId: string;
+  resultMessageId: string | null;
+  result: string | null;
+}
 
-  constructor(readonly path: string) {
-    try {
-      mkdirSync(dirname(path), { recursive: true });
-      this.db = new Database(path);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('busy_timeout = 5000');
-      this.db.exec(`
+/** One durable outbox message (cp_outbox): the whole frame as it is sent, again and again, until acked. */
+export interface OutboxEntry {
+  messageId: string;
+  type: 'job-result' | 'catalog-sync';
+  /** The vault a catalog-sync is about; null for job-result. */
+  vault: string | null;
+  body: string;
+}
+
+/**
+ * Schema migrations, applied in order; `PRAGMA user_version` is the number applied. Never edit an
+ * applied migration: add a new one. Migration 1 is the schema from before migrations were counted
+ * (IF NOT EXISTS, so databases made then pass through it unchanged).
+ */
+const MIGRATIONS: readonly string[] = [
+  `
         CREATE TABLE IF NOT EXISTS backup_runs (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           vault_id TEXT NOT NULL, vault_location TEXT NOT NULL,
@@ -73,7 +88,46 @@ export class StateStore implements IndexCache {
           vault_id TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
           PRIMARY KEY (vault_id, key)
         );
-      `);
+  `,
+  // 2: the control-plane link. One row of the last accepted pushed policy set; every command
+  // received (at most once per command id, with the job-result that answered it); the durable
+  // outbox of job-result and catalog-sync messages, in send order, until the control plane acks them.
+  `
+    CREATE TABLE cp_policy_set (
+      one INTEGER PRIMARY KEY CHECK (one = 1),
+      version INTEGER NOT NULL, policies TEXT NOT NULL, accepted_at TEXT NOT NULL
+    );
+    CREATE TABLE cp_commands (
+      command_id TEXT PRIMARY KEY, action TEXT NOT NULL, job_id TEXT NOT NULL,
+      received_at TEXT NOT NULL, result_message_id TEXT, result TEXT
+    );
+    CREATE TABLE cp_outbox (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      message_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, vault TEXT, body TEXT NOT NULL, created_at TEXT NOT NULL
+    );
+  `,
+];
+
+function migrate(db: Database.Database): void {
+  const applied = db.pragma('user_version', { simple: true }) as number;
+  for (let i = applied; i < MIGRATIONS.length; i++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[i]!);
+      db.pragma(`user_version = ${i + 1}`);
+    })();
+  }
+}
+
+export class StateStore implements IndexCache {
+  private readonly db: Database.Database;
+
+  constructor(readonly path: string) {
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      this.db = new Database(path);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('busy_timeout = 5000');
+      migrate(this.db);
     } catch (err) {
       throw new CairnError(
         'PERMISSION_DENIED',
@@ -127,6 +181,94 @@ export class StateStore implements IndexCache {
     this.db
       .prepare('INSERT INTO agent_marks (policy, resource, last_fire) VALUES (?, ?, ?) ON CONFLICT (policy, resource) DO UPDATE SET last_fire = excluded.last_fire')
       .run(policy, resource, at.toISOString());
+  }
+
+  // ---- control-plane link (migration 2) -----------------------------------------------------
+
+  /** The last policy set the control plane pushed and the agent accepted (policies as JSON), or undefined. */
+  pushedPolicySet(): { version: number; policies: string } | undefined {
+    return this.db.prepare('SELECT version, policies FROM cp_policy_set WHERE one = 1').get() as { version: number; policies: string } | undefined;
+  }
+
+  /** Replaces the accepted policy set (one row). */
+  savePushedPolicySet(version: number, policies: string, at: Date): void {
+    this.db
+      .prepare(
+        `INSERT INTO cp_policy_set (one, version, policies, accepted_at) VALUES (1, ?, ?, ?)
+         ON CONFLICT (one) DO UPDATE SET version = excluded.version, policies = excluded.policies, accepted_at = excluded.accepted_at`,
+      )
+      .run(version, policies, at.toISOString());
+  }
+
+  /** A command seen before: its job, and the job-result (message id and frame) once it finished. */
+  command(commandId: string): CommandRecord | undefined {
+    return this.db
+      .prepare(
+        `SELECT command_id AS commandId, action, job_id AS jobId, result_message_id AS resultMessageId, result
+         FROM cp_commands WHERE command_id = ?`,
+      )
+      .get(commandId) as CommandRecord | undefined;
+  }
+
+  /** Records a command as accepted; false when its id was seen before (then nothing changes). */
+  beginCommand(commandId: string, action: string, jobId: string, at: Date): boolean {
+    return (
+      this.db
+        .prepare('INSERT OR IGNORE INTO cp_commands (command_id, action, job_id, received_at) VALUES (?, ?, ?, ?)')
+        .run(commandId, action, jobId, at.toISOString()).changes === 1
+    );
+  }
+
+  /** Commands accepted but never finished (the agent stopped or was killed first), oldest first. */
+  unfinishedCommands(): CommandRecord[] {
+    return this.db
+      .prepare(
+        `SELECT command_id AS commandId, action, job_id AS jobId, result_message_id AS resultMessageId, result
+         FROM cp_commands WHERE result IS NULL ORDER BY rowid`,
+      )
+      .all() as CommandRecord[];
+  }
+
+  /**
+   * Adds a job-result to the durable outbox; when it answers a command, in one transaction with the
+   * command's stored result. A message id already in the outbox is left as it is (a repeated
+   * command's result is queued again under its first id).
+   */
+  enqueueJobResult(messageId: string, body: string, commandId: string | null, at: Date = new Date()): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare("INSERT OR IGNORE INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'job-result', NULL, ?, ?)")
+        .run(messageId, body, at.toISOString());
+      if (commandId !== null) {
+        this.db.prepare('UPDATE cp_commands SET result_message_id = ?, result = ? WHERE command_id = ?').run(messageId, body, commandId);
+        // Bounded history: the newest 10000 commands are remembered.
+        this.db.prepare('DELETE FROM cp_commands WHERE rowid <= (SELECT MAX(rowid) FROM cp_commands) - 10000').run();
+      }
+    })();
+  }
+
+  /**
+   * Stores the parts of one catalog-sync of a vault, all or none, and removes that vault's older
+   * catalog-sync parts still waiting: the newer sync supersedes them.
+   */
+  enqueueCatalogSync(vault: string, parts: { messageId: string; body: string }[], at: Date = new Date()): void {
+    this.db.transaction(() => {
+      this.db.prepare("DELETE FROM cp_outbox WHERE type = 'catalog-sync' AND vault = ?").run(vault);
+      const insert = this.db.prepare("INSERT INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'catalog-sync', ?, ?, ?)");
+      for (const p of parts) insert.run(p.messageId, vault, p.body, at.toISOString());
+    })();
+  }
+
+  /** Outbox messages after `afterSeq`, in the order they were stored. */
+  outbox(afterSeq = 0): (OutboxEntry & { seq: number })[] {
+    return this.db
+      .prepare('SELECT seq, message_id AS messageId, type, vault, body FROM cp_outbox WHERE seq > ? ORDER BY seq')
+      .all(afterSeq) as (OutboxEntry & { seq: number })[];
+  }
+
+  /** Removes an acknowledged message; false when it was not in the outbox. */
+  ackOutbox(messageId: string): boolean {
+    return this.db.prepare('DELETE FROM cp_outbox WHERE message_id = ?').run(messageId).changes === 1;
   }
 
   runs(vaultId?: string): BackupRun[] {

@@ -3,10 +3,14 @@ import type {
   BackupInput,
   BackupKind,
   BackupStatus,
+  JobResultRecord,
+  JobStatus,
   JsonValue,
   PolicyRecord,
   PolicyRetention,
   PolicyTrigger,
+  ResourceRecord,
+  SyncPartInput,
   Timestamp,
   VaultInput,
   VaultType,
@@ -153,7 +157,10 @@ export function policyRecord(p: PolicyRecord): PolicyRecord {
   };
 }
 
-export function backupInput(b: BackupInput): BackupInput & { deletedAt: Timestamp | null } {
+/** A backup with its fields checked and the optional ones filled in (null). */
+export type CheckedBackup = Required<BackupInput>;
+
+export function backupInput(b: BackupInput): CheckedBackup {
   const id = requiredText(b.id, 'backup id');
   const at = `backup ${id}`;
   return {
@@ -168,6 +175,8 @@ export function backupInput(b: BackupInput): BackupInput & { deletedAt: Timestam
     bytesRead: nonNegativeInteger(b.bytesRead, `bytesRead of ${at}`),
     bytesStored: nonNegativeInteger(b.bytesStored, `bytesStored of ${at}`),
     consistency: oneOf(b.consistency, CONSISTENCIES, `consistency of ${at}`),
+    logicalBytes: b.logicalBytes === null || b.logicalBytes === undefined ? null : nonNegativeInteger(b.logicalBytes, `logicalBytes of ${at}`),
+    host: b.host === null || b.host === undefined ? null : requiredText(b.host, `host of ${at}`),
     status: oneOf(b.status, BACKUP_STATUSES, `status of ${at}`),
     deletedAt: b.status === 'deleted' ? nullableTimestamp(b.deletedAt, `deletedAt of ${at}`) : null,
   };
@@ -175,3 +184,93 @@ export function backupInput(b: BackupInput): BackupInput & { deletedAt: Timestam
 
 /** The fields that say which backup a record is; a record for a known id must repeat them. */
 export const BACKUP_IDENTITY = ['name', 'vault', 'resource', 'kind', 'startedAt'] as const;
+
+export const JOB_STATUSES: readonly JobStatus[] = ['ok', 'failed', 'cancelled'];
+
+function nullableText(value: unknown, field: string): string | null {
+  return value === null || value === undefined ? null : requiredText(value, field);
+}
+
+/** A job result with its fields checked: errorCode null for 'ok', given for 'failed', either for 'cancelled'. */
+export function jobResultInput(r: JobResultRecord): JobResultRecord {
+  const agentId = requiredText(r.agentId, 'agentId of a job result');
+  const jobId = requiredText(r.jobId, `jobId of a job result of agent ${agentId}`);
+  const at = `job ${jobId} of agent ${agentId}`;
+  const status = oneOf(r.status, JOB_STATUSES, `status of ${at}`);
+  const errorCode = nullableText(r.errorCode, `errorCode of ${at}`);
+  if (status === 'ok' && errorCode !== null) throw usage(`${at} succeeded but carries errorCode ${errorCode}; an ok job has none`);
+  if (status === 'failed' && errorCode === null) throw usage(`${at} failed without an errorCode; a failed job says why`);
+  return {
+    agentId,
+    jobId,
+    commandId: nullableText(r.commandId, `commandId of ${at}`),
+    status,
+    backupId: nullableText(r.backupId, `backupId of ${at}`),
+    errorCode,
+    errorMessage: r.errorMessage === null || r.errorMessage === undefined ? null : textValue(r.errorMessage, `errorMessage of ${at}`),
+    receivedAt: timestamp(r.receivedAt, `receivedAt of ${at}`),
+  };
+}
+
+function textValue(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw usage(`${field} must be a string, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+/** A resource of an agent's `resources` report, checked; names must be unique within the report. */
+export function agentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): ResourceRecord[] {
+  if (!Array.isArray(resources)) throw usage(`the resources of agent ${agentId} must be an array, got ${JSON.stringify(resources)}`);
+  const seen = new Set<string>();
+  return resources.map((r, i) => {
+    const name = requiredText(r?.name, `name of resource ${i} of agent ${agentId}`);
+    if (seen.has(name)) throw usage(`agent ${agentId} reports resource ${name} twice; resource names are unique`);
+    seen.add(name);
+    return {
+      name,
+      agentId,
+      vault: requiredText(r.vault, `vault of resource ${name}`),
+      disks: stringList(r.disks, `disks of resource ${name}`),
+    };
+  });
+}
+
+/** One part of a catalog sync, checked: every backup must name the part's vault. */
+export function syncPartInput(p: SyncPartInput): SyncPartInput & { backups: CheckedBackup[] } {
+  const agentId = requiredText(p.agentId, 'agentId of a catalog sync');
+  const syncId = requiredText(p.syncId, `syncId of a catalog sync of agent ${agentId}`);
+  const at = `sync ${syncId} of agent ${agentId}`;
+  const vault = requiredText(p.vault, `vault of ${at}`);
+  const part = nonNegativeInteger(p.part, `part number of ${at}`);
+  if (typeof p.last !== 'boolean') throw usage(`last of part ${part} of ${at} must be true or false, got ${JSON.stringify(p.last)}`);
+  if (!Array.isArray(p.backups)) throw usage(`backups of part ${part} of ${at} must be an array`);
+  const backups = p.backups.map((b) => backupInput({ ...b, status: 'available' }));
+  for (const b of backups) {
+    if (b.vault !== vault) throw usage(`part ${part} of ${at} scans vault ${vault} but lists backup ${b.id} of vault ${b.vault}`);
+  }
+  return { agentId, syncId, vault, part, last: p.last, backups };
+}
+
+/** A boolean filter field, or USAGE. */
+export function booleanFilter(value: unknown, field: string): boolean {
+  if (typeof value !== 'boolean') throw usage(`filter ${field} must be true or false, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+/**
+ * USAGE when a new part of a sync disagrees with the parts stored of it: on the vault, or on which
+ * part is the last one (a part after the last, two last parts, a repeated part with another flag).
+ */
+export function checkSyncPart(p: Pick<SyncPartInput, 'vault' | 'part' | 'last'>, stored: Pick<SyncPartInput, 'vault' | 'part' | 'last'>[], sync: string): void {
+  const otherVault = stored.find((s) => s.vault !== p.vault);
+  if (otherVault) throw usage(`part ${p.part} of ${sync} scans vault ${p.vault}, but part ${otherVault.part} scanned vault ${otherVault.vault}; one sync covers one vault`);
+  const last = stored.find((s) => s.last);
+  const same = stored.find((s) => s.part === p.part);
+  const disagree =
+    (same !== undefined && same.last !== p.last) ||
+    (last !== undefined && (p.part > last.part || (p.last && p.part !== last.part))) ||
+    (p.last && stored.some((s) => s.part > p.part));
+  if (disagree) {
+    const known = last ? `part ${last.part} is the last` : `parts up to ${Math.max(...stored.map((s) => s.part))} are stored`;
+    throw usage(`part ${p.part}${p.last ? ' (last)' : ''} of ${sync} disagrees on which part is the last: ${known}`);
+  }
+}

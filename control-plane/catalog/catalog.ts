@@ -1,10 +1,11 @@
 import type { Consistency } from '../../shared/vault/manifest.js';
 
 /**
- * The control plane's catalog: enrollment tokens, agents, vaults, resources, policies, backups and
- * the per-agent command outbox. One async interface so that SQLite (now) and PostgreSQL (later) are
- * interchangeable; `conformance.ts` holds the suite every implementation must pass, and README.md the
- * data model and the idempotency rules.
+ * The control plane's catalog: enrollment tokens, agents, vaults, resources, policies, backups, the
+ * per-agent command outbox, job results and catalog syncs. One async interface so that SQLite
+ * (sqlite-catalog.ts) and PostgreSQL (postgres-catalog.ts) are interchangeable; `conformance.ts`
+ * holds the suite every implementation must pass, and README.md the data model and the idempotency
+ * rules.
  *
  * Contracts shared by every operation:
  * - Each call is atomic: it either happens whole or not at all, also across processes sharing the
@@ -149,15 +150,24 @@ export interface BackupRecord {
   bytesRead: number;
   bytesStored: number;
   consistency: Consistency;
+  /** What a restore writes (sum of the disks' sizes); null when the reporter did not say. A measurement. */
+  logicalBytes: number | null;
+  /** The host that made it, as its manifest says; null when not reported. A measurement. */
+  host: string | null;
   status: BackupStatus;
   /** When the backup was marked deleted; null while available (and when the time is unknown). */
   deletedAt: Timestamp | null;
 }
 
-export type BackupInput = Omit<BackupRecord, 'deletedAt'> & { deletedAt?: Timestamp | null };
+/** `logicalBytes` and `host` default to null. */
+export type BackupInput = Omit<BackupRecord, 'deletedAt' | 'logicalBytes' | 'host'> & {
+  deletedAt?: Timestamp | null;
+  logicalBytes?: number | null;
+  host?: string | null;
+};
 
 /** A backup found by a vault scan: present in the vault, so available by definition. */
-export type ScannedBackup = Omit<BackupRecord, 'status' | 'deletedAt'>;
+export type ScannedBackup = Omit<BackupInput, 'status' | 'deletedAt'>;
 
 export interface BackupFilter {
   vault?: string;
@@ -197,6 +207,56 @@ export interface CommandRecord extends CommandInput {
   result: JsonValue | null;
 }
 
+export interface CommandFilter {
+  agentId?: string;
+  /** true: only commands not completed; false: only completed ones; absent: both. */
+  pending?: boolean;
+  /** At most this many (a non-negative integer); absent: all. */
+  limit?: number;
+  offset?: number;
+}
+
+export type JobStatus = 'ok' | 'failed' | 'cancelled';
+
+/** The outcome of one job an agent ran (a policy's or a command's), as its `job-result` said. */
+export interface JobResultRecord {
+  agentId: string;
+  /** Unique per agent. */
+  jobId: string;
+  /** null: a policy started it. */
+  commandId: string | null;
+  status: JobStatus;
+  /** The backup the job made, if any. */
+  backupId: string | null;
+  /** null exactly when status is 'ok' (a cancelled job may carry one). */
+  errorCode: string | null;
+  errorMessage: string | null;
+  /** When the control plane received it (the catalog never reads the clock). */
+  receivedAt: Timestamp;
+}
+
+export interface JobResultFilter {
+  agentId?: string;
+  status?: JobStatus;
+  /** Received at or after. */
+  from?: Timestamp;
+  /** Received before. */
+  to?: Timestamp;
+  limit?: number;
+}
+
+export type CatalogEvent = { kind: 'policies' } | { kind: 'commands'; agentId: string };
+
+/** One part of an agent's `catalog-sync`: the scan of one vault in parts 0..n of one syncId. */
+export interface SyncPartInput {
+  agentId: string;
+  syncId: string;
+  vault: string;
+  part: number;
+  last: boolean;
+  backups: ScannedBackup[];
+}
+
 export interface Catalog {
   // Enrollment tokens
 
@@ -231,6 +291,11 @@ export interface Catalog {
   upsertVault(vault: VaultInput): Promise<void>;
   /** All vaults by name, with usage, resources and bound policies. */
   listVaults(): Promise<VaultRecord[]>;
+  /**
+   * Creates a vault an agent named that the catalog does not know, as type 'server', location ''
+   * (unknown: only the agents know where it is) and no capacity; an existing vault is left as it is.
+   */
+  ensureVault(name: string): Promise<void>;
 
   // Resources
 
@@ -238,6 +303,13 @@ export interface Catalog {
   upsertResource(resource: ResourceRecord): Promise<void>;
   /** Resources by name, optionally only those of one agent and/or vault. */
   listResources(filter?: ResourceFilter): Promise<ResourceRecord[]>;
+  /**
+   * Makes the agent's resources exactly `resources` (its `resources` message): adds and updates
+   * those, removes the agent's others. A name another agent holds moves to this agent (a resource
+   * moved hosts; the latest report wins). Unknown vaults are created as by ensureVault. NOT_FOUND for
+   * an unknown agent; USAGE for a name repeated in the list.
+   */
+  replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<void>;
 
   // Policies. Each call that changes something bumps the one global policy version by exactly 1 and
   // returns the new version; a call that changes nothing (binding a bound vault, unbinding an unbound
@@ -293,11 +365,43 @@ export interface Catalog {
   getCommand(commandId: string): Promise<CommandRecord | undefined>;
   /** The agent's commands not completed yet, in the order they were added. */
   pendingCommands(agentId: string): Promise<CommandRecord[]>;
+  /** Matching commands, newest first (createdAt, then commandId, both descending). */
+  listCommands(filter?: CommandFilter): Promise<CommandRecord[]>;
   /**
    * Completes a command with its result. Idempotent: completing it again keeps the first result and
    * time and returns false; true when this call completed it. NOT_FOUND for an unknown id.
    */
   completeCommand(commandId: string, result: JsonValue, at: Timestamp): Promise<boolean>;
+
+  // Job results: idempotent by (agentId, jobId), so a re-sent job-result is stored once.
+
+  /** Stores the result; true when new, false when that agent's jobId was already stored (kept as first stored). NOT_FOUND for an unknown agent. */
+  recordJobResult(result: JobResultRecord): Promise<boolean>;
+  /** Matching results, newest first (receivedAt, then agentId and jobId, descending). */
+  listJobResults(filter?: JobResultFilter): Promise<JobResultRecord[]>;
+
+  // Catalog syncs
+
+  /**
+   * Stores one part of a sync. When the catalog then holds every part 0..n of that (agentId, syncId),
+   * the part with `last` being n, it replaces the vault's backups with their union, as
+   * replaceVaultBackups(vault, union, at) in the same transaction, forgets the parts, remembers the
+   * sync as done and returns the summary; otherwise null. A part of a sync already done, or a part
+   * stored already, changes nothing and returns null (re-sent outbox messages). USAGE when parts of one
+   * sync disagree on the vault or on which part is last, or a backup names another vault. Unknown
+   * vaults are created as by ensureVault.
+   */
+  addSyncPart(part: SyncPartInput, at: Timestamp): Promise<ReplaceSummary | null>;
+
+  // Change notices between control-plane instances that share one database
+
+  /**
+   * Calls `listener` when any instance sharing this database (this one included) changed policies or
+   * bindings (`policies`), or queued a command for an agent (`commands`), so the instance holding
+   * that agent's connection pushes it at once. Best effort: a notice may be lost while the database
+   * connection is down, so callers also catch up on connect. Returns the function that stops it.
+   */
+  watch(listener: (event: CatalogEvent) => void): () => void;
 
   /** Releases the database; the catalog must not be used afterwards. */
   close(): Promise<void>;

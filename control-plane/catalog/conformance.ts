@@ -6,7 +6,17 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { rejection } from '../../shared/store/conformance.js';
-import type { AgentInput, BackupInput, Catalog, PolicyRecord, ScannedBackup, VaultInput } from './catalog.js';
+import type {
+  AgentInput,
+  BackupInput,
+  Catalog,
+  CatalogEvent,
+  JobResultRecord,
+  PolicyRecord,
+  ScannedBackup,
+  SyncPartInput,
+  VaultInput,
+} from './catalog.js';
 
 export interface CatalogUnderTest {
   catalog: Catalog;
@@ -57,12 +67,30 @@ export function backupInput(id: string, minute: number, overrides: Partial<Backu
     bytesRead: 1000 + minute,
     bytesStored: 100 + minute,
     consistency: 'crash_consistent',
+    logicalBytes: 10_000 + minute,
+    host: 'web.example',
     status: 'available',
     ...overrides,
   };
 }
 
-function scanned(b: BackupInput): ScannedBackup {
+/** Events a watcher hears, and a way to wait until it has heard `count` of them. */
+export function watchEvents(catalog: Catalog): { seen: CatalogEvent[]; until: (count: number) => Promise<CatalogEvent[]>; stop: () => void } {
+  const seen: CatalogEvent[] = [];
+  const stop = catalog.watch((e) => seen.push(e));
+  const until = async (count: number) => {
+    const deadline = Date.now() + 5000;
+    while (seen.length < count && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    return seen;
+  };
+  return { seen, until, stop };
+}
+
+export function jobResult(agentId: string, jobId: string, minute: number, overrides: Partial<JobResultRecord> = {}): JobResultRecord {
+  return { agentId, jobId, commandId: null, status: 'ok', backupId: `b-${jobId}`, errorCode: null, errorMessage: null, receivedAt: at(minute), ...overrides };
+}
+
+export function scanned(b: BackupInput): ScannedBackup {
   const { status: _status, deletedAt: _deletedAt, ...rest } = b;
   return rest;
 }
@@ -252,6 +280,24 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
       });
     });
 
+    describe('ensureVault', () => {
+      it('creates an unknown vault as a server vault of unknown location and no capacity', async () => {
+        await catalog.ensureVault('v1');
+        await catalog.ensureVault('v1');
+        expect(await catalog.listVaults()).toEqual([
+          { name: 'v1', type: 'server', location: '', capacityBytes: null, usedBytes: 0, backupCount: 0, resources: [], policies: [] },
+        ]);
+      });
+
+      it('leaves a known vault as it is, and refuses an empty name with USAGE', async () => {
+        await catalog.upsertVault(vaultInput('v1', { type: 'disk', capacityBytes: 5e9 }));
+        await catalog.ensureVault('v1');
+        expect((await catalog.listVaults())[0]).toMatchObject(vaultInput('v1', { type: 'disk', capacityBytes: 5e9 }));
+        await rejection(catalog.ensureVault(''), 'USAGE');
+        expect(await catalog.listVaults()).toHaveLength(1);
+      });
+    });
+
     describe('resources', () => {
       beforeEach(async () => {
         await catalog.addAgent(agentInput('agent-1'));
@@ -283,6 +329,64 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
         expect((await rejection(catalog.upsertResource({ name: 'web', agentId: 'agent-1', vault: 'v9', disks: [] }), 'NOT_FOUND')).message).toContain('v9');
         await rejection(catalog.upsertResource({ name: 'web', agentId: 'agent-1', vault: 'v1', disks: [7 as unknown as string] }), 'USAGE');
         expect(await catalog.listResources()).toEqual([]);
+      });
+    });
+
+    describe('replaceAgentResources', () => {
+      beforeEach(async () => {
+        await catalog.addAgent(agentInput('agent-1'));
+        await catalog.addAgent(agentInput('agent-2', 1));
+        await catalog.upsertVault(vaultInput('v1'));
+      });
+      const all = async () => (await catalog.listResources()).map((r) => [r.name, r.agentId, r.vault, r.disks]);
+
+      it("makes the agent's resources exactly the list: adds, updates and removes, leaving other agents' alone", async () => {
+        await catalog.upsertResource({ name: 'old', agentId: 'agent-1', vault: 'v1', disks: ['/dev/sdz'] });
+        await catalog.upsertResource({ name: 'web', agentId: 'agent-1', vault: 'v1', disks: ['/dev/sda'] });
+        await catalog.upsertResource({ name: 'mail', agentId: 'agent-2', vault: 'v1', disks: ['/dev/sdc'] });
+        const report = [
+          { name: 'web', vault: 'v1', disks: ['/dev/sda', '/dev/sdb'] },
+          { name: 'db', vault: 'v1', disks: ['/dev/nvme0n1'] },
+        ];
+        await catalog.replaceAgentResources('agent-1', report);
+        const expected = [
+          ['db', 'agent-1', 'v1', ['/dev/nvme0n1']],
+          ['mail', 'agent-2', 'v1', ['/dev/sdc']],
+          ['web', 'agent-1', 'v1', ['/dev/sda', '/dev/sdb']],
+        ];
+        expect(await all()).toEqual(expected);
+        // The same report again is the same state.
+        await catalog.replaceAgentResources('agent-1', report);
+        expect(await all()).toEqual(expected);
+        await catalog.replaceAgentResources('agent-1', []);
+        expect(await all()).toEqual([['mail', 'agent-2', 'v1', ['/dev/sdc']]]);
+      });
+
+      it('moves a name another agent holds to the reporting agent, and creates unknown vaults as ensureVault does', async () => {
+        await catalog.upsertResource({ name: 'web', agentId: 'agent-2', vault: 'v1', disks: ['/dev/sda'] });
+        await catalog.replaceAgentResources('agent-1', [{ name: 'web', vault: 'v-new', disks: ['/dev/sdb'] }]);
+        expect(await all()).toEqual([['web', 'agent-1', 'v-new', ['/dev/sdb']]]);
+        expect((await catalog.listVaults()).map((v) => [v.name, v.type, v.location, v.resources])).toEqual([
+          ['v-new', 'server', '', ['web']],
+          ['v1', 'server', 's3://backups/v1', []],
+        ]);
+      });
+
+      it('refuses an unknown agent with NOT_FOUND, and a repeated name or a bad entry with USAGE, changing nothing', async () => {
+        await catalog.upsertResource({ name: 'web', agentId: 'agent-1', vault: 'v1', disks: ['/dev/sda'] });
+        expect((await rejection(catalog.replaceAgentResources('ghost', [{ name: 'x', vault: 'v2', disks: [] }]), 'NOT_FOUND')).message).toContain('ghost');
+        const twice = await rejection(
+          catalog.replaceAgentResources('agent-1', [
+            { name: 'db', vault: 'v2', disks: [] },
+            { name: 'db', vault: 'v2', disks: ['/dev/sdb'] },
+          ]),
+          'USAGE',
+        );
+        expect(twice.message).toContain('db');
+        await rejection(catalog.replaceAgentResources('agent-1', [{ name: 'db', vault: 'v2', disks: [] }, { name: 'mail', vault: '', disks: [] }]), 'USAGE');
+        await rejection(catalog.replaceAgentResources('agent-1', [{ name: 'db', vault: 'v2', disks: 'sda' as unknown as string[] }]), 'USAGE');
+        expect(await all()).toEqual([['web', 'agent-1', 'v1', ['/dev/sda']]]);
+        expect((await catalog.listVaults()).map((v) => v.name)).toEqual(['v1']);
       });
     });
 
@@ -412,6 +516,20 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
         expect((await catalog.getBackup('b1'))?.deletedAt).toBe(at(50));
         await catalog.recordBackup(backupInput('b1', 0));
         expect(await catalog.getBackup('b1')).toMatchObject({ status: 'available', deletedAt: null });
+      });
+
+      it('stores logicalBytes and host as null when not given, and fills them in later, keeping known ones', async () => {
+        const { logicalBytes: _l, host: _h, ...bare } = backupInput('b1', 0);
+        await catalog.recordBackup(bare);
+        expect(await catalog.getBackup('b1')).toMatchObject({ logicalBytes: null, host: null });
+        await catalog.recordBackup(backupInput('b1', 0, { logicalBytes: 5000, host: 'db.example' }));
+        expect(await catalog.getBackup('b1')).toMatchObject({ logicalBytes: 5000, host: 'db.example' });
+        await catalog.recordBackup(backupInput('b1', 0, { logicalBytes: 6000, host: 'other.example' }));
+        await catalog.recordBackup(backupInput('b1', 0, { logicalBytes: null, host: null }));
+        expect(await catalog.getBackup('b1')).toMatchObject({ logicalBytes: 5000, host: 'db.example' });
+        await rejection(catalog.recordBackup(backupInput('b2', 0, { logicalBytes: -5 })), 'USAGE');
+        await rejection(catalog.recordBackup(backupInput('b2', 0, { host: '' })), 'USAGE');
+        expect(await catalog.getBackup('b2')).toBeUndefined();
       });
 
       it('refuses the same id with another identity with ALREADY_EXISTS, changing nothing', async () => {
@@ -612,6 +730,224 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
         expect(await catalog.completeCommand('c1', null, at(10))).toBe(true);
         expect(await catalog.getCommand('c1')).toMatchObject({ completedAt: at(10), result: null });
         expect(await catalog.pendingCommands('agent-1')).toEqual([]);
+      });
+
+      it('lists commands newest first (ties by commandId descending), by agent and by state, in pages', async () => {
+        await catalog.addCommand(command('c1', 'agent-1', 1));
+        await catalog.addCommand(command('c2', 'agent-2', 2));
+        await catalog.addCommand(command('c3', 'agent-1', 3));
+        await catalog.addCommand(command('c4', 'agent-1', 3));
+        await catalog.addCommand(command('c0', 'agent-2', 9));
+        await catalog.completeCommand('c3', { ok: true }, at(10));
+        const ids = async (f?: Parameters<Catalog['listCommands']>[0]) => (await catalog.listCommands(f)).map((c) => c.commandId);
+        expect(await ids()).toEqual(['c0', 'c4', 'c3', 'c2', 'c1']);
+        expect(await ids({ agentId: 'agent-1' })).toEqual(['c4', 'c3', 'c1']);
+        expect(await ids({ pending: true })).toEqual(['c0', 'c4', 'c2', 'c1']);
+        expect(await ids({ pending: false })).toEqual(['c3']);
+        expect(await ids({ agentId: 'agent-2', pending: true })).toEqual(['c0', 'c2']);
+        expect(await ids({ limit: 2, offset: 1 })).toEqual(['c4', 'c3']);
+        expect(await ids({ limit: 0 })).toEqual([]);
+        expect(await ids({ agentId: 'nobody' })).toEqual([]);
+        expect((await catalog.listCommands({ pending: false }))[0]).toEqual({ ...command('c3', 'agent-1', 3), completedAt: at(10), result: { ok: true } });
+        await rejection(catalog.listCommands({ limit: -1 }), 'USAGE');
+        await rejection(catalog.listCommands({ offset: 0.5 }), 'USAGE');
+        await rejection(catalog.listCommands({ pending: 'yes' as unknown as boolean }), 'USAGE');
+      });
+    });
+
+    describe('job results', () => {
+      beforeEach(async () => {
+        await catalog.addAgent(agentInput('agent-1'));
+        await catalog.addAgent(agentInput('agent-2', 1));
+      });
+
+      it('stores a result once per agent and job: a re-sent one returns false and keeps the first', async () => {
+        const first = jobResult('agent-1', 'j1', 5, { commandId: 'c1' });
+        expect(await catalog.recordJobResult(first)).toBe(true);
+        expect(await catalog.recordJobResult({ ...first, status: 'failed', errorCode: 'INTERNAL', receivedAt: at(6) })).toBe(false);
+        // The same job id of another agent is another job.
+        expect(await catalog.recordJobResult(jobResult('agent-2', 'j1', 7))).toBe(true);
+        expect(await catalog.listJobResults({ agentId: 'agent-1' })).toEqual([first]);
+        expect(await catalog.listJobResults()).toHaveLength(2);
+      });
+
+      it('refuses an unknown agent with NOT_FOUND and inconsistent fields with USAGE, storing nothing', async () => {
+        expect((await rejection(catalog.recordJobResult(jobResult('ghost', 'j1', 0)), 'NOT_FOUND')).message).toContain('ghost');
+        await rejection(catalog.recordJobResult(jobResult('agent-1', 'j1', 0, { errorCode: 'INTERNAL' })), 'USAGE');
+        await rejection(catalog.recordJobResult(jobResult('agent-1', 'j1', 0, { status: 'failed' })), 'USAGE');
+        await rejection(catalog.recordJobResult(jobResult('agent-1', 'j1', 0, { status: 'done' as 'ok' })), 'USAGE');
+        await rejection(catalog.recordJobResult(jobResult('agent-1', '', 0)), 'USAGE');
+        await rejection(catalog.recordJobResult(jobResult('agent-1', 'j1', 0, { receivedAt: 'now' })), 'USAGE');
+        expect(await catalog.listJobResults()).toEqual([]);
+        // A cancelled job may carry an error code or not.
+        expect(await catalog.recordJobResult(jobResult('agent-1', 'j2', 0, { status: 'cancelled', backupId: null }))).toBe(true);
+        const failed = jobResult('agent-1', 'j3', 0, { status: 'failed', backupId: null, errorCode: 'SOURCE_UNREADABLE', errorMessage: 'cannot read /dev/sda' });
+        expect(await catalog.recordJobResult(failed)).toBe(true);
+        expect(await catalog.listJobResults({ status: 'failed' })).toEqual([failed]);
+      });
+
+      it('lists newest first (ties by agent, then job, descending), filtered by agent, status and time, limited', async () => {
+        await catalog.recordJobResult(jobResult('agent-1', 'j1', 1));
+        await catalog.recordJobResult(jobResult('agent-1', 'j2', 3, { status: 'failed', errorCode: 'INTERNAL' }));
+        await catalog.recordJobResult(jobResult('agent-2', 'j1', 3));
+        await catalog.recordJobResult(jobResult('agent-2', 'j0', 3));
+        await catalog.recordJobResult(jobResult('agent-1', 'j3', 8, { status: 'cancelled' }));
+        const keys = async (f?: Parameters<Catalog['listJobResults']>[0]) => (await catalog.listJobResults(f)).map((r) => `${r.agentId}/${r.jobId}`);
+        expect(await keys()).toEqual(['agent-1/j3', 'agent-2/j1', 'agent-2/j0', 'agent-1/j2', 'agent-1/j1']);
+        expect(await keys({ agentId: 'agent-1' })).toEqual(['agent-1/j3', 'agent-1/j2', 'agent-1/j1']);
+        expect(await keys({ status: 'ok' })).toEqual(['agent-2/j1', 'agent-2/j0', 'agent-1/j1']);
+        expect(await keys({ from: at(3), to: at(8) })).toEqual(['agent-2/j1', 'agent-2/j0', 'agent-1/j2']);
+        expect(await keys({ limit: 2 })).toEqual(['agent-1/j3', 'agent-2/j1']);
+        await rejection(catalog.listJobResults({ status: 'odd' as 'ok' }), 'USAGE');
+        await rejection(catalog.listJobResults({ from: 'yesterday' }), 'USAGE');
+        await rejection(catalog.listJobResults({ limit: -2 }), 'USAGE');
+      });
+    });
+
+    describe('catalog syncs', () => {
+      beforeEach(async () => {
+        await catalog.upsertVault(vaultInput('v1'));
+        await catalog.upsertVault(vaultInput('v2'));
+      });
+      const part = (n: number, last: boolean, backups: BackupInput[], overrides: Partial<SyncPartInput> = {}): SyncPartInput => ({
+        agentId: 'agent-1',
+        syncId: 's1',
+        vault: 'v1',
+        part: n,
+        last,
+        backups: backups.map(scanned),
+        ...overrides,
+      });
+      const states = async () => (await catalog.listBackups()).map((b) => [b.id, b.vault, b.status, b.deletedAt]);
+
+      it('replaces the vault\'s backups when the one and last part arrives', async () => {
+        await catalog.recordBackup(backupInput('gone', 0));
+        await catalog.recordBackup(backupInput('other', 1, { vault: 'v2' }));
+        expect(await catalog.addSyncPart(part(0, true, [backupInput('new', 2, { agentId: null })]), at(60))).toEqual({ added: 1, restored: 0, deleted: 1 });
+        expect(await states()).toEqual([
+          ['new', 'v1', 'available', null],
+          ['other', 'v2', 'available', null],
+          ['gone', 'v1', 'deleted', at(60)],
+        ]);
+        expect(await catalog.getBackup('new')).toEqual({ ...backupInput('new', 2, { agentId: null }), deletedAt: null });
+      });
+
+      it('waits for every part, in any order, then replaces with their union once', async () => {
+        await catalog.recordBackup(backupInput('gone', 0));
+        await catalog.recordBackup(backupInput('back', 1));
+        await catalog.markBackupDeleted('back', at(5));
+        expect(await catalog.addSyncPart(part(2, true, [backupInput('c', 4)]), at(60))).toBeNull();
+        expect(await catalog.addSyncPart(part(0, false, [backupInput('a', 2), backupInput('back', 1)]), at(60))).toBeNull();
+        // A re-sent part changes nothing.
+        expect(await catalog.addSyncPart(part(0, false, [backupInput('a', 2), backupInput('back', 1)]), at(60))).toBeNull();
+        expect(await states()).toEqual([
+          ['back', 'v1', 'deleted', at(5)],
+          ['gone', 'v1', 'available', null],
+        ]);
+        expect(await catalog.addSyncPart(part(1, false, [backupInput('b', 3)]), at(61))).toEqual({ added: 3, restored: 1, deleted: 1 });
+        expect(await states()).toEqual([
+          ['c', 'v1', 'available', null],
+          ['b', 'v1', 'available', null],
+          ['a', 'v1', 'available', null],
+          ['back', 'v1', 'available', null],
+          ['gone', 'v1', 'deleted', at(61)],
+        ]);
+        // A part of a sync done already is a re-sent message: nothing changes, even when the vault changed since.
+        await catalog.markBackupDeleted('a', at(70));
+        for (const [n, last] of [[0, false], [1, false], [2, true]] as const) {
+          expect(await catalog.addSyncPart(part(n, last, [backupInput('a', 2)]), at(80))).toBeNull();
+        }
+        expect((await catalog.getBackup('a'))?.status).toBe('deleted');
+        expect(await catalog.listBackups({ status: 'available' })).toHaveLength(3);
+      });
+
+      it('keeps syncs apart by agent and syncId, and creates an unknown vault as ensureVault does', async () => {
+        expect(await catalog.addSyncPart(part(1, true, [], { vault: 'v-new' }), at(60))).toBeNull();
+        expect(await catalog.addSyncPart(part(0, false, [], { agentId: 'agent-2', vault: 'v-new' }), at(60))).toBeNull();
+        expect(await catalog.addSyncPart(part(0, false, [], { syncId: 's2', vault: 'v-new' }), at(60))).toBeNull();
+        expect(await catalog.addSyncPart(part(0, false, [backupInput('x', 0, { vault: 'v-new' })], { vault: 'v-new' }), at(60))).toEqual({ added: 1, restored: 0, deleted: 0 });
+        expect((await catalog.listVaults()).find((v) => v.name === 'v-new')).toMatchObject({ type: 'server', location: '', capacityBytes: null, backupCount: 1 });
+      });
+
+      it('refuses parts that disagree on the vault or on the last part, and backups of another vault, with USAGE', async () => {
+        expect(await catalog.addSyncPart(part(1, true, [backupInput('b', 1)]), at(60))).toBeNull();
+        expect((await rejection(catalog.addSyncPart(part(0, false, [], { vault: 'v2' }), at(60)), 'USAGE')).message).toContain('v2');
+        await rejection(catalog.addSyncPart(part(2, false, []), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(0, true, []), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(1, false, [backupInput('b', 1)]), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(0, false, [backupInput('x', 0, { vault: 'v2' })]), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(-1, false, []), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(0, false, [], { syncId: '' }), at(60)), 'USAGE');
+        await rejection(catalog.addSyncPart(part(0, false, []), 'later'), 'USAGE');
+        expect(await catalog.listBackups()).toEqual([]);
+        // The refused parts left no trace: the right part 0 completes the sync.
+        expect(await catalog.addSyncPart(part(0, false, [backupInput('a', 0)]), at(60))).toEqual({ added: 2, restored: 0, deleted: 0 });
+      });
+
+      it('is one transaction: a conflicting backup in the union changes nothing and stores no part', async () => {
+        await catalog.recordBackup(backupInput('keep', 0));
+        await catalog.recordBackup(backupInput('clash', 1, { vault: 'v2' }));
+        expect(await catalog.addSyncPart(part(0, false, [backupInput('new', 2)]), at(60))).toBeNull();
+        await rejection(catalog.addSyncPart(part(1, true, [backupInput('clash', 1)]), at(60)), 'ALREADY_EXISTS');
+        expect(await states()).toEqual([
+          ['clash', 'v2', 'available', null],
+          ['keep', 'v1', 'available', null],
+        ]);
+        // The last part was not stored: a corrected one completes the sync.
+        expect(await catalog.addSyncPart(part(1, true, [backupInput('keep', 0)]), at(61))).toEqual({ added: 1, restored: 0, deleted: 0 });
+      });
+
+      it('completes once among concurrent parts', async () => {
+        const parts = Array.from({ length: 6 }, (_, i) => part(i, i === 5, [backupInput(`b${i}`, i)]));
+        const results = await Promise.all([...parts, ...parts].map((p) => catalog.addSyncPart(p, at(60))));
+        expect(results.filter((r) => r !== null)).toEqual([{ added: 6, restored: 0, deleted: 0 }]);
+        expect(await catalog.listBackups({ status: 'available' })).toHaveLength(6);
+      });
+    });
+
+    describe('watch', () => {
+      beforeEach(async () => {
+        await catalog.addAgent(agentInput('agent-1'));
+        await catalog.upsertVault(vaultInput('v1'));
+      });
+
+      it('tells of policy changes and newly queued commands, not of calls that changed nothing or failed', async () => {
+        const events = watchEvents(catalog);
+        try {
+          await catalog.createPolicy(policyInput('p1'));
+          await catalog.bindPolicy('p1', 'v1');
+          await catalog.bindPolicy('p1', 'v1');
+          await catalog.updatePolicy('p1', {});
+          await rejection(catalog.createPolicy(policyInput('p1')), 'ALREADY_EXISTS');
+          await catalog.addCommand({ commandId: 'c1', agentId: 'agent-1', action: 'verify', args: null, createdAt: at(1) });
+          await catalog.addCommand({ commandId: 'c1', agentId: 'agent-1', action: 'verify', args: null, createdAt: at(1) });
+          await catalog.unbindPolicy('p1', 'v1');
+          await catalog.deletePolicy('p1');
+          expect(await events.until(5)).toEqual([
+            { kind: 'policies' },
+            { kind: 'policies' },
+            { kind: 'commands', agentId: 'agent-1' },
+            { kind: 'policies' },
+            { kind: 'policies' },
+          ]);
+        } finally {
+          events.stop();
+        }
+      });
+
+      it('stops telling a listener once stopped, while others still hear', async () => {
+        const stopped = watchEvents(catalog);
+        const still = watchEvents(catalog);
+        try {
+          await catalog.createPolicy(policyInput('p1'));
+          expect(await stopped.until(1)).toEqual([{ kind: 'policies' }]);
+          stopped.stop();
+          await catalog.createPolicy(policyInput('p2'));
+          expect(await still.until(2)).toEqual([{ kind: 'policies' }, { kind: 'policies' }]);
+          expect(stopped.seen).toHaveLength(1);
+        } finally {
+          still.stop();
+        }
       });
     });
   });

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { CairnError, isCairnError } from '../../shared/errors.js';
 import { agentInput, at, backupInput, describeCatalog, policyInput, vaultInput } from './conformance.js';
-import { SCHEMA_VERSION, SqliteCatalog } from './sqlite-catalog.js';
+import { MIGRATIONS, SCHEMA_VERSION, SqliteCatalog } from './sqlite-catalog.js';
 
 async function freshDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'cairn-catalog-'));
@@ -94,6 +94,44 @@ describe('SqliteCatalog on its file', () => {
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
+    }
+  });
+
+  it('migrates a database of schema version 1, keeping its backups (logicalBytes and host unknown)', async () => {
+    const db = new Database(path.replace('sub/', ''));
+    db.exec(MIGRATIONS[0].sql);
+    db.exec('CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version (version) VALUES (1)');
+    db.exec(`INSERT INTO vaults (name, type, location) VALUES ('v1', 'server', '/srv/v1')`);
+    db.exec(`INSERT INTO backups (id, name, vault, resource, agent_id, kind, started_at, finished_at, bytes_read, bytes_stored, consistency, status)
+             VALUES ('b1', 'autobk_b1', 'v1', 'web', 'agent-1', 'full', '${at(0)}', '${at(10)}', 10, 5, 'crash_consistent', 'available')`);
+    db.close();
+    const catalog = new SqliteCatalog(path.replace('sub/', ''));
+    try {
+      expect(await catalog.getBackup('b1')).toMatchObject({ id: 'b1', bytesStored: 5, logicalBytes: null, host: null });
+      await catalog.recordBackup(backupInput('b1', 0, { kind: 'full', logicalBytes: 100, host: 'h' }));
+      expect(await catalog.getBackup('b1')).toMatchObject({ logicalBytes: 100, host: 'h' });
+      expect(await catalog.listJobResults()).toEqual([]);
+    } finally {
+      await catalog.close();
+    }
+  });
+
+  it('tells only its own watchers: another SqliteCatalog on the same file hears nothing', async () => {
+    const a = new SqliteCatalog(path);
+    const b = new SqliteCatalog(path);
+    const heardA: string[] = [];
+    const heardB: string[] = [];
+    const stopA = a.watch((e) => heardA.push(e.kind));
+    const stopB = b.watch((e) => heardB.push(e.kind));
+    try {
+      await a.createPolicy(policyInput('p1'));
+      expect(heardA).toEqual(['policies']);
+      expect(heardB).toEqual([]);
+    } finally {
+      stopA();
+      stopB();
+      await a.close();
+      await b.close();
     }
   });
 

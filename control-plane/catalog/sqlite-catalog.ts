@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
@@ -11,10 +12,14 @@ import type {
   BackupInput,
   BackupRecord,
   Catalog,
+  CatalogEvent,
+  CommandFilter,
   CommandInput,
   CommandRecord,
   EnrollmentToken,
   EnrollmentTokenInput,
+  JobResultFilter,
+  JobResultRecord,
   JsonValue,
   PolicyChanges,
   PolicyRecord,
@@ -22,6 +27,7 @@ import type {
   ResourceFilter,
   ResourceRecord,
   ScannedBackup,
+  SyncPartInput,
   Timestamp,
   VaultInput,
   VaultRecord,
@@ -30,13 +36,20 @@ import {
   BACKUP_IDENTITY,
   BACKUP_KINDS,
   BACKUP_STATUSES,
+  JOB_STATUSES,
+  agentResources,
   backupInput,
+  booleanFilter,
   canonicalJson,
+  checkSyncPart,
+  type CheckedBackup,
+  jobResultInput,
   jsonText,
   nonNegativeInteger,
   policyRecord,
   requiredText,
   stringList,
+  syncPartInput,
   timestamp,
   vaultInput,
 } from './catalog-input.js';
@@ -49,6 +62,10 @@ import {
  * SQLite's default (FULL): a committed token use or policy change survives a power cut.
  *
  * better-sqlite3 is synchronous; the methods are async only to fit the Catalog interface.
+ *
+ * watch() is an in-process emitter: it hears this instance's changes only. Another process (or
+ * another SqliteCatalog on the same file) is not notified; several control-plane instances need
+ * the PostgreSQL catalog, whose notices cross instances.
  */
 
 interface Migration {
@@ -123,6 +140,34 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX commands_pending ON commands (agent_id, seq) WHERE completed_at IS NULL;
     `,
   },
+  {
+    version: 2,
+    description: 'backups: logical size and host; job results; catalog sync parts; commands listed newest first',
+    sql: `
+      ALTER TABLE backups ADD COLUMN logical_bytes INTEGER;
+      ALTER TABLE backups ADD COLUMN host TEXT;
+      CREATE INDEX commands_newest ON commands (created_at DESC, command_id DESC);
+      CREATE TABLE job_results (
+        agent_id TEXT NOT NULL REFERENCES agents (agent_id),
+        job_id TEXT NOT NULL,
+        command_id TEXT,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'cancelled')),
+        backup_id TEXT, error_code TEXT, error_message TEXT,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, job_id)
+      );
+      CREATE INDEX job_results_newest ON job_results (received_at DESC, agent_id DESC, job_id DESC);
+      CREATE TABLE sync_parts (
+        agent_id TEXT NOT NULL, sync_id TEXT NOT NULL, part INTEGER NOT NULL,
+        vault TEXT NOT NULL, last INTEGER NOT NULL, backups TEXT NOT NULL,
+        PRIMARY KEY (agent_id, sync_id, part)
+      );
+      CREATE TABLE syncs_done (
+        agent_id TEXT NOT NULL, sync_id TEXT NOT NULL, vault TEXT NOT NULL, done_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, sync_id)
+      );
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
@@ -151,8 +196,21 @@ interface BackupRow {
   bytes_read: number;
   bytes_stored: number;
   consistency: BackupRecord['consistency'];
+  logical_bytes: number | null;
+  host: string | null;
   status: BackupRecord['status'];
   deleted_at: string | null;
+}
+
+interface JobResultRow {
+  agent_id: string;
+  job_id: string;
+  command_id: string | null;
+  status: JobResultRecord['status'];
+  backup_id: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  received_at: string;
 }
 
 interface CommandRow {
@@ -175,6 +233,9 @@ interface PolicyRow {
 export class SqliteCatalog implements Catalog {
   private readonly db: Database.Database;
   private readonly statements = new Map<string, Database.Statement>();
+  private readonly events = new EventEmitter();
+  /** Notices of the write transaction running now, emitted once it commits. */
+  private notices: CatalogEvent[] = [];
 
   /**
    * Opens (creating if needed) the catalog at `path` and migrates it to SCHEMA_VERSION. Throws
@@ -351,6 +412,11 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
+  async ensureVault(name: string): Promise<void> {
+    const vault = requiredText(name, 'vault name');
+    this.write('ensuring a vault', () => this.ensureVaultRow(vault));
+  }
+
   // Resources
 
   async upsertResource(resource: ResourceRecord): Promise<void> {
@@ -389,6 +455,28 @@ export class SqliteCatalog implements Catalog {
         ...params,
       ).map((r) => ({ name: r.name, agentId: r.agent_id, vault: r.vault, disks: JSON.parse(r.disks) as string[] })),
     );
+  }
+
+  async replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<void> {
+    const rows = agentResources(requiredText(agentId, 'agentId'), resources);
+    this.write("replacing an agent's resources", () => {
+      this.mustExist('agents', 'agent_id', agentId, `agent ${agentId}`);
+      const keep = new Set(rows.map((r) => r.name));
+      for (const { name } of this.all<{ name: string }>('SELECT name FROM resources WHERE agent_id = ?', agentId)) {
+        if (!keep.has(name)) this.run('DELETE FROM resources WHERE name = ?', name);
+      }
+      for (const r of rows) {
+        this.ensureVaultRow(r.vault);
+        this.run(
+          `INSERT INTO resources (name, agent_id, vault, disks) VALUES (?, ?, ?, ?)
+           ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id, vault = excluded.vault, disks = excluded.disks`,
+          r.name,
+          agentId,
+          r.vault,
+          JSON.stringify(r.disks),
+        );
+      }
+    });
   }
 
   // Policies
@@ -524,19 +612,7 @@ export class SqliteCatalog implements Catalog {
     }
     return this.write('replacing the backups of a vault', () => {
       this.mustExist('vaults', 'name', vault, `vault ${vault}`);
-      const summary: ReplaceSummary = { added: 0, restored: 0, deleted: 0 };
-      for (const b of scanned) {
-        const before = this.recordBackupRow(b);
-        if (before === undefined) summary.added++;
-        else if (before.status === 'deleted') summary.restored++;
-      }
-      const present = new Set(scanned.map((b) => b.id));
-      for (const { id } of this.all<{ id: string }>(`SELECT id FROM backups WHERE vault = ? AND status = 'available'`, vault)) {
-        if (present.has(id)) continue;
-        this.run(`UPDATE backups SET status = 'deleted', deleted_at = ? WHERE id = ?`, when, id);
-        summary.deleted++;
-      }
-      return summary;
+      return this.replaceVaultRows(vault, scanned, when);
     });
   }
 
@@ -569,6 +645,7 @@ export class SqliteCatalog implements Catalog {
         'INSERT INTO commands (command_id, agent_id, action, args, created_at) VALUES (@commandId, @agentId, @action, @args, @createdAt)',
         c,
       );
+      this.notices.push({ kind: 'commands', agentId: c.agentId });
     });
   }
 
@@ -600,20 +677,153 @@ export class SqliteCatalog implements Catalog {
     if (this.db.open) this.db.close();
   }
 
+  async listCommands(filter: CommandFilter = {}): Promise<CommandRecord[]> {
+    const where: string[] = [];
+    const params: string[] = [];
+    if (filter.agentId !== undefined) {
+      where.push('agent_id = ?');
+      params.push(filter.agentId);
+    }
+    if (filter.pending !== undefined) where.push(booleanFilter(filter.pending, 'pending') ? 'completed_at IS NULL' : 'completed_at IS NOT NULL');
+    const limit = filter.limit === undefined ? -1 : nonNegativeInteger(filter.limit, 'filter limit');
+    const offset = filter.offset === undefined ? 0 : nonNegativeInteger(filter.offset, 'filter offset');
+    return this.read('listing commands', () =>
+      this.all<CommandRow>(
+        `SELECT * FROM commands ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+         ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?`,
+        ...params,
+        limit,
+        offset,
+      ).map(commandFrom),
+    );
+  }
+
+  // Job results
+
+  async recordJobResult(result: JobResultRecord): Promise<boolean> {
+    const r = jobResultInput(result);
+    return this.write('recording a job result', () => {
+      this.mustExist('agents', 'agent_id', r.agentId, `agent ${r.agentId} of job ${r.jobId}`);
+      const done = this.run(
+        `INSERT INTO job_results (agent_id, job_id, command_id, status, backup_id, error_code, error_message, received_at)
+         VALUES (@agentId, @jobId, @commandId, @status, @backupId, @errorCode, @errorMessage, @receivedAt)
+         ON CONFLICT (agent_id, job_id) DO NOTHING`,
+        r,
+      );
+      return done.changes > 0;
+    });
+  }
+
+  async listJobResults(filter: JobResultFilter = {}): Promise<JobResultRecord[]> {
+    const where: string[] = [];
+    const params: string[] = [];
+    const add = (sql: string, value: string) => {
+      where.push(sql);
+      params.push(value);
+    };
+    if (filter.agentId !== undefined) add('agent_id = ?', filter.agentId);
+    if (filter.status !== undefined) add('status = ?', oneOfFilter(filter.status, JOB_STATUSES, 'status'));
+    if (filter.from !== undefined) add('received_at >= ?', timestamp(filter.from, 'filter from'));
+    if (filter.to !== undefined) add('received_at < ?', timestamp(filter.to, 'filter to'));
+    const limit = filter.limit === undefined ? -1 : nonNegativeInteger(filter.limit, 'filter limit');
+    return this.read('listing job results', () =>
+      this.all<JobResultRow>(
+        `SELECT * FROM job_results ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+         ORDER BY received_at DESC, agent_id DESC, job_id DESC LIMIT ?`,
+        ...params,
+        limit,
+      ).map(jobResultFrom),
+    );
+  }
+
+  // Catalog syncs
+
+  async addSyncPart(part: SyncPartInput, at: Timestamp): Promise<ReplaceSummary | null> {
+    const p = syncPartInput(part);
+    const when = timestamp(at, 'sync time');
+    const sync = `sync ${p.syncId} of agent ${p.agentId}`;
+    return this.write('storing a catalog sync part', () => {
+      if (this.get('SELECT 1 FROM syncs_done WHERE agent_id = ? AND sync_id = ?', p.agentId, p.syncId)) return null;
+      const stored = this.all<{ part: number; vault: string; last: number }>(
+        'SELECT part, vault, last FROM sync_parts WHERE agent_id = ? AND sync_id = ? ORDER BY part',
+        p.agentId,
+        p.syncId,
+      );
+      checkSyncPart(p, stored.map((s) => ({ part: s.part, vault: s.vault, last: s.last === 1 })), sync);
+      if (stored.some((s) => s.part === p.part)) return null;
+      this.run(
+        'INSERT INTO sync_parts (agent_id, sync_id, part, vault, last, backups) VALUES (?, ?, ?, ?, ?, ?)',
+        p.agentId,
+        p.syncId,
+        p.part,
+        p.vault,
+        p.last ? 1 : 0,
+        JSON.stringify(p.backups),
+      );
+      const parts = this.all<{ part: number; last: number; backups: string }>(
+        'SELECT part, last, backups FROM sync_parts WHERE agent_id = ? AND sync_id = ? ORDER BY part',
+        p.agentId,
+        p.syncId,
+      );
+      const last = parts.find((s) => s.last === 1);
+      if (!last || parts.length !== last.part + 1) return null;
+      this.ensureVaultRow(p.vault);
+      const summary = this.replaceVaultRows(p.vault, parts.flatMap((s) => JSON.parse(s.backups) as CheckedBackup[]), when);
+      this.run('DELETE FROM sync_parts WHERE agent_id = ? AND sync_id = ?', p.agentId, p.syncId);
+      this.run('INSERT INTO syncs_done (agent_id, sync_id, vault, done_at) VALUES (?, ?, ?, ?)', p.agentId, p.syncId, p.vault, when);
+      return summary;
+    });
+  }
+
+  // Change notices
+
+  watch(listener: (event: CatalogEvent) => void): () => void {
+    const safe = (event: CatalogEvent) => {
+      try {
+        listener(event);
+      } catch {
+        // A listener's failure is the listener's: the change it hears about is committed already.
+      }
+    };
+    this.events.on('notice', safe);
+    return () => this.events.off('notice', safe);
+  }
+
   // Internals
+
+  private ensureVaultRow(name: string): void {
+    this.run(`INSERT INTO vaults (name, type, location, capacity_bytes) VALUES (?, 'server', '', NULL) ON CONFLICT (name) DO NOTHING`, name);
+  }
+
+  /** replaceVaultBackups inside the caller's transaction, on checked backups of `vault`. */
+  private replaceVaultRows(vault: string, scanned: CheckedBackup[], when: Timestamp): ReplaceSummary {
+    const summary: ReplaceSummary = { added: 0, restored: 0, deleted: 0 };
+    for (const b of scanned) {
+      const before = this.recordBackupRow(b);
+      if (before === undefined) summary.added++;
+      else if (before.status === 'deleted') summary.restored++;
+    }
+    const present = new Set(scanned.map((b) => b.id));
+    for (const { id } of this.all<{ id: string }>(`SELECT id FROM backups WHERE vault = ? AND status = 'available'`, vault)) {
+      if (present.has(id)) continue;
+      this.run(`UPDATE backups SET status = 'deleted', deleted_at = ? WHERE id = ?`, when, id);
+      summary.deleted++;
+    }
+    return summary;
+  }
 
   /**
    * Inserts or updates one backup by the rules of Catalog.recordBackup, inside the caller's
    * transaction; returns the row as it was before (undefined: new).
    */
-  private recordBackupRow(b: ReturnType<typeof backupInput>): BackupRecord | undefined {
+  private recordBackupRow(b: CheckedBackup): BackupRecord | undefined {
     const old = this.get<BackupRow>('SELECT * FROM backups WHERE id = ?', b.id);
     if (!old) {
       this.run(
         `INSERT INTO backups (id, name, vault, resource, agent_id, kind, started_at, finished_at, bytes_read, bytes_stored,
-           consistency, status, deleted_at)
+           consistency, logical_bytes, host, status, deleted_at)
          VALUES (@id, @name, @vault, @resource, @agentId, @kind, @startedAt, @finishedAt, @bytesRead, @bytesStored,
-           @consistency, @status, @deletedAt)`,
+           @consistency, @logicalBytes, @host, @status, @deletedAt)`,
         b,
       );
       return undefined;
@@ -628,7 +838,16 @@ export class SqliteCatalog implements Catalog {
       );
     }
     const deletedAt = b.status === 'deleted' ? (before.status === 'deleted' ? before.deletedAt : null) ?? b.deletedAt : null;
-    this.run('UPDATE backups SET agent_id = COALESCE(agent_id, ?), status = ?, deleted_at = ? WHERE id = ?', b.agentId, b.status, deletedAt, b.id);
+    this.run(
+      `UPDATE backups SET agent_id = COALESCE(agent_id, ?), logical_bytes = COALESCE(logical_bytes, ?), host = COALESCE(host, ?),
+         status = ?, deleted_at = ? WHERE id = ?`,
+      b.agentId,
+      b.logicalBytes,
+      b.host,
+      b.status,
+      deletedAt,
+      b.id,
+    );
     return before;
   }
 
@@ -643,6 +862,7 @@ export class SqliteCatalog implements Catalog {
   }
 
   private bumpPolicyVersion(): number {
+    this.notices.push({ kind: 'policies' });
     return this.get<{ value: number }>(`UPDATE counters SET value = value + 1 WHERE name = 'policy_version' RETURNING value`)!.value;
   }
 
@@ -675,13 +895,23 @@ export class SqliteCatalog implements Catalog {
     return this.statement(sql).run(...params);
   }
 
-  /** Runs `fn` in a BEGIN IMMEDIATE transaction; any error rolls it back and comes out as a CairnError. */
+  /**
+   * Runs `fn` in a BEGIN IMMEDIATE transaction; any error rolls it back and comes out as a CairnError.
+   * The notices `fn` queued go to the watchers after the commit, and are dropped on a rollback.
+   */
   private write<T>(what: string, fn: () => T): T {
+    this.notices = [];
+    let result: T;
     try {
-      return this.db.transaction(fn).immediate();
+      result = this.db.transaction(fn).immediate();
     } catch (err) {
+      this.notices = [];
       throw translate(err, what, this.path);
     }
+    const notices = this.notices;
+    this.notices = [];
+    for (const notice of notices) this.events.emit('notice', notice);
+    return result;
   }
 
   /** Runs one read (or one self-contained statement) and translates its errors. */
@@ -811,8 +1041,23 @@ function backupFrom(r: BackupRow): BackupRecord {
     bytesRead: r.bytes_read,
     bytesStored: r.bytes_stored,
     consistency: r.consistency,
+    logicalBytes: r.logical_bytes,
+    host: r.host,
     status: r.status,
     deletedAt: r.deleted_at,
+  };
+}
+
+function jobResultFrom(r: JobResultRow): JobResultRecord {
+  return {
+    agentId: r.agent_id,
+    jobId: r.job_id,
+    commandId: r.command_id,
+    status: r.status,
+    backupId: r.backup_id,
+    errorCode: r.error_code,
+    errorMessage: r.error_message,
+    receivedAt: r.received_at,
   };
 }
 

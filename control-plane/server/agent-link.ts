@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 
 import type { Clock } from '../../shared/clock.js';
-import type { ErrorCode } from '../../shared/errors.js';
+import { CairnError, isCairnError, type ErrorCode } from '../../shared/errors.js';
 import {
   chooseProtocolVersion,
   decodeMessage,
@@ -14,10 +14,15 @@ import {
   ProtocolError,
   SUPPORTED_VERSIONS,
   type AgentMessage,
+  type BackupSummary,
+  type CatalogSyncMessage,
+  type JobResultMessage,
   type ServerMessage,
 } from '../../shared/protocol/messages.js';
-import type { Catalog, PolicyRecord } from '../catalog/catalog.js';
+import type { BackupInput, Catalog, JsonValue, PolicyRecord, ScannedBackup } from '../catalog/catalog.js';
 import { verifyAgentCredential } from '../pki/tokens.js';
+import { commandMessage, storedArgs } from './commands.js';
+import { LiveJobs } from './live-jobs.js';
 import type { Log } from './log.js';
 import { policyPush, readPolicySnapshot } from './policy-push.js';
 
@@ -44,6 +49,12 @@ type PolicySnapshot = { version: number; records: PolicyRecord[] };
 /** One WebSocket and what the link knows of it. */
 interface Connection {
   ws: WebSocket;
+  /** Set by a welcomed hello. */
+  agentId?: string;
+  /** Commands sent on this connection: each is sent once per connection (again after a reconnect). */
+  sentCommands: Set<string>;
+  /** Command sends of this connection, one after another, so they go out in the catalog's order. */
+  commandSends: Promise<void>;
   /** Set once `welcome` is sent: only then may a `policy-push` follow. */
   welcomed: boolean;
   /** The highest policy version the agent runs or was sent on this connection (hello's, else 0). */
@@ -69,8 +80,17 @@ interface Connection {
  *   gets the latest `policy-push`; `policiesChanged()` pushes the latest version to every welcomed
  *   connection. A connection is never sent a version at or below one it runs or was already sent,
  *   so pushes on it only grow. `policy-ack` records the agent's acknowledged version.
+ * - Durable outbox: `job-result` and `catalog-sync` are stored first and acked after; a failed store
+ *   gets no ack (the agent re-sends), and a refusal a re-send cannot cure also an `error` naming the
+ *   message. Storing is idempotent, so a repeated message is stored once and acked each time.
+ * - Commands: right after `welcome` the agent's pending commands go out in the catalog's order;
+ *   `commandsQueued()` sends new ones at once. Each command goes once per connection.
+ * - `resources` replaces the agent's resources in the catalog; `job-progress` and heartbeats feed
+ *   `jobs` (memory only), which drops an agent's jobs when it disconnects.
  */
 export class AgentLink {
+  /** What the agents connected here run now (job-progress and heartbeats). */
+  readonly jobs = new LiveJobs();
   private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
   private readonly pendingByAddress = new Map<string, number>();
   private pendingTotal = 0;
@@ -158,6 +178,47 @@ export class AgentLink {
     conn.policyVersion = snapshot.version;
   }
 
+  /**
+   * Sends the agent's pending commands now if it is connected to this instance; call after queueing
+   * one (or on a catalog notice that another instance did). Each command goes once per connection,
+   * in the catalog's order; the agent runs a command at most once, so a repeat after a reconnect is harmless.
+   */
+  commandsQueued(agentId: string): void {
+    const conn = this.live.get(agentId);
+    if (conn !== undefined && conn.welcomed) this.sendPendingCommands(conn);
+  }
+
+  /** Whether the agent has a welcomed connection to this instance. */
+  isConnected(agentId: string): boolean {
+    return this.live.get(agentId)?.welcomed === true;
+  }
+
+  private sendPendingCommands(conn: Connection): void {
+    const agentId = conn.agentId!;
+    const { catalog, log } = this.options;
+    conn.commandSends = conn.commandSends
+      .then(async () => {
+        if (conn.ws.readyState !== conn.ws.OPEN) return;
+        for (const record of await catalog.pendingCommands(agentId)) {
+          if (conn.sentCommands.has(record.commandId) || conn.ws.readyState !== conn.ws.OPEN) continue;
+          const message = commandMessage(conn.nextId(), record);
+          if (message === undefined) {
+            log('error', `command ${record.commandId} for agent ${agentId} has no vault/resource/args in the catalog; not sent`);
+            conn.sentCommands.add(record.commandId);
+            continue;
+          }
+          try {
+            conn.send(message);
+          } catch (err) {
+            // encodeMessage refused it: the API checks commands before queueing, so this is a bug or a hand-made record.
+            log('error', `command ${record.commandId} for agent ${agentId} cannot be sent: ${(err as Error).message}`);
+          }
+          conn.sentCommands.add(record.commandId);
+        }
+      })
+      .catch((err) => log('error', `sending commands to agent ${agentId}: ${(err as Error)?.stack ?? String(err)}`));
+  }
+
   /** Closes every connection with 1001 (going away). */
   close(): void {
     for (const ws of this.sockets) ws.close(1001, 'control plane shutting down');
@@ -175,7 +236,7 @@ export class AgentLink {
       if (ws.readyState === ws.OPEN) ws.send(encodeMessage(message));
     };
     const nextId = (): string => `cp-${++sent}`;
-    const conn: Connection = { ws, welcomed: false, policyVersion: 0, send, nextId };
+    const conn: Connection = { ws, welcomed: false, policyVersion: 0, send, nextId, sentCommands: new Set(), commandSends: Promise.resolve() };
     const refuse = (code: ErrorCode, message: string, inReplyTo: string | null, extra: { supportedVersions?: number[] } = {}): void => {
       send({ v: 1, type: 'error', id: nextId(), code, message, inReplyTo, ...extra });
       ws.close(CLOSE_POLICY, message.slice(0, 120));
@@ -190,6 +251,7 @@ export class AgentLink {
       this.sockets.delete(ws);
       if (agentId !== undefined && this.live.get(agentId) === conn) {
         this.live.delete(agentId);
+        this.jobs.forget(agentId);
         const id = agentId;
         queue = queue.then(() => catalog.touchAgent(id, clock.now().toISOString(), 'offline')).catch((err) =>
           log('error', `marking agent ${id} offline: ${(err as Error).message}`),
@@ -268,6 +330,7 @@ export class AgentLink {
         protocolVersion: version,
       });
       conn.welcomed = true;
+      conn.agentId = agent.agentId;
       conn.policyVersion = message.policyVersion ?? 0;
       log('info', `agent ${agent.agentId} connected`);
       // Read after `welcomed` is set: a change from now on is pushed by policiesChanged, one before
@@ -279,6 +342,7 @@ export class AgentLink {
       } catch (err) {
         log('error', `pushing policies to agent ${agent.agentId}: ${(err as Error)?.stack ?? String(err)}`);
       }
+      this.sendPendingCommands(conn);
       return agent.agentId;
     }
 
@@ -288,18 +352,131 @@ export class AgentLink {
         return agentId;
       case 'heartbeat':
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+        this.jobs.heartbeat(agentId, message.jobs, clock.now().toISOString());
         return agentId;
       case 'policy-ack':
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
         if (message.error === null) await catalog.setAgentPolicyAck(agentId, message.version);
         else log('warn', `agent ${agentId} refused policy version ${message.version}: ${message.error.message}`);
         return agentId;
+      case 'job-progress':
+        this.jobs.progress(agentId, message, clock.now().toISOString());
+        return agentId;
+      case 'resources':
+        await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+        await catalog.replaceAgentResources(
+          agentId,
+          message.resources.map((r) => ({ name: r.name, vault: r.vault, disks: [...r.disks] })),
+        );
+        return agentId;
+      case 'job-result':
+        await this.storeThenAck(agentId, message, conn, () => this.storeJobResult(agentId, message));
+        this.jobs.finished(agentId, message.jobId);
+        return agentId;
+      case 'catalog-sync':
+        await this.storeThenAck(agentId, message, conn, () => this.storeSyncPart(agentId, message));
+        return agentId;
       default:
-        // TODO(issue 6, next part): job-progress, job-result and catalog-sync (store, then ack).
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
         return agentId;
     }
   }
+
+  /**
+   * The durable outbox's server side: `store` first, then `ack`. When storing fails there is no ack,
+   * so the agent sends the message again after its next reconnect; a failure that a re-send cannot
+   * cure (the catalog refused the content) is also answered with an `error` naming the message, and
+   * logged. Store steps are idempotent, so a repeated message is stored once and acked again.
+   */
+  private async storeThenAck(agentId: string, message: JobResultMessage | CatalogSyncMessage, conn: Connection, store: () => Promise<void>): Promise<void> {
+    const { catalog, clock, log } = this.options;
+    try {
+      await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
+      await store();
+    } catch (err) {
+      const permanent = isCairnError(err) && !err.retryable && (err.code === 'USAGE' || err.code === 'ALREADY_EXISTS' || err.code === 'NOT_FOUND');
+      log('error', `${message.type} ${message.id} from agent ${agentId} not stored${permanent ? '' : ' (the agent sends it again)'}: ${(err as Error)?.stack ?? String(err)}`);
+      if (permanent) {
+        conn.send({ v: 1, type: 'error', id: conn.nextId(), code: (err as CairnError).code, message: `${message.type} not stored: ${(err as CairnError).message}`.slice(0, 1024), inReplyTo: message.id });
+      }
+      return;
+    }
+    conn.send({ v: 1, type: 'ack', id: conn.nextId(), messageId: message.id });
+  }
+
+  private async storeJobResult(agentId: string, message: JobResultMessage): Promise<void> {
+    const { catalog, clock, log } = this.options;
+    const now = clock.now().toISOString();
+    if (message.backup !== null) {
+      await catalog.ensureVault(message.backup.vault);
+      // A job-result says the backup was made, not that it still exists: a re-sent one keeps a deletion.
+      const known = await catalog.getBackup(message.backup.id);
+      await catalog.recordBackup({
+        ...backupInput(message.backup, agentId),
+        status: known?.status ?? 'available',
+        deletedAt: known?.deletedAt ?? null,
+      });
+    }
+    await catalog.recordJobResult({
+      agentId,
+      jobId: message.jobId,
+      commandId: message.commandId,
+      status: message.status,
+      backupId: message.backup?.id ?? null,
+      errorCode: message.error?.code ?? null,
+      errorMessage: message.error?.message ?? null,
+      receivedAt: now,
+    });
+    if (message.commandId === null) return;
+    const command = await catalog.getCommand(message.commandId);
+    if (command === undefined || command.agentId !== agentId) {
+      log('warn', `agent ${agentId} reported a result for command ${message.commandId}, which ${command === undefined ? 'is unknown' : 'belongs to another agent'}; result kept, no command completed`);
+      return;
+    }
+    const result = { status: message.status, backup: message.backup, error: message.error } as unknown as JsonValue;
+    await catalog.completeCommand(command.commandId, result, now);
+    const backupId = storedArgs(command)?.args.backupId;
+    if (command.action === 'delete' && message.status === 'ok' && typeof backupId === 'string') {
+      if ((await catalog.getBackup(backupId)) !== undefined) await catalog.markBackupDeleted(backupId, now);
+    }
+  }
+
+  private async storeSyncPart(agentId: string, message: CatalogSyncMessage): Promise<void> {
+    const { catalog, clock, log } = this.options;
+    const owners = new Map((await catalog.listResources()).map((r) => [r.name, r.agentId]));
+    const backups: ScannedBackup[] = message.backups.map((b) => {
+      const { status: _status, deletedAt: _deletedAt, ...scanned } = backupInput(b, owners.get(b.resource) ?? null);
+      return scanned;
+    });
+    const summary = await catalog.addSyncPart(
+      { agentId, syncId: message.syncId, vault: message.vault, part: message.part, last: message.last, backups },
+      clock.now().toISOString(),
+    );
+    if (summary !== null) {
+      log('info', `vault ${message.vault} catalog rebuilt from agent ${agentId}'s scan ${message.syncId}: ${summary.added} added, ${summary.restored} restored, ${summary.deleted} marked deleted`);
+    }
+  }
+}
+
+/** A backup as an agent reported it, for the catalog. */
+function backupInput(b: BackupSummary, agentId: string | null): BackupInput {
+  return {
+    id: b.id,
+    name: b.name,
+    vault: b.vault,
+    resource: b.resource,
+    agentId,
+    kind: b.kind,
+    startedAt: b.startedAt,
+    finishedAt: b.finishedAt,
+    bytesRead: b.bytesRead,
+    bytesStored: b.bytesStored,
+    consistency: b.consistency ?? 'crash_consistent',
+    logicalBytes: b.logicalBytes ?? null,
+    host: b.host ?? null,
+    status: 'available',
+    deletedAt: null,
+  };
 }
 
 function rawText(data: RawData): Buffer {

@@ -10,6 +10,7 @@ export const apiErrorCatalogue = {
   ENROLLMENT_EXPIRED: { http: 401, summary: 'the enrollment token has expired' },
   ENROLLMENT_REUSED: { http: 401, summary: 'the enrollment token was used already' },
   ROUTE_NOT_FOUND: { http: 404, summary: 'no such API route' },
+  CONFLICT: { http: 409, summary: 'the request does not fit the current state (a revoked or unknown agent, a deleted backup)' },
   TOO_LARGE: { http: 413, summary: 'the request body is larger than the API accepts' },
 } as const;
 

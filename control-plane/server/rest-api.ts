@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-import type { Clock } from '../../shared/clock.js';
-import type { AgentRecord, Catalog, JsonValue, PolicyChanges, PolicyRecord, VaultInput } from '../catalog/catalog.js';
+import type { Clock, IdSource } from '../../shared/clock.js';
+import type { Catalog, JsonValue, PolicyChanges, PolicyRecord, VaultInput } from '../catalog/catalog.js';
 import {
   createEnrollmentToken,
   issueAgentCredential,
@@ -10,12 +10,15 @@ import {
   verifyAdminToken,
   verifyEnrollmentSecret,
 } from '../pki/tokens.js';
+import { nameParam, onlyFields, pathPattern, readJsonObject, send, type Route } from './api-io.js';
 import { ApiError, toApiError } from './http-error.js';
+import type { LiveJobs } from './live-jobs.js';
 import type { Log } from './log.js';
+import { operationRoutes, publicAgent } from './operations-api.js';
+import { openApiDocument } from './openapi.js';
 import { checkPolicyInput, checkPolicySet, checkVaultName } from './policy-push.js';
 
-/** Largest request body read; a larger one is answered 413 without being parsed. */
-export const MAX_BODY_BYTES = 1024 * 1024;
+export { MAX_BODY_BYTES } from './api-io.js';
 /** Longest enrollment token lifetime an admin may ask for: 30 days. */
 export const MAX_ENROLLMENT_TTL_SECONDS = 30 * 24 * 3600;
 const MAX_HOSTNAME = 256;
@@ -23,6 +26,8 @@ const MAX_HOSTNAME = 256;
 export interface RestApiDeps {
   catalog: Catalog;
   clock: Clock;
+  /** Where command and checkpoint ids come from. */
+  ids: IdSource;
   log: Log;
   /** The agents' address put into enrollment tokens, `wss://host:port/v1/agent`. */
   wsUrl: string;
@@ -33,15 +38,33 @@ export interface RestApiDeps {
   onRevoked(agentId: string): void;
   /** Called after each change to policies or their bindings, to push the new version to agents. */
   onPoliciesChanged(): void;
+  /** Called after a command was queued for the agent, to send it at once if it is connected. */
+  onCommandQueued(agentId: string): void;
+  /** The jobs agents connected to this instance run now. */
+  liveJobs: LiveJobs;
+  /** Whether the agent is connected to this instance (preferred for a vault rescan). */
+  isConnected(agentId: string): boolean;
 }
 
-type Handler = (req: IncomingMessage, params: string[]) => Promise<{ status: number; body: unknown }>;
+/** The API's request handler, with its routes (`method`, OpenAPI `path`) for the document and tests. */
+export type RestApi = ((req: IncomingMessage, res: ServerResponse) => void) & { routes: { method: string; path: string }[] };
 
-interface Route {
-  method: string;
-  pattern: RegExp;
-  admin: boolean;
-  handler: Handler;
+/**
+ * Makes an enrollment token for the agents' address `wsUrl` and stores its hash: what
+ * `POST /v1/enrollment-tokens` and `cairn control-plane token create` do.
+ */
+export async function issueEnrollmentToken(
+  catalog: Catalog,
+  options: { wsUrl: string; caFingerprint: string; ttlSeconds: number; clock: Clock },
+): Promise<{ token: string; id: string; expiresAt: string }> {
+  const made = createEnrollmentToken({ url: options.wsUrl, caFingerprint: options.caFingerprint, ttlMs: options.ttlSeconds * 1000, clock: options.clock });
+  await catalog.addEnrollmentToken({
+    id: made.id,
+    secretHash: made.secretHash,
+    expiresAt: made.expiresAt.toISOString(),
+    createdAt: options.clock.now().toISOString(),
+  });
+  return { token: made.token, id: made.id, expiresAt: made.expiresAt.toISOString() };
 }
 
 /**
@@ -49,7 +72,7 @@ interface Route {
  * `{ error: { code, message } }` with the status of its code and never a stack trace; every route
  * but POST /v1/enroll needs `Authorization: Bearer <admin token>`; no answer carries a secret's hash.
  */
-export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: ServerResponse) => void {
+export function createRestApi(deps: RestApiDeps): RestApi {
   const { catalog, clock } = deps;
   // SHA-256 of admin tokens already checked with scrypt: the scrypt cost is for the stored hash, not
   // for every request. Only right tokens are remembered, so the set cannot grow past the few in use.
@@ -57,8 +80,14 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
 
   const routes: Route[] = [
     {
+      method: 'GET',
+      path: '/v1/openapi.json',
+      admin: false,
+      handler: async () => ({ status: 200, body: openApiDocument() }),
+    },
+    {
       method: 'POST',
-      pattern: /^\/v1\/enrollment-tokens$/,
+      path: '/v1/enrollment-tokens',
       admin: true,
       handler: async (req) => {
         const body = await readJsonObject(req);
@@ -66,26 +95,20 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
         if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 1 || ttl > MAX_ENROLLMENT_TTL_SECONDS) {
           throw new ApiError('USAGE', `ttlSeconds must be a whole number of seconds from 1 to ${MAX_ENROLLMENT_TTL_SECONDS}`);
         }
-        const made = createEnrollmentToken({ url: deps.wsUrl, caFingerprint: deps.caFingerprint, ttlMs: ttl * 1000, clock });
-        await catalog.addEnrollmentToken({
-          id: made.id,
-          secretHash: made.secretHash,
-          expiresAt: made.expiresAt.toISOString(),
-          createdAt: clock.now().toISOString(),
-        });
-        deps.log('info', `enrollment token ${made.id} created, expires ${made.expiresAt.toISOString()}`);
-        return { status: 201, body: { token: made.token, id: made.id, expiresAt: made.expiresAt.toISOString() } };
+        const made = await issueEnrollmentToken(catalog, { wsUrl: deps.wsUrl, caFingerprint: deps.caFingerprint, ttlSeconds: ttl, clock });
+        deps.log('info', `enrollment token ${made.id} created, expires ${made.expiresAt}`);
+        return { status: 201, body: made };
       },
     },
     {
       method: 'GET',
-      pattern: /^\/v1\/agents$/,
+      path: '/v1/agents',
       admin: true,
       handler: async () => ({ status: 200, body: { agents: (await catalog.listAgents()).map(publicAgent) } }),
     },
     {
       method: 'POST',
-      pattern: /^\/v1\/agents\/([A-Za-z0-9._:-]{1,64})\/revoke$/,
+      path: '/v1/agents/{id}/revoke',
       admin: true,
       handler: async (_req, [agentId]) => {
         await catalog.revokeAgent(agentId, clock.now().toISOString());
@@ -98,13 +121,13 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
     },
     {
       method: 'GET',
-      pattern: /^\/v1\/policies$/,
+      path: '/v1/policies',
       admin: true,
       handler: async () => ({ status: 200, body: { policies: await catalog.listPolicies(), policyVersion: await catalog.policyVersion() } }),
     },
     {
       method: 'POST',
-      pattern: /^\/v1\/policies$/,
+      path: '/v1/policies',
       admin: true,
       handler: async (req) => {
         const body = await readJsonObject(req);
@@ -120,13 +143,13 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
     },
     {
       method: 'GET',
-      pattern: /^\/v1\/policies\/([^/]+)$/,
+      path: '/v1/policies/{name}',
       admin: true,
       handler: async (_req, [raw]) => ({ status: 200, body: { policy: await knownPolicy(nameParam(raw)) } }),
     },
     {
       method: 'PUT',
-      pattern: /^\/v1\/policies\/([^/]+)$/,
+      path: '/v1/policies/{name}',
       admin: true,
       handler: async (req, [raw]) => {
         const name = nameParam(raw);
@@ -143,7 +166,7 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
     },
     {
       method: 'DELETE',
-      pattern: /^\/v1\/policies\/([^/]+)$/,
+      path: '/v1/policies/{name}',
       admin: true,
       handler: async (_req, [raw]) => {
         const name = nameParam(raw);
@@ -153,34 +176,17 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
         return { status: 200, body: { policyVersion: version } };
       },
     },
-    {
-      method: 'POST',
-      pattern: /^\/v1\/policies\/([^/]+)\/(bind|unbind)$/,
-      admin: true,
-      handler: async (req, [raw, action]) => {
-        const name = nameParam(raw);
-        const body = await readJsonObject(req);
-        onlyFields(body, ['vault']);
-        if (typeof body.vault !== 'string') throw new ApiError('USAGE', 'vault must be the name of a vault');
-        const vault = body.vault;
-        const old = await knownPolicy(name);
-        if (action === 'bind') {
-          const bound = { ...old, vaults: [...new Set([...old.vaults, vault])] };
-          checkPolicySet((await catalog.listPolicies()).map((p) => (p.name === name ? bound : p)));
-        }
-        const version = action === 'bind' ? await catalog.bindPolicy(name, vault) : await catalog.unbindPolicy(name, vault);
-        return policyChanged(200, `policy ${name} ${action === 'bind' ? 'bound to' : 'unbound from'} vault ${vault}`, name, version);
-      },
-    },
+    bindRoute('bind'),
+    bindRoute('unbind'),
     {
       method: 'GET',
-      pattern: /^\/v1\/vaults$/,
+      path: '/v1/vaults',
       admin: true,
       handler: async () => ({ status: 200, body: { vaults: await catalog.listVaults() } }),
     },
     {
       method: 'PUT',
-      pattern: /^\/v1\/vaults\/([^/]+)$/,
+      path: '/v1/vaults/{name}',
       admin: true,
       handler: async (req, [raw]) => {
         const name = nameParam(raw);
@@ -198,11 +204,35 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
     },
     {
       method: 'POST',
-      pattern: /^\/v1\/enroll$/,
+      path: '/v1/enroll',
       admin: false,
       handler: async (req) => enroll(await readJsonObject(req)),
     },
+    ...operationRoutes(deps),
   ];
+  const compiled = routes.map((route) => ({ route, pattern: pathPattern(route.path) }));
+
+  function bindRoute(action: 'bind' | 'unbind'): Route {
+    return {
+      method: 'POST',
+      path: `/v1/policies/{name}/${action}`,
+      admin: true,
+      handler: async (req, [raw]) => {
+        const name = nameParam(raw);
+        const body = await readJsonObject(req);
+        onlyFields(body, ['vault']);
+        if (typeof body.vault !== 'string') throw new ApiError('USAGE', 'vault must be the name of a vault');
+        const vault = body.vault;
+        const old = await knownPolicy(name);
+        if (action === 'bind') {
+          const bound = { ...old, vaults: [...new Set([...old.vaults, vault])] };
+          checkPolicySet((await catalog.listPolicies()).map((p) => (p.name === name ? bound : p)));
+        }
+        const version = action === 'bind' ? await catalog.bindPolicy(name, vault) : await catalog.unbindPolicy(name, vault);
+        return policyChanged(200, `policy ${name} ${action === 'bind' ? 'bound to' : 'unbound from'} vault ${vault}`, name, version);
+      },
+    };
+  }
 
   async function knownPolicy(name: string): Promise<PolicyRecord> {
     const policy = await catalog.getPolicy(name);
@@ -280,17 +310,24 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
     return true;
   }
 
-  return (req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     void (async () => {
       try {
-        const path = new URL(req.url ?? '/', 'https://cairn.invalid').pathname;
-        const route = routes.find((r) => r.method === req.method && r.pattern.test(path));
-        if (route === undefined) throw new ApiError('ROUTE_NOT_FOUND', `no route ${req.method} ${path}`);
-        if (route.admin && !(await isAdmin(req))) {
+        const url = new URL(req.url ?? '/', 'https://cairn.invalid');
+        const path = url.pathname;
+        let found: { route: Route; params: string[] } | undefined;
+        for (const { route, pattern } of compiled) {
+          const match = route.method === req.method ? pattern.exec(path) : null;
+          if (match !== null) {
+            found = { route, params: match.slice(1) };
+            break;
+          }
+        }
+        if (found === undefined) throw new ApiError('ROUTE_NOT_FOUND', `no route ${req.method} ${path}`);
+        if (found.route.admin && !(await isAdmin(req))) {
           throw new ApiError('UNAUTHENTICATED', 'this call needs "Authorization: Bearer <admin token>" with a valid admin token');
         }
-        const params = route.pattern.exec(path)!.slice(1);
-        const { status, body } = await route.handler(req, params);
+        const { status, body } = await found.route.handler(req, found.params, url.searchParams);
         send(res, status, body);
       } catch (err) {
         const { error, internal } = toApiError(err);
@@ -301,68 +338,5 @@ export function createRestApi(deps: RestApiDeps): (req: IncomingMessage, res: Se
       }
     })();
   };
-}
-
-/** An agent as the API shows it: everything but the credential hash, with the acked policy version. */
-function publicAgent(agent: AgentRecord): Omit<AgentRecord, 'credentialHash' | 'policyAck'> & { policyVersionAcked: number } {
-  const { credentialHash: _hidden, policyAck, ...rest } = agent;
-  return { ...rest, policyVersionAcked: policyAck };
-}
-
-/** A name from the URL path, percent-decoded. */
-function nameParam(raw: string): string {
-  try {
-    return decodeURIComponent(raw);
-  } catch {
-    throw new ApiError('USAGE', 'the name in the path is not valid percent-encoding');
-  }
-}
-
-function onlyFields(body: Record<string, unknown>, known: string[]): void {
-  for (const key of Object.keys(body)) {
-    if (!known.includes(key)) throw new ApiError('USAGE', `${key} is not a known field (known: ${known.join(', ')})`);
-  }
-}
-
-function send(res: ServerResponse, status: number, body: unknown): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
-/** The request body as a JSON object: 413 past MAX_BODY_BYTES, 400 when it is not a JSON object. */
-async function readJsonObject(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const tooLarge = (): ApiError => new ApiError('TOO_LARGE', `the request body is larger than ${MAX_BODY_BYTES} bytes`);
-  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) throw tooLarge();
-  // Listeners rather than an async iterator: leaving the iterator early would destroy the socket
-  // before the 413 is sent. Past the limit the rest is read and dropped.
-  const text = await new Promise<string>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        chunks.length = 0;
-        reject(tooLarge());
-      } else {
-        chunks.push(chunk);
-      }
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw new ApiError('USAGE', 'the request body is not valid JSON');
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new ApiError('USAGE', 'the request body must be a JSON object');
-  }
-  return value as Record<string, unknown>;
+  return Object.assign(handle, { routes: routes.map((r) => ({ method: r.method, path: r.path })) });
 }

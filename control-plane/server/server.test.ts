@@ -1,4 +1,3 @@
-import { request } from 'node:https';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,84 +6,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 
 import { ManualClock } from '../../shared/clock.js';
-import { PROTOCOL_VERSION, type HelloMessage } from '../../shared/protocol/messages.js';
+import { PROTOCOL_VERSION } from '../../shared/protocol/messages.js';
+import { ensurePki } from '../pki/certificates.js';
 import { startControlPlane, type ControlPlane } from './server.js';
-
-interface Reply {
-  status: number;
-  body: any;
-  text: string;
-}
-
-/** One HTTPS call that trusts only the control plane's CA. */
-function call(cp: ControlPlane, method: string, path: string, options: { token?: string; body?: unknown; raw?: string | Buffer } = {}): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const payload = options.raw ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
-    const req = request(
-      new URL(path, cp.url),
-      {
-        method,
-        ca: cp.caCertPem,
-        headers: {
-          ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
-          ...(payload === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined, text });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
-/** A WebSocket client that records what it receives and how it was closed. */
-class TestAgent {
-  readonly ws: WebSocket;
-  readonly received: any[] = [];
-  readonly opened: Promise<void>;
-  readonly closed: Promise<{ code: number; reason: string }>;
-
-  constructor(cp: ControlPlane) {
-    this.ws = new WebSocket(cp.wsUrl, { ca: cp.caCertPem });
-    this.ws.on('message', (data) => this.received.push(JSON.parse(data.toString())));
-    this.ws.on('error', () => {});
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.once('open', () => resolve());
-      this.ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-    });
-    this.closed = new Promise((resolve) => this.ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-  }
-
-  send(value: unknown): void {
-    this.ws.send(typeof value === 'string' ? value : JSON.stringify(value));
-  }
-
-  async next(type: string): Promise<any> {
-    await vi.waitFor(() => expect(this.received.map((m) => m.type)).toContain(type), { timeout: 5000, interval: 10 });
-    return this.received.find((m) => m.type === type);
-  }
-}
-
-function hello(agentId: string, token: string): HelloMessage {
-  return {
-    v: 1,
-    type: 'hello',
-    id: 'h-1',
-    agentId,
-    token,
-    agentVersion: '0.1.0',
-    protocolVersions: [PROTOCOL_VERSION],
-    inventory: null,
-    policyVersion: null,
-  };
-}
+import { call, connect as connectAgent, enroll as enrollAgent, hello, TestAgent } from './test-client.js';
 
 describe('control plane server', () => {
   let dataDir: string;
@@ -92,21 +17,8 @@ describe('control plane server', () => {
   let admin: string;
   const clock = new ManualClock(Date.now());
 
-  async function enroll(hostname = 'host-a'): Promise<{ agentId: string; credential: string }> {
-    const made = await call(cp, 'POST', '/v1/enrollment-tokens', { token: admin, body: { ttlSeconds: 600 } });
-    expect(made.status).toBe(201);
-    const enrolled = await call(cp, 'POST', '/v1/enroll', { body: { token: made.body.token, hostname, inventory: null } });
-    expect(enrolled.status).toBe(200);
-    return enrolled.body;
-  }
-
-  async function connect(agent: { agentId: string; credential: string }): Promise<TestAgent> {
-    const client = new TestAgent(cp);
-    await client.opened;
-    client.send(hello(agent.agentId, agent.credential));
-    await client.next('welcome');
-    return client;
-  }
+  const enroll = (hostname = 'host-a') => enrollAgent(cp, admin, hostname);
+  const connect = (agent: { agentId: string; credential: string }) => connectAgent(cp, agent);
 
   beforeAll(async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'cairn-cp-'));
@@ -290,6 +202,36 @@ describe('control plane server', () => {
     } finally {
       await quick.close();
     }
+  });
+
+  it('serves with the operator\'s certificate, key and CA when given', async () => {
+    const own = join(dataDir, 'operator-pki');
+    const made = await ensurePki(own, { hostnames: ['localhost'], ips: ['127.0.0.1'] });
+    const given = await startControlPlane({
+      dataDir,
+      port: 0,
+      clock,
+      log: () => {},
+      tls: { certFile: join(own, 'server.crt'), keyFile: join(own, 'server.key'), caFile: join(own, 'ca.crt') },
+    });
+    try {
+      expect(given.caFingerprint).toBe(made.caFingerprint);
+      expect(given.caFingerprint).not.toBe(cp.caFingerprint);
+      expect((await call(given, 'GET', '/v1/agents', { token: admin })).status).toBe(200);
+      await expect(call({ url: given.url, caCertPem: cp.caCertPem }, 'GET', '/v1/agents')).rejects.toThrow();
+    } finally {
+      await given.close();
+    }
+    const broken = startControlPlane({ dataDir, port: 0, clock, log: () => {}, tls: { certFile: join(own, 'server.crt'), keyFile: join(own, 'ca.key'), caFile: join(own, 'ca.crt') } });
+    await expect(broken).rejects.toMatchObject({ code: 'USAGE' });
+  });
+
+  it('says so when its port is taken', async () => {
+    const port = Number(new URL(cp.url).port);
+    await expect(startControlPlane({ dataDir, port, clock, log: () => {} })).rejects.toMatchObject({
+      code: 'USAGE',
+      message: expect.stringContaining('another program uses that port'),
+    });
   });
 
   it('keeps its CA and admin token across a restart', async () => {

@@ -48,6 +48,8 @@ export interface Manifest {
   kind: BackupKind;
   /** Identifies what was backed up; incrementals chain within one resource. */
   resource: string;
+  /** The name the agent's config gives this resource (backups made by `cairn agent run`); absent for `cairn backup`. */
+  resourceName?: string;
   parent: string | null;
   startedAt: string;
   finishedAt: string;
