@@ -39,6 +39,10 @@ export interface ControlPlaneSessionOptions {
 
 const PROGRESS_KINDS = new Set(['backup', 'prune', 'gc', 'restore', 'verify', 'delete']);
 const HEARTBEAT_KINDS = new Set(['backup', 'prune', 'gc']);
+/** Job kinds that write or delete backups in their vault: each bumps the vault's change counter when it ends. */
+const VAULT_WRITING_KINDS = new Set(['backup', 'prune', 'delete']);
+/** Scans of one sync repeated because the vault changed meanwhile, before the last one is queued anyway. */
+const MAX_SCANS_PER_SYNC = 10;
 
 /**
  * What an enrolled agent does with its control plane, on top of the daemon (README.md, "The
@@ -54,7 +58,13 @@ const HEARTBEAT_KINDS = new Set(['backup', 'prune', 'gc']);
  *   (re-sent with the same id after each reconnect) until an `ack` names it.
  * - After every welcome: `resources`, then the outbox, then a catalog-sync of every configured vault.
  *   A vault is synced again after a prune or delete changes it; a newer sync of a vault replaces
- *   its parts still waiting in the outbox.
+ *   its parts still waiting in the outbox. A sync's parts never describe the vault as it was before
+ *   a job-result queued ahead of them: a job that writes or deletes backups (backup, prune, delete)
+ *   bumps its vault's change counter before its job-result is queued, and a scan during which the
+ *   counter moved is repeated before its parts are queued.
+ * - Policy pushes: versions only grow, except the first push after each `welcome`, which is taken
+ *   whenever its version differs from the running one (the control plane sends a lower one only when
+ *   its catalog never had the agent's version: a restored or replaced catalog).
  * - Best effort: job-progress when a job's progress moves, at most once per progress interval per
  *   job (the first at once); heartbeats with the running backup, prune and gc jobs.
  */
@@ -69,6 +79,10 @@ export class ControlPlaneSession implements DaemonEvents {
   /** Per vault: the sync running or queued, and whether one more is queued behind it. */
   private readonly syncs = new Map<string, Promise<void>>();
   private readonly syncQueued = new Set<string>();
+  /** Per vault: bumped whenever a job wrote or deleted backups in it (see VAULT_WRITING_KINDS). */
+  private readonly vaultChanges = new Map<string, number>();
+  /** True from a `welcome` until the first policy-push of that connection. */
+  private firstPushOfConnection = false;
   private closed = false;
 
   constructor(private readonly options: ControlPlaneSessionOptions) {
@@ -81,6 +95,9 @@ export class ControlPlaneSession implements DaemonEvents {
    */
   start(): void {
     const { store, daemon, log } = this.options;
+    if (store.bindControlPlane(this.options.state.agentId, this.clock.now())) {
+      log.info('enrolled again: forgot the previous enrollment\'s pushed policies, commands and unsent messages', { agentId: this.options.state.agentId });
+    }
     const stored = store.pushedPolicySet();
     if (stored) {
       try {
@@ -149,6 +166,8 @@ export class ControlPlaneSession implements DaemonEvents {
 
   jobFinished(f: FinishedJob): void {
     this.progressSent.delete(f.job.id);
+    // Before the job-result is queued: a scan running now sees the bump and scans again.
+    if (VAULT_WRITING_KINDS.has(f.job.kind)) this.bumpVaultChanges(f.job.vault);
     this.storeJobResult({ jobId: f.job.id, commandId: f.job.commandId ?? null, status: f.status, backup: f.backup, error: f.error });
   }
 
@@ -181,16 +200,29 @@ export class ControlPlaneSession implements DaemonEvents {
   }
 
   vaultChanged(vault: string): void {
+    this.bumpVaultChanges(vault);
     void this.syncCatalog(vault).catch(() => undefined);
+  }
+
+  private bumpVaultChanges(vault: string): void {
+    this.vaultChanges.set(vault, (this.vaultChanges.get(vault) ?? 0) + 1);
   }
 
   // ---- link callbacks -------------------------------------------------------------------------
 
   private async onPolicyPush(m: PolicyPushMessage): Promise<void> {
     const { log, store, daemon } = this.options;
-    if (this.policyVersion !== null && m.version <= this.policyVersion) {
+    const first = this.firstPushOfConnection;
+    this.firstPushOfConnection = false;
+    if (this.policyVersion !== null && (m.version === this.policyVersion || (m.version < this.policyVersion && !first))) {
       log.info('ignored a policy push not newer than the running set', { version: m.version, running: this.policyVersion });
       return;
+    }
+    if (this.policyVersion !== null && m.version < this.policyVersion) {
+      log.warn("the control plane's policy version is below the one running here (its catalog was replaced); following it", {
+        version: m.version,
+        running: this.policyVersion,
+      });
     }
     let policies;
     try {
@@ -224,14 +256,19 @@ export class ControlPlaneSession implements DaemonEvents {
       return;
     }
     // Read-only and answered from the vault's manifests: not queued behind backups.
-    this.syncCatalog(cmd.vault).then(
-      () => this.storeJobResult({ jobId, commandId: cmd.commandId, status: 'ok', backup: null, error: null }),
-      (err) => this.storeJobResult({ jobId, commandId: cmd.commandId, status: 'failed', backup: null, error: problemOf(err) }),
-    );
+    this.syncCatalog(cmd.vault)
+      .then(
+        () => this.storeJobResult({ jobId, commandId: cmd.commandId, status: 'ok', backup: null, error: null }),
+        (err) => this.storeJobResult({ jobId, commandId: cmd.commandId, status: 'failed', backup: null, error: problemOf(err) }),
+      )
+      // Storing the result failed (the state database): logged, not an unhandled rejection that ends
+      // the agent. The command stays unfinished and is answered `cancelled` at the next start.
+      .catch((err) => log.error('could not store the result of a catalog-sync command', { command: cmd.commandId, error: (err as Error)?.message ?? String(err) }));
   }
 
   private onWelcome(): void {
     this.sentSeq = 0;
+    this.firstPushOfConnection = true;
     this.sendResources();
     this.pump();
     for (const vault of this.options.daemon.configuration.vaults.keys()) {
@@ -288,7 +325,19 @@ export class ControlPlaneSession implements DaemonEvents {
         this.syncQueued.delete(vault);
         if (this.closed) return;
         try {
-          const backups = await this.options.daemon.catalog(vault);
+          // Scan again while a job changed the vault during the scan: its job-result is queued
+          // already, and parts from before it would mark its backup deleted.
+          let backups;
+          for (let scan = 1; ; scan++) {
+            const changes = this.vaultChanges.get(vault) ?? 0;
+            backups = await this.options.daemon.catalog(vault);
+            if ((this.vaultChanges.get(vault) ?? 0) === changes) break;
+            if (scan >= MAX_SCANS_PER_SYNC) {
+              this.options.log.warn('the vault kept changing during its catalog scan; sending the last scan', { vault, scans: scan });
+              break;
+            }
+          }
+          if (this.closed) return;
           const syncId = `sync-${randomBytes(8).toString('hex')}`;
           const parts = catalogParts(vault, syncId, backups, outboxId);
           this.options.store.enqueueCatalogSync(vault, parts, this.clock.now());

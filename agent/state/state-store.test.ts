@@ -28,7 +28,7 @@ describe('StateStore', () => {
     expect(again.pushedPolicySet()).toBeUndefined();
     again.close();
     const raw = new Database(path);
-    expect(raw.pragma('user_version', { simple: true })).toBe(2);
+    expect(raw.pragma('user_version', { simple: true })).toBe(3);
     raw.close();
   });
 
@@ -55,6 +55,23 @@ describe('StateStore', () => {
     // The stored result of an acked command can be queued again under its first id.
     store.enqueueJobResult('ob-1', '{"r":1}', null);
     expect(store.outbox().map((e) => e.messageId)).toEqual(['ob-4', 'ob-5', 'ob-1']);
+    store.close();
+  });
+
+  it('empties the control-plane tables when bound to another enrollment, and adopts them the first time', () => {
+    const store = new StateStore(join(dir, 'agent.sqlite'));
+    store.savePushedPolicySet(57, '[1]', new Date());
+    store.beginCommand('cmd-1', 'backup-now', 'job-1', new Date());
+    store.enqueueJobResult('ob-1', '{"r":1}', null);
+    // First binding (a database from before migration 3): what is stored is this enrollment's.
+    expect(store.bindControlPlane('agent-a')).toBe(false);
+    expect(store.bindControlPlane('agent-a')).toBe(false);
+    expect(store.pushedPolicySet()?.version).toBe(57);
+    // Enrolled again: a new agent id.
+    expect(store.bindControlPlane('agent-b')).toBe(true);
+    expect(store.pushedPolicySet()).toBeUndefined();
+    expect(store.command('cmd-1')).toBeUndefined();
+    expect(store.outbox()).toEqual([]);
     store.close();
   });
 

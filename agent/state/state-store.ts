@@ -106,6 +106,13 @@ const MIGRATIONS: readonly string[] = [
       message_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, vault TEXT, body TEXT NOT NULL, created_at TEXT NOT NULL
     );
   `,
+  // 3: which enrollment (agent id) the cp_ tables belong to, so enrolling again starts them afresh.
+  `
+    CREATE TABLE cp_enrollment (
+      one INTEGER PRIMARY KEY CHECK (one = 1),
+      agent_id TEXT NOT NULL, bound_at TEXT NOT NULL
+    );
+  `,
 ];
 
 function migrate(db: Database.Database): void {
@@ -184,6 +191,29 @@ export class StateStore implements IndexCache {
   }
 
   // ---- control-plane link (migration 2) -----------------------------------------------------
+
+  /**
+   * Ties the control-plane tables (cp_policy_set, cp_commands, cp_outbox) to the enrollment `agentId`.
+   * When they belong to another agent id (the agent enrolled again, with this or another control
+   * plane), they are emptied first, in one transaction: a stored policy version, command ids and
+   * unsent messages mean nothing to the new enrollment. Returns true when it emptied them. The first
+   * call on a database from before migration 3 adopts what is stored for `agentId`.
+   */
+  bindControlPlane(agentId: string, at: Date = new Date()): boolean {
+    return this.db.transaction(() => {
+      const bound = this.db.prepare('SELECT agent_id AS agentId FROM cp_enrollment WHERE one = 1').get() as { agentId: string } | undefined;
+      if (bound?.agentId === agentId) return false;
+      this.db
+        .prepare(
+          `INSERT INTO cp_enrollment (one, agent_id, bound_at) VALUES (1, ?, ?)
+           ON CONFLICT (one) DO UPDATE SET agent_id = excluded.agent_id, bound_at = excluded.bound_at`,
+        )
+        .run(agentId, at.toISOString());
+      if (bound === undefined) return false;
+      this.db.exec('DELETE FROM cp_policy_set; DELETE FROM cp_commands; DELETE FROM cp_outbox;');
+      return true;
+    })();
+  }
 
   /** The last policy set the control plane pushed and the agent accepted (policies as JSON), or undefined. */
   pushedPolicySet(): { version: number; policies: string } | undefined {

@@ -91,6 +91,13 @@ export interface ResourceRecord {
   disks: string[];
 }
 
+/** A resource `replaceAgentResources` did not move because another unrevoked agent holds it. */
+export interface ResourceConflict {
+  name: string;
+  /** The agent that holds it and keeps it. */
+  heldBy: string;
+}
+
 export interface ResourceFilter {
   agentId?: string;
   vault?: string;
@@ -168,6 +175,11 @@ export type BackupInput = Omit<BackupRecord, 'deletedAt' | 'logicalBytes' | 'hos
 
 /** A backup found by a vault scan: present in the vault, so available by definition. */
 export type ScannedBackup = Omit<BackupInput, 'status' | 'deletedAt'>;
+
+export interface RecordBackupOptions {
+  /** For an id already recorded: leave status and deletedAt as stored (the new status applies only to a new backup). */
+  keepStatus?: boolean;
+}
 
 export interface BackupFilter {
   vault?: string;
@@ -304,12 +316,15 @@ export interface Catalog {
   /** Resources by name, optionally only those of one agent and/or vault. */
   listResources(filter?: ResourceFilter): Promise<ResourceRecord[]>;
   /**
-   * Makes the agent's resources exactly `resources` (its `resources` message): adds and updates
-   * those, removes the agent's others. A name another agent holds moves to this agent (a resource
-   * moved hosts; the latest report wins). Unknown vaults are created as by ensureVault. NOT_FOUND for
-   * an unknown agent; USAGE for a name repeated in the list.
+   * Makes the agent's resources `resources` (its `resources` message): adds and updates those,
+   * removes the agent's others. A name another unrevoked agent holds is NOT moved: the first owner
+   * keeps it, the entry is skipped and returned as a conflict (so one agent cannot take over
+   * another's resource, its commands and its backups). A name held by a revoked agent moves to
+   * this one (the resource moved hosts). Unknown vaults are created as by ensureVault (also for
+   * skipped entries). Returns the conflicts, by name; empty when every entry was stored. NOT_FOUND
+   * for an unknown agent; USAGE for a name repeated in the list.
    */
-  replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<void>;
+  replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<ResourceConflict[]>;
 
   // Policies. Each call that changes something bumps the one global policy version by exactly 1 and
   // returns the new version; a call that changes nothing (binding a bound vault, unbinding an unbound
@@ -338,10 +353,12 @@ export interface Catalog {
    * - fills in agentId if the catalog has none, and otherwise keeps the stored one;
    * - keeps the stored measurements (finishedAt, bytesRead, bytesStored, consistency): they are facts
    *   of the run, written once;
-   * - sets status: 'available' clears deletedAt, 'deleted' keeps an earlier deletedAt or takes the given one.
+   * - sets status: 'available' clears deletedAt, 'deleted' keeps an earlier deletedAt or takes the given one;
+   *   with `options.keepStatus`, status and deletedAt stay as stored (a report that the backup was
+   *   made says nothing about whether it still exists, so it cannot undo a concurrent deletion).
    * NOT_FOUND for an unknown vault.
    */
-  recordBackup(backup: BackupInput): Promise<void>;
+  recordBackup(backup: BackupInput, options?: RecordBackupOptions): Promise<void>;
   getBackup(id: string): Promise<BackupRecord | undefined>;
   /** Matching backups, newest first (startedAt, then id, both descending: a stable order for paging). */
   listBackups(filter?: BackupFilter): Promise<BackupRecord[]>;
@@ -399,7 +416,9 @@ export interface Catalog {
    * Calls `listener` when any instance sharing this database (this one included) changed policies or
    * bindings (`policies`), or queued a command for an agent (`commands`), so the instance holding
    * that agent's connection pushes it at once. Best effort: a notice may be lost while the database
-   * connection is down, so callers also catch up on connect. Returns the function that stops it.
+   * connection is down, so callers also catch up on connect (and on heartbeats), and an
+   * implementation whose notice connection came back emits `policies` once, with or without a
+   * change. Returns the function that stops it.
    */
   watch(listener: (event: CatalogEvent) => void): () => void;
 

@@ -362,14 +362,30 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
         expect(await all()).toEqual([['mail', 'agent-2', 'v1', ['/dev/sdc']]]);
       });
 
-      it('moves a name another agent holds to the reporting agent, and creates unknown vaults as ensureVault does', async () => {
+      it("keeps a name another unrevoked agent holds with that agent and returns the conflict; creates unknown vaults as ensureVault does", async () => {
         await catalog.upsertResource({ name: 'web', agentId: 'agent-2', vault: 'v1', disks: ['/dev/sda'] });
-        await catalog.replaceAgentResources('agent-1', [{ name: 'web', vault: 'v-new', disks: ['/dev/sdb'] }]);
-        expect(await all()).toEqual([['web', 'agent-1', 'v-new', ['/dev/sdb']]]);
-        expect((await catalog.listVaults()).map((v) => [v.name, v.type, v.location, v.resources])).toEqual([
-          ['v-new', 'server', '', ['web']],
-          ['v1', 'server', 's3://backups/v1', []],
+        const conflicts = await catalog.replaceAgentResources('agent-1', [
+          { name: 'web', vault: 'v-new', disks: ['/dev/sdb'] },
+          { name: 'db', vault: 'v1', disks: ['/dev/sdc'] },
         ]);
+        expect(conflicts).toEqual([{ name: 'web', heldBy: 'agent-2' }]);
+        expect(await all()).toEqual([
+          ['db', 'agent-1', 'v1', ['/dev/sdc']],
+          ['web', 'agent-2', 'v1', ['/dev/sda']],
+        ]);
+        expect((await catalog.listVaults()).map((v) => [v.name, v.type, v.location, v.resources])).toEqual([
+          ['v-new', 'server', '', []],
+          ['v1', 'server', 's3://backups/v1', ['db', 'web']],
+        ]);
+        // The holder's own report is no conflict.
+        expect(await catalog.replaceAgentResources('agent-2', [{ name: 'web', vault: 'v1', disks: ['/dev/sdd'] }])).toEqual([]);
+      });
+
+      it('moves a name a revoked agent holds to the reporting agent', async () => {
+        await catalog.upsertResource({ name: 'web', agentId: 'agent-2', vault: 'v1', disks: ['/dev/sda'] });
+        await catalog.revokeAgent('agent-2', at(5));
+        expect(await catalog.replaceAgentResources('agent-1', [{ name: 'web', vault: 'v1', disks: ['/dev/sdb'] }])).toEqual([]);
+        expect(await all()).toEqual([['web', 'agent-1', 'v1', ['/dev/sdb']]]);
       });
 
       it('refuses an unknown agent with NOT_FOUND, and a repeated name or a bad entry with USAGE, changing nothing', async () => {
@@ -516,6 +532,15 @@ export function describeCatalog(name: string, make: () => Promise<CatalogUnderTe
         expect((await catalog.getBackup('b1'))?.deletedAt).toBe(at(50));
         await catalog.recordBackup(backupInput('b1', 0));
         expect(await catalog.getBackup('b1')).toMatchObject({ status: 'available', deletedAt: null });
+      });
+
+      it('with keepStatus, leaves status and deletedAt of a known backup as stored, and stores a new one with the given status', async () => {
+        await catalog.recordBackup(backupInput('b1', 0, { agentId: null }));
+        await catalog.markBackupDeleted('b1', at(20));
+        await catalog.recordBackup(backupInput('b1', 0, { agentId: 'agent-7' }), { keepStatus: true });
+        expect(await catalog.getBackup('b1')).toMatchObject({ agentId: 'agent-7', status: 'deleted', deletedAt: at(20) });
+        await catalog.recordBackup(backupInput('b2', 1), { keepStatus: true });
+        expect(await catalog.getBackup('b2')).toMatchObject({ status: 'available', deletedAt: null });
       });
 
       it('stores logicalBytes and host as null when not given, and fills them in later, keeping known ones', async () => {

@@ -155,11 +155,22 @@ describe('PostgresCatalog: two instances sharing one database', () => {
     }
   });
 
-  it('listens again when its notice connection drops', async () => {
+  it('listens again when its notice connection drops, and then tells its watchers policies may have changed', async () => {
     const notices = `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = '${NOTICE_APPLICATION}'`;
     const before = (await query(url, notices)).rows.map((r: { pid: number }) => r.pid);
     expect(before.length).toBeGreaterThanOrEqual(2);
+    // Notices sent while the connection was down are lost: after the reconnect each instance's
+    // watchers hear a `policies` of its own, with no change made, so they push the latest anyway.
+    const reconnectA = watchEvents(a);
+    const reconnectB = watchEvents(b);
     await query(url, `SELECT pg_terminate_backend(pid) FROM (${notices}) n`);
+    try {
+      expect(await reconnectA.until(1)).toEqual([{ kind: 'policies' }]);
+      expect(await reconnectB.until(1)).toEqual([{ kind: 'policies' }]);
+    } finally {
+      reconnectA.stop();
+      reconnectB.stop();
+    }
     const deadline = Date.now() + 10_000;
     let after: number[] = [];
     while (Date.now() < deadline) {

@@ -22,7 +22,9 @@ import type {
   JsonValue,
   PolicyChanges,
   PolicyRecord,
+  RecordBackupOptions,
   ReplaceSummary,
+  ResourceConflict,
   ResourceFilter,
   ResourceRecord,
   ScannedBackup,
@@ -218,6 +220,8 @@ export class PostgresCatalog implements Catalog {
   private listener: pg.Client | undefined;
   private closed = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
+  /** Set once the first LISTEN succeeded: later successes are reconnects. */
+  private listenedBefore = false;
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -423,18 +427,32 @@ export class PostgresCatalog implements Catalog {
     return rows.map((r) => ({ name: r.name, agentId: r.agent_id, vault: r.vault, disks: JSON.parse(r.disks) as string[] }));
   }
 
-  async replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<void> {
+  async replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<ResourceConflict[]> {
     const rows = agentResources(requiredText(agentId, 'agentId'), resources).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    await this.tx("replacing an agent's resources", 'write', async (q) => {
+    return this.tx("replacing an agent's resources", 'write', async (q) => {
       // The agent's row lock serialises its reports.
       if (!(await q.one('SELECT 1 FROM agents WHERE agent_id = $1 FOR UPDATE', [agentId]))) {
         throw new CairnError('NOT_FOUND', `catalog: agent ${agentId} does not exist`);
       }
       await q.count('DELETE FROM resources WHERE agent_id = $1 AND NOT (name = ANY ($2::TEXT[]))', [agentId, rows.map((r) => r.name)]);
+      const conflicts: ResourceConflict[] = [];
       for (const r of rows) {
         await ensureVaultRow(q, r.vault);
-        await upsertResourceRow(q, r.name, agentId, r.vault, JSON.stringify(r.disks));
+        // One statement decides and writes: a concurrent report of the same name waits on the row,
+        // then re-checks the condition. Another unrevoked agent's resource stays its own.
+        const stored = await q.count(
+          `INSERT INTO resources (name, agent_id, vault, disks) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id, vault = excluded.vault, disks = excluded.disks
+           WHERE resources.agent_id = excluded.agent_id
+              OR EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = resources.agent_id AND a.revoked_at IS NOT NULL)`,
+          [r.name, agentId, r.vault, JSON.stringify(r.disks)],
+        );
+        if (stored === 0) {
+          const holder = await q.one<{ agent_id: string }>('SELECT agent_id FROM resources WHERE name = $1', [r.name]);
+          conflicts.push({ name: r.name, heldBy: holder?.agent_id ?? 'unknown' });
+        }
       }
+      return conflicts;
     });
   }
 
@@ -524,14 +542,14 @@ export class PostgresCatalog implements Catalog {
 
   // Backups
 
-  async recordBackup(backup: BackupInput): Promise<void> {
+  async recordBackup(backup: BackupInput, options: RecordBackupOptions = {}): Promise<void> {
     const b = backupInput(backup);
     await this.tx('recording a backup', 'write', async (q) => {
       // FOR SHARE: backups of one vault may be recorded together, but not while its backups are replaced.
       if (!(await q.one('SELECT 1 FROM vaults WHERE name = $1 FOR SHARE', [b.vault]))) {
         throw new CairnError('NOT_FOUND', `catalog: vault ${b.vault} of backup ${b.id} does not exist`);
       }
-      await recordBackupRow(q, b);
+      await recordBackupRow(q, b, options.keepStatus === true);
     });
   }
 
@@ -847,7 +865,15 @@ export class PostgresCatalog implements Catalog {
       await client.end().catch(() => {});
       throw err;
     }
-    if (this.closed) await client.end().catch(() => {});
+    if (this.closed) {
+      await client.end().catch(() => {});
+      return;
+    }
+    // Notices sent while no connection listened are lost: after a reconnect, tell watchers that
+    // policies may have changed (pushing the latest is idempotent per connection). Lost `commands`
+    // notices are covered by the server, which sends pending commands on every heartbeat.
+    if (this.listenedBefore) this.events.emit('notice', { kind: 'policies' } satisfies CatalogEvent);
+    this.listenedBefore = true;
   }
 
   private listenLater(): void {
@@ -965,7 +991,7 @@ async function readPolicy(q: Tx, name: string): Promise<PolicyRecord | undefined
  * transaction; returns the record as it was before (undefined: new). A concurrent first record of
  * the same id waits on the unique index, then finds the row and follows the rules for a repeat.
  */
-async function recordBackupRow(q: Tx, b: CheckedBackup): Promise<BackupRecord | undefined> {
+async function recordBackupRow(q: Tx, b: CheckedBackup, keepStatus = false): Promise<BackupRecord | undefined> {
   const added = await q.count(
     `INSERT INTO backups (id, name, vault, resource, agent_id, kind, started_at, finished_at, bytes_read, bytes_stored,
        consistency, logical_bytes, host, status, deleted_at)
@@ -982,11 +1008,14 @@ async function recordBackupRow(q: Tx, b: CheckedBackup): Promise<BackupRecord | 
         `(${differ.map((f) => `${f} ${before[f]}, not ${b[f]}`).join('; ')}); a backup id names one backup only`,
     );
   }
-  const deletedAt = b.status === 'deleted' ? (before.status === 'deleted' ? before.deletedAt : null) ?? b.deletedAt : null;
+  const status = keepStatus ? before.status : b.status;
+  const deletedAt = keepStatus
+    ? before.deletedAt
+    : b.status === 'deleted' ? (before.status === 'deleted' ? before.deletedAt : null) ?? b.deletedAt : null;
   await q.count(
     `UPDATE backups SET agent_id = COALESCE(agent_id, $2), logical_bytes = COALESCE(logical_bytes, $3), host = COALESCE(host, $4),
        status = $5, deleted_at = $6 WHERE id = $1`,
-    [b.id, b.agentId, b.logicalBytes, b.host, b.status, deletedAt],
+    [b.id, b.agentId, b.logicalBytes, b.host, status, deletedAt],
   );
   return before;
 }

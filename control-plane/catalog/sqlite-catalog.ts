@@ -23,7 +23,9 @@ import type {
   JsonValue,
   PolicyChanges,
   PolicyRecord,
+  RecordBackupOptions,
   ReplaceSummary,
+  ResourceConflict,
   ResourceFilter,
   ResourceRecord,
   ScannedBackup,
@@ -457,16 +459,26 @@ export class SqliteCatalog implements Catalog {
     );
   }
 
-  async replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<void> {
+  async replaceAgentResources(agentId: string, resources: Omit<ResourceRecord, 'agentId'>[]): Promise<ResourceConflict[]> {
     const rows = agentResources(requiredText(agentId, 'agentId'), resources);
-    this.write("replacing an agent's resources", () => {
+    return this.write("replacing an agent's resources", () => {
       this.mustExist('agents', 'agent_id', agentId, `agent ${agentId}`);
       const keep = new Set(rows.map((r) => r.name));
       for (const { name } of this.all<{ name: string }>('SELECT name FROM resources WHERE agent_id = ?', agentId)) {
         if (!keep.has(name)) this.run('DELETE FROM resources WHERE name = ?', name);
       }
+      const conflicts: ResourceConflict[] = [];
       for (const r of rows) {
         this.ensureVaultRow(r.vault);
+        // Another unrevoked agent's resource stays its own; a revoked agent's may move here.
+        const holder = this.get<{ agent_id: string; revoked_at: string | null }>(
+          'SELECT r.agent_id, a.revoked_at FROM resources r JOIN agents a ON a.agent_id = r.agent_id WHERE r.name = ?',
+          r.name,
+        );
+        if (holder !== undefined && holder.agent_id !== agentId && holder.revoked_at === null) {
+          conflicts.push({ name: r.name, heldBy: holder.agent_id });
+          continue;
+        }
         this.run(
           `INSERT INTO resources (name, agent_id, vault, disks) VALUES (?, ?, ?, ?)
            ON CONFLICT (name) DO UPDATE SET agent_id = excluded.agent_id, vault = excluded.vault, disks = excluded.disks`,
@@ -476,6 +488,7 @@ export class SqliteCatalog implements Catalog {
           JSON.stringify(r.disks),
         );
       }
+      return conflicts;
     });
   }
 
@@ -550,11 +563,11 @@ export class SqliteCatalog implements Catalog {
 
   // Backups
 
-  async recordBackup(backup: BackupInput): Promise<void> {
+  async recordBackup(backup: BackupInput, options: RecordBackupOptions = {}): Promise<void> {
     const b = backupInput(backup);
     this.write('recording a backup', () => {
       this.mustExist('vaults', 'name', b.vault, `vault ${b.vault} of backup ${b.id}`);
-      this.recordBackupRow(b);
+      this.recordBackupRow(b, options.keepStatus === true);
     });
   }
 
@@ -816,7 +829,7 @@ export class SqliteCatalog implements Catalog {
    * Inserts or updates one backup by the rules of Catalog.recordBackup, inside the caller's
    * transaction; returns the row as it was before (undefined: new).
    */
-  private recordBackupRow(b: CheckedBackup): BackupRecord | undefined {
+  private recordBackupRow(b: CheckedBackup, keepStatus = false): BackupRecord | undefined {
     const old = this.get<BackupRow>('SELECT * FROM backups WHERE id = ?', b.id);
     if (!old) {
       this.run(
@@ -837,14 +850,17 @@ export class SqliteCatalog implements Catalog {
           `(${differ.map((f) => `${f} ${before[f]}, not ${b[f]}`).join('; ')}); a backup id names one backup only`,
       );
     }
-    const deletedAt = b.status === 'deleted' ? (before.status === 'deleted' ? before.deletedAt : null) ?? b.deletedAt : null;
+    const status = keepStatus ? before.status : b.status;
+    const deletedAt = keepStatus
+      ? before.deletedAt
+      : b.status === 'deleted' ? (before.status === 'deleted' ? before.deletedAt : null) ?? b.deletedAt : null;
     this.run(
       `UPDATE backups SET agent_id = COALESCE(agent_id, ?), logical_bytes = COALESCE(logical_bytes, ?), host = COALESCE(host, ?),
          status = ?, deleted_at = ? WHERE id = ?`,
       b.agentId,
       b.logicalBytes,
       b.host,
-      b.status,
+      status,
       deletedAt,
       b.id,
     );

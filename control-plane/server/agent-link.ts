@@ -29,6 +29,8 @@ import { policyPush, readPolicySnapshot } from './policy-push.js';
 export const AGENT_PATH = '/v1/agent';
 /** WebSocket close code for a broken rule of the protocol (RFC 6455). */
 export const CLOSE_POLICY = 1008;
+/** WebSocket close code "try again later" (RFC 6455 registry): a store failed for now; the agent reconnects and re-sends. */
+export const CLOSE_TRY_AGAIN_LATER = 1013;
 
 export interface AgentLinkOptions {
   catalog: Catalog;
@@ -49,7 +51,10 @@ type PolicySnapshot = { version: number; records: PolicyRecord[] };
 /** One WebSocket and what the link knows of it. */
 interface Connection {
   ws: WebSocket;
-  /** Set by a welcomed hello. */
+  /**
+   * Set by a hello whose credential was accepted, in the same step that makes this the agent's live
+   * connection (before any further await), so a close at any later point removes it from `live`.
+   */
   agentId?: string;
   /** Commands sent on this connection: each is sent once per connection (again after a reconnect). */
   sentCommands: Set<string>;
@@ -77,14 +82,23 @@ interface Connection {
  * - At most `maxPendingPerAddress` handshakes per remote address and `maxPending` in all; more are
  *   refused with HTTP 503 before the upgrade, so a flood costs a socket, not a session.
  * - Policies: right after `welcome`, an agent whose `hello.policyVersion` is below the catalog's
- *   gets the latest `policy-push`; `policiesChanged()` pushes the latest version to every welcomed
- *   connection. A connection is never sent a version at or below one it runs or was already sent,
- *   so pushes on it only grow. `policy-ack` records the agent's acknowledged version.
- * - Durable outbox: `job-result` and `catalog-sync` are stored first and acked after; a failed store
- *   gets no ack (the agent re-sends), and a refusal a re-send cannot cure also an `error` naming the
- *   message. Storing is idempotent, so a repeated message is stored once and acked each time.
+ *   (or above it: a version this catalog never had, treated as unknown) gets the latest
+ *   `policy-push`; `policiesChanged()` pushes the latest version to every welcomed connection. Apart
+ *   from that first push to an agent with an unknown version, a connection is never sent a version
+ *   at or below one it runs or was already sent, so pushes on it only grow. `policy-ack` records the agent's acknowledged version.
+ * - Revocation: the agent record is read again after the connection is registered (a revoke racing
+ *   the hello is seen) and at every heartbeat (a revoke by another instance closes it within one
+ *   heartbeat interval); a revoked agent's connection is closed with 1008.
+ * - Durable outbox: `job-result` and `catalog-sync` are stored first and acked after; a store that
+ *   fails for now gets no ack and the connection is closed with 1013 (the agent reconnects and
+ *   re-sends); a refusal a re-send cannot cure is logged, answered with an `error` naming the
+ *   message and acked. Storing is idempotent, so a repeated message is stored once and acked each time.
+ * - An agent changes only what it protects: `catalog-sync` only for vaults where it holds a
+ *   resource, a `delete` result marks deleted only its own backups or those of resources it holds,
+ *   and `resources` never takes a name another unrevoked agent holds.
  * - Commands: right after `welcome` the agent's pending commands go out in the catalog's order;
- *   `commandsQueued()` sends new ones at once. Each command goes once per connection.
+ *   `commandsQueued()` sends new ones at once, and every heartbeat sends any not yet sent (lost
+ *   notices). Each command goes once per connection.
  * - `resources` replaces the agent's resources in the catalog; `job-progress` and heartbeats feed
  *   `jobs` (memory only), which drops an agent's jobs when it disconnects.
  */
@@ -244,15 +258,15 @@ export class AgentLink {
 
     const helloTimer = setTimeout(() => refuse('USAGE', `no hello within ${this.helloTimeoutMs} ms`, null), this.helloTimeoutMs);
 
-    ws.on('error', (err) => log('warn', `WebSocket from ${address}${agentId ? ` (${agentId})` : ''}: ${err.message}`));
+    ws.on('error', (err) => log('warn', `WebSocket from ${address}${conn.agentId ? ` (${conn.agentId})` : ''}: ${err.message}`));
     ws.on('close', () => {
       clearTimeout(helloTimer);
       releasePending();
       this.sockets.delete(ws);
-      if (agentId !== undefined && this.live.get(agentId) === conn) {
-        this.live.delete(agentId);
-        this.jobs.forget(agentId);
-        const id = agentId;
+      const id = conn.agentId;
+      if (id !== undefined && this.live.get(id) === conn) {
+        this.live.delete(id);
+        this.jobs.forget(id);
         queue = queue.then(() => catalog.touchAgent(id, clock.now().toISOString(), 'offline')).catch((err) =>
           log('error', `marking agent ${id} offline: ${(err as Error).message}`),
         );
@@ -295,12 +309,15 @@ export class AgentLink {
     conn: Connection,
   ): Promise<string | undefined> {
     const { catalog, clock, log } = this.options;
+    const ws = conn.ws;
     if (agentId === undefined) {
       if (message.type !== 'hello') {
         refuse('USAGE', `the first message must be hello, not ${message.type}`, message.id);
         return undefined;
       }
       const agent = await catalog.getAgent(message.agentId);
+      // The socket may have closed during any await of the hello: then nothing more is done for it.
+      if (ws.readyState !== ws.OPEN) return undefined;
       // One answer for unknown, wrong and revoked, so the reply tells a guesser nothing.
       if (agent === undefined || agent.revokedAt !== null || !verifyAgentCredential(agent.credentialHash, message.token)) {
         log('warn', `refused hello from agent ${message.agentId}: ${agent === undefined ? 'unknown' : agent.revokedAt !== null ? 'revoked' : 'wrong credential'}`);
@@ -315,11 +332,23 @@ export class AgentLink {
         return undefined;
       }
       welcomed();
+      // Registered before the next await, and conn.agentId with it, so the close handler sees it.
       const previous = this.live.get(agent.agentId);
       this.live.set(agent.agentId, conn);
+      conn.agentId = agent.agentId;
       previous?.ws.close(1000, 'replaced by a newer connection of the same agent');
+      // A revoke between the read above and the registration would not have found this connection
+      // to close: read again now that it is registered (a revoke from now on finds it).
+      const current = await catalog.getAgent(agent.agentId);
+      if (ws.readyState !== ws.OPEN) return agent.agentId;
+      if (current === undefined || current.revokedAt !== null) {
+        log('warn', `refused hello from agent ${agent.agentId}: revoked while it connected`);
+        refuse('PERMISSION_DENIED', 'agent credential refused: the agent is unknown, revoked or its credential is wrong; enroll it again', message.id);
+        return agent.agentId;
+      }
       const now = clock.now();
       await catalog.touchAgent(agent.agentId, now.toISOString(), 'online');
+      if (ws.readyState !== ws.OPEN) return agent.agentId;
       send({
         v: 1,
         type: 'welcome',
@@ -330,7 +359,6 @@ export class AgentLink {
         protocolVersion: version,
       });
       conn.welcomed = true;
-      conn.agentId = agent.agentId;
       conn.policyVersion = message.policyVersion ?? 0;
       log('info', `agent ${agent.agentId} connected`);
       // Read after `welcomed` is set: a change from now on is pushed by policiesChanged, one before
@@ -338,7 +366,15 @@ export class AgentLink {
       // A failed read leaves the connection up: the next change pushes again.
       try {
         const snapshot = await readPolicySnapshot(catalog);
-        if (snapshot !== undefined) this.pushTo(conn, snapshot);
+        const catalogVersion = snapshot?.version ?? 0;
+        if (message.policyVersion !== null && message.policyVersion > catalogVersion && conn.policyVersion === message.policyVersion) {
+          // The agent runs a version this catalog never had (another control plane's, or a catalog
+          // restored or moved to PostgreSQL): treat it as unknown, so the latest is pushed. The agent
+          // takes the first push after its welcome even when that version is lower (protocol README).
+          log('warn', `agent ${agent.agentId} runs policy version ${message.policyVersion}, above this catalog's ${catalogVersion}: it gets this catalog's policies`);
+          conn.policyVersion = 0;
+        }
+        if (snapshot !== undefined && ws.readyState === ws.OPEN) this.pushTo(conn, snapshot);
       } catch (err) {
         log('error', `pushing policies to agent ${agent.agentId}: ${(err as Error)?.stack ?? String(err)}`);
       }
@@ -350,10 +386,21 @@ export class AgentLink {
       case 'hello':
         refuse('USAGE', 'hello was sent twice on one connection', message.id);
         return agentId;
-      case 'heartbeat':
+      case 'heartbeat': {
+        // Another instance may have revoked the agent (its disconnect reaches only its own
+        // connections): every heartbeat reads the record again.
+        const agent = await catalog.getAgent(agentId);
+        if (agent === undefined || agent.revokedAt !== null) {
+          log('warn', `closing the connection of agent ${agentId}: it was revoked`);
+          refuse('PERMISSION_DENIED', 'agent credential refused: the agent is unknown, revoked or its credential is wrong; enroll it again', message.id);
+          return agentId;
+        }
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
         this.jobs.heartbeat(agentId, message.jobs, clock.now().toISOString());
+        // Catches up on `commands` notices lost between instances: only commands not yet sent on this connection go.
+        this.sendPendingCommands(conn);
         return agentId;
+      }
       case 'policy-ack':
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
         if (message.error === null) await catalog.setAgentPolicyAck(agentId, message.version);
@@ -362,13 +409,17 @@ export class AgentLink {
       case 'job-progress':
         this.jobs.progress(agentId, message, clock.now().toISOString());
         return agentId;
-      case 'resources':
+      case 'resources': {
         await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
-        await catalog.replaceAgentResources(
+        const conflicts = await catalog.replaceAgentResources(
           agentId,
           message.resources.map((r) => ({ name: r.name, vault: r.vault, disks: [...r.disks] })),
         );
+        for (const c of conflicts) {
+          log('warn', `agent ${agentId} reported resource ${c.name}, which agent ${c.heldBy} holds; it stays with ${c.heldBy} (revoke ${c.heldBy} to move it, or rename the resource)`);
+        }
         return agentId;
+      }
       case 'job-result':
         await this.storeThenAck(agentId, message, conn, () => this.storeJobResult(agentId, message));
         this.jobs.finished(agentId, message.jobId);
@@ -383,10 +434,14 @@ export class AgentLink {
   }
 
   /**
-   * The durable outbox's server side: `store` first, then `ack`. When storing fails there is no ack,
-   * so the agent sends the message again after its next reconnect; a failure that a re-send cannot
-   * cure (the catalog refused the content) is also answered with an `error` naming the message, and
-   * logged. Store steps are idempotent, so a repeated message is stored once and acked again.
+   * The durable outbox's server side: `store` first, then `ack`. Store steps are idempotent, so a
+   * repeated message is stored once and acked again.
+   * - A failure a re-send may cure (BUSY, STORE_UNAVAILABLE, anything unexpected) gets no ack and the
+   *   connection is closed with 1013, so the agent reconnects and sends its outbox again.
+   * - A refusal a re-send cannot cure (USAGE, ALREADY_EXISTS, NOT_FOUND) is logged, answered with an
+   *   `error` naming the message, and acked so the agent's outbox drains: a job-result is still kept
+   *   (without its backup) and completes its command with a result saying why the backup was not
+   *   catalogued; a catalog-sync part is dropped.
    */
   private async storeThenAck(agentId: string, message: JobResultMessage | CatalogSyncMessage, conn: Connection, store: () => Promise<void>): Promise<void> {
     const { catalog, clock, log } = this.options;
@@ -394,35 +449,63 @@ export class AgentLink {
       await catalog.touchAgent(agentId, clock.now().toISOString(), 'online');
       await store();
     } catch (err) {
-      const permanent = isCairnError(err) && !err.retryable && (err.code === 'USAGE' || err.code === 'ALREADY_EXISTS' || err.code === 'NOT_FOUND');
-      log('error', `${message.type} ${message.id} from agent ${agentId} not stored${permanent ? '' : ' (the agent sends it again)'}: ${(err as Error)?.stack ?? String(err)}`);
-      if (permanent) {
-        conn.send({ v: 1, type: 'error', id: conn.nextId(), code: (err as CairnError).code, message: `${message.type} not stored: ${(err as CairnError).message}`.slice(0, 1024), inReplyTo: message.id });
+      if (!isPermanentRefusal(err)) {
+        log('error', `${message.type} ${message.id} from agent ${agentId} not stored (closing with 1013; the agent sends it again): ${(err as Error)?.stack ?? String(err)}`);
+        conn.ws.close(CLOSE_TRY_AGAIN_LATER, 'the catalog could not store a message; reconnect and send it again');
+        return;
       }
-      return;
+      log('error', `${message.type} ${message.id} from agent ${agentId} refused by the catalog (acked, not stored): ${(err as CairnError).message}`);
+      if (message.type === 'job-result') {
+        try {
+          await this.storeRefusedJobResult(agentId, message, err as CairnError);
+        } catch (again) {
+          if (!isPermanentRefusal(again)) {
+            log('error', `job-result ${message.id} from agent ${agentId}: recording its refusal failed (closing with 1013): ${(again as Error)?.stack ?? String(again)}`);
+            conn.ws.close(CLOSE_TRY_AGAIN_LATER, 'the catalog could not store a message; reconnect and send it again');
+            return;
+          }
+          log('error', `job-result ${message.id} from agent ${agentId}: its job result is refused too (acked, not stored): ${again.message}`);
+        }
+      }
+      conn.send({ v: 1, type: 'error', id: conn.nextId(), code: (err as CairnError).code, message: `${message.type} not stored: ${(err as CairnError).message}`.slice(0, 1024), inReplyTo: message.id });
     }
     conn.send({ v: 1, type: 'ack', id: conn.nextId(), messageId: message.id });
   }
 
   private async storeJobResult(agentId: string, message: JobResultMessage): Promise<void> {
-    const { catalog, clock, log } = this.options;
-    const now = clock.now().toISOString();
+    const { catalog } = this.options;
     if (message.backup !== null) {
       await catalog.ensureVault(message.backup.vault);
-      // A job-result says the backup was made, not that it still exists: a re-sent one keeps a deletion.
-      const known = await catalog.getBackup(message.backup.id);
-      await catalog.recordBackup({
-        ...backupInput(message.backup, agentId),
-        status: known?.status ?? 'available',
-        deletedAt: known?.deletedAt ?? null,
-      });
+      // A job-result says the backup was made, not that it still exists: for a known backup the
+      // catalog keeps its status, so a re-sent (or late) result does not undo a deletion.
+      await catalog.recordBackup(backupInput(message.backup, agentId), { keepStatus: true });
     }
+    await this.recordResultAndComplete(agentId, message, message.backup?.id ?? null, { status: message.status, backup: message.backup, error: message.error });
+  }
+
+  /** A job-result whose backup the catalog refused: the job and its command are still recorded, the result says why. */
+  private async storeRefusedJobResult(agentId: string, message: JobResultMessage, refusal: CairnError): Promise<void> {
+    const notCatalogued = {
+      code: refusal.code,
+      message: `backup ${message.backup?.id ?? '(none)'} could not be catalogued: ${refusal.message}`.slice(0, 1024),
+    };
+    await this.recordResultAndComplete(agentId, message, null, {
+      status: message.status,
+      backup: message.backup,
+      error: message.error,
+      catalogError: notCatalogued,
+    });
+  }
+
+  private async recordResultAndComplete(agentId: string, message: JobResultMessage, backupId: string | null, result: Record<string, unknown>): Promise<void> {
+    const { catalog, clock, log } = this.options;
+    const now = clock.now().toISOString();
     await catalog.recordJobResult({
       agentId,
       jobId: message.jobId,
       commandId: message.commandId,
       status: message.status,
-      backupId: message.backup?.id ?? null,
+      backupId,
       errorCode: message.error?.code ?? null,
       errorMessage: message.error?.message ?? null,
       receivedAt: now,
@@ -433,16 +516,35 @@ export class AgentLink {
       log('warn', `agent ${agentId} reported a result for command ${message.commandId}, which ${command === undefined ? 'is unknown' : 'belongs to another agent'}; result kept, no command completed`);
       return;
     }
-    const result = { status: message.status, backup: message.backup, error: message.error } as unknown as JsonValue;
-    await catalog.completeCommand(command.commandId, result, now);
-    const backupId = storedArgs(command)?.args.backupId;
-    if (command.action === 'delete' && message.status === 'ok' && typeof backupId === 'string') {
-      if ((await catalog.getBackup(backupId)) !== undefined) await catalog.markBackupDeleted(backupId, now);
+    await catalog.completeCommand(command.commandId, result as unknown as JsonValue, now);
+    const deleted = storedArgs(command)?.args.backupId;
+    if (command.action === 'delete' && message.status === 'ok' && typeof deleted === 'string') await this.markDeletedBy(agentId, deleted, now);
+  }
+
+  /**
+   * A `delete` the agent says it carried out: the backup is marked deleted only when the catalog
+   * says this agent made it or holds its resource, so an agent cannot strike another's backups.
+   */
+  private async markDeletedBy(agentId: string, backupId: string, at: string): Promise<void> {
+    const { catalog, log } = this.options;
+    const backup = await catalog.getBackup(backupId);
+    if (backup === undefined) return;
+    const holds = backup.agentId === agentId || (await catalog.listResources({ agentId })).some((r) => r.name === backup.resource);
+    if (!holds) {
+      log('warn', `agent ${agentId} reported deleting backup ${backupId}, which is neither its own nor of a resource it holds; not marked deleted`);
+      return;
     }
+    await catalog.markBackupDeleted(backupId, at);
   }
 
   private async storeSyncPart(agentId: string, message: CatalogSyncMessage): Promise<void> {
     const { catalog, clock, log } = this.options;
+    // Only an agent protecting something in the vault may rebuild its catalog (a sync marks every
+    // backup it does not list deleted). Others are acked, so their outbox drains, and ignored.
+    if ((await catalog.listResources({ agentId, vault: message.vault })).length === 0) {
+      log('warn', `ignored catalog-sync ${message.syncId} part ${message.part} of vault ${message.vault} from agent ${agentId}: it holds no resource in that vault`);
+      return;
+    }
     const owners = new Map((await catalog.listResources()).map((r) => [r.name, r.agentId]));
     const backups: ScannedBackup[] = message.backups.map((b) => {
       const { status: _status, deletedAt: _deletedAt, ...scanned } = backupInput(b, owners.get(b.resource) ?? null);
@@ -456,6 +558,11 @@ export class AgentLink {
       log('info', `vault ${message.vault} catalog rebuilt from agent ${agentId}'s scan ${message.syncId}: ${summary.added} added, ${summary.restored} restored, ${summary.deleted} marked deleted`);
     }
   }
+}
+
+/** A refusal of the content that sending the same message again cannot cure. */
+function isPermanentRefusal(err: unknown): err is CairnError {
+  return isCairnError(err) && !err.retryable && (err.code === 'USAGE' || err.code === 'ALREADY_EXISTS' || err.code === 'NOT_FOUND');
 }
 
 /** A backup as an agent reported it, for the catalog. */

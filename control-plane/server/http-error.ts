@@ -21,13 +21,19 @@ export class ApiError extends Error {
   constructor(
     readonly code: ApiErrorCode,
     message: string,
+    /** Overrides the code's status (BUSY is 503 when the server, not a vault, is busy) and adds headers such as Retry-After. */
+    readonly options: { status?: number; headers?: Record<string, string> } = {},
   ) {
     super(message);
     this.name = 'ApiError';
   }
 
   get status(): number {
-    return statusOf(this.code);
+    return this.options.status ?? statusOf(this.code);
+  }
+
+  get headers(): Record<string, string> {
+    return this.options.headers ?? {};
   }
 }
 

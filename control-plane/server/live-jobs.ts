@@ -1,5 +1,8 @@
 import type { JobProgressMessage, RunningJobSummary } from '../../shared/protocol/messages.js';
 
+/** The job kinds a heartbeat's `jobs` can name (shared/protocol RunningJobSummary.kind). */
+const HEARTBEAT_KINDS: ReadonlySet<string> = new Set<RunningJobSummary['kind']>(['backup', 'prune', 'gc']);
+
 /** A job an agent is running now, as its latest `job-progress` or heartbeat told. */
 export interface LiveJob {
   agentId: string;
@@ -20,7 +23,7 @@ export interface LiveJob {
 /**
  * The jobs agents connected to this instance run now: memory only, never stored (job-progress is
  * best effort). An entry goes when its job-result arrives, when its agent disconnects, or when a
- * heartbeat of its agent no longer lists it. Several instances sharing a catalog each know only
+ * heartbeat of its agent no longer lists it (only for the kinds a heartbeat can list). Several instances sharing a catalog each know only
  * their own agents' jobs.
  */
 export class LiveJobs {
@@ -45,11 +48,18 @@ export class LiveJobs {
     });
   }
 
-  /** Makes the agent's jobs those of a heartbeat: unlisted ones go, new ones come with what it says. */
+  /**
+   * Makes the agent's jobs of the kinds a heartbeat lists (backup, prune, gc) those of the heartbeat:
+   * unlisted ones of those kinds go, new ones come with what it says. Jobs of kinds a heartbeat
+   * cannot list (restore, verify, delete) stay until their job-result or the agent's disconnect; a
+   * job whose kind is unknown (job-progress without one) goes when unlisted, as before.
+   */
   heartbeat(agentId: string, running: RunningJobSummary[], at: string): void {
     const jobs = this.jobsOf(agentId);
     const listed = new Set(running.map((j) => j.id));
-    for (const id of [...jobs.keys()]) if (!listed.has(id)) jobs.delete(id);
+    for (const [id, job] of [...jobs]) {
+      if (!listed.has(id) && (job.kind === null || HEARTBEAT_KINDS.has(job.kind))) jobs.delete(id);
+    }
     for (const job of running) {
       const old = jobs.get(job.id);
       if (old !== undefined) {

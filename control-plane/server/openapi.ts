@@ -78,7 +78,15 @@ const schemas: Record<string, Schema> = {
     deletedAt: nullable(time),
   }),
   Problem: obj({ code: str(), message: str() }),
-  CommandResult: obj({ status: { enum: ['ok', 'failed', 'cancelled'] }, backup: { anyOf: [{ type: 'object' }, { type: 'null' }] }, error: nullable(ref('Problem')) }),
+  CommandResult: obj(
+    {
+      status: { enum: ['ok', 'failed', 'cancelled'] },
+      backup: { anyOf: [{ type: 'object' }, { type: 'null' }] },
+      error: nullable(ref('Problem')),
+      catalogError: { ...ref('Problem'), description: 'present when the catalog refused the backup the job reported (it is not catalogued): why' },
+    },
+    ['status', 'backup', 'error'],
+  ),
   Progress: obj({ percent: nullable({ type: 'number' }), bytesDone: nullable(int), bytesTotal: nullable(int), rateBytesPerSecond: nullable({ type: 'number' }), updatedAt: time }),
   Command: obj({
     commandId: str(),
@@ -265,7 +273,8 @@ export function openApiDocument(): Record<string, unknown> {
         ...(op.params ?? []).map((name) => ({ name, in: 'path', required: true, schema: str(), description: 'percent-encoded' })),
         ...Object.entries(op.query ?? {}).map(([name, schema]) => ({ name, in: 'query', required: false, schema })),
       ];
-      const errors = [...new Set([...(admin ? [401] : []), ...op.errors, 404, 500])].sort();
+      // 503: too many admin token checks at once (with Retry-After).
+      const errors = [...new Set([...(admin ? [401, 503] : []), ...op.errors, 404, 500])].sort();
       paths[path]![method] = {
         summary: op.summary,
         ...(admin ? {} : { security: [] }),

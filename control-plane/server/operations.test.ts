@@ -110,15 +110,21 @@ describe('agents report, the API drives commands', () => {
     expect((await cp.catalog.listJobResults({ agentId: db.agentId, status: 'failed' }))[0]).toMatchObject({ jobId: 'job-2', errorCode: 'SOURCE_UNREADABLE' });
   });
 
-  it('does not ack what it could not store, and says why', async () => {
+  it('acks a job-result the catalog refuses, keeping the job and completing its command with why', async () => {
     const agent = clients[0]!;
-    // Same backup id, another identity: the catalog refuses it, so there is no ack.
-    const id = agent.message({ type: 'job-result', jobId: 'job-3', commandId: null, status: 'ok', backup: summary('b1', 'logs'), error: null });
+    await cp.catalog.addCommand({ commandId: 'cmd-refused', agentId: db.agentId, action: 'backup-now', args: { vault: 'primary', resource: 'logs', args: {} }, createdAt: clock.now().toISOString() });
+    // Same backup id, another identity: the catalog refuses the backup, which no re-send can cure.
+    const id = agent.message({ type: 'job-result', jobId: 'job-3', commandId: 'cmd-refused', status: 'ok', backup: summary('b1', 'logs'), error: null });
+    await agent.ack(id);
     const error = await agent.next('error', (m) => m.inReplyTo === id);
     expect(error.code).toBe('ALREADY_EXISTS');
-    expect(agent.all('ack').map((m) => m.messageId)).not.toContain(id);
     expect(agent.ws.readyState).toBe(agent.ws.OPEN);
     expect((await api('GET', '/v1/backups/b1')).body.backup.resource).toBe('db');
+    expect((await cp.catalog.listJobResults({ agentId: db.agentId })).find((r) => r.jobId === 'job-3')).toMatchObject({ status: 'ok', backupId: null });
+    const command = (await api('GET', '/v1/commands/cmd-refused')).body.command;
+    expect(command.completedAt).not.toBeNull();
+    expect(command.result).toMatchObject({ status: 'ok', catalogError: { code: 'ALREADY_EXISTS' } });
+    expect(command.result.catalogError.message).toContain('b1 could not be catalogued');
   });
 
   it('rebuilds a vault from catalog-sync parts, acking each, owners from the resources', async () => {
@@ -226,7 +232,8 @@ describe('agents report, the API drives commands', () => {
   it('summarises agents, the last 24 hours of jobs and vault usage', async () => {
     const dashboard = (await api('GET', '/v1/dashboard')).body;
     expect(dashboard.agents).toEqual({ total: 2, online: 2, offline: 0, revoked: 0 });
-    expect(dashboard.jobs24h).toEqual({ ok: 3, failed: 1, cancelled: 0 });
+    // job-1, job-3 (its backup refused, the job kept), wj-1, del-1.
+    expect(dashboard.jobs24h).toEqual({ ok: 4, failed: 1, cancelled: 0 });
     const primary = dashboard.vaults.find((v: any) => v.name === 'primary');
     const available = (await api('GET', '/v1/backups?vault=primary&status=available')).body.backups;
     const used = available.reduce((n: number, b: any) => n + b.bytesStored, 0);

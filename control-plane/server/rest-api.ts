@@ -19,6 +19,10 @@ import { openApiDocument } from './openapi.js';
 import { checkPolicyInput, checkPolicySet, checkVaultName } from './policy-push.js';
 
 export { MAX_BODY_BYTES } from './api-io.js';
+/** scrypt checks of not yet known admin tokens that may run at once; more are answered 503. */
+export const MAX_ADMIN_VERIFICATIONS = 2;
+const ADMIN_RETRY_AFTER_SECONDS = 1;
+
 /** Longest enrollment token lifetime an admin may ask for: 30 days. */
 export const MAX_ENROLLMENT_TTL_SECONDS = 30 * 24 * 3600;
 const MAX_HOSTNAME = 256;
@@ -34,6 +38,8 @@ export interface RestApiDeps {
   caFingerprint: string;
   /** The stored scrypt hash of the admin token. */
   adminTokenHash: string;
+  /** For tests: replaces the scrypt check (default verifyAdminToken from ../pki/tokens.ts). */
+  verifyAdminToken?: (hash: string, token: string) => Promise<boolean>;
   /** Called after an agent is revoked, to drop its live connection. */
   onRevoked(agentId: string): void;
   /** Called after each change to policies or their bindings, to push the new version to agents. */
@@ -77,6 +83,8 @@ export function createRestApi(deps: RestApiDeps): RestApi {
   // SHA-256 of admin tokens already checked with scrypt: the scrypt cost is for the stored hash, not
   // for every request. Only right tokens are remembered, so the set cannot grow past the few in use.
   const verifiedAdmin = new Set<string>();
+  // scrypt verifications running now (bounded by MAX_ADMIN_VERIFICATIONS).
+  let verifying = 0;
 
   const routes: Route[] = [
     {
@@ -305,7 +313,20 @@ export function createRestApi(deps: RestApiDeps): RestApi {
     if (match === null) return false;
     const key = createHash('sha256').update(match[1]).digest('hex');
     if (verifiedAdmin.has(key)) return true;
-    if (!(await verifyAdminToken(deps.adminTokenHash, match[1]))) return false;
+    // Each unknown token costs a 32 MiB scrypt: at most MAX_ADMIN_VERIFICATIONS at once, so a flood
+    // of wrong tokens cannot exhaust CPU, memory or the threadpool; beyond that, 503 and Retry-After.
+    if (verifying >= MAX_ADMIN_VERIFICATIONS) {
+      throw new ApiError('BUSY', 'too many admin token checks at once; try again shortly', {
+        status: 503,
+        headers: { 'retry-after': String(ADMIN_RETRY_AFTER_SECONDS) },
+      });
+    }
+    verifying++;
+    try {
+      if (!(await (deps.verifyAdminToken ?? verifyAdminToken)(deps.adminTokenHash, match[1]))) return false;
+    } finally {
+      verifying--;
+    }
     verifiedAdmin.add(key);
     return true;
   }
@@ -332,7 +353,7 @@ export function createRestApi(deps: RestApiDeps): RestApi {
       } catch (err) {
         const { error, internal } = toApiError(err);
         if (internal) deps.log('error', `${req.method} ${req.url}: ${(err as Error)?.stack ?? String(err)}`);
-        send(res, error.status, { error: { code: error.code, message: error.message } });
+        send(res, error.status, { error: { code: error.code, message: error.message } }, error.headers);
         // Whatever of the body is still coming is read and dropped, so the client sees the answer.
         req.resume();
       }
