@@ -18,6 +18,7 @@ Usage:
   cairn backups show <id|name> --vault <vault> [--json]
   cairn backups delete <id|name> --vault <vault>
   cairn restore <id|name> --vault <vault> --to <path> [--disk N] [--force]
+  cairn serve-nbd <id|name> --vault <vault> [--listen unix:PATH | HOST:PORT] [--overlay FILE]   (instant recovery over NBD)
   cairn vault gc --vault <vault>
   cairn vault verify --vault <vault> [--read-data]
   cairn quickstart [--dir DIR]
@@ -37,12 +38,15 @@ variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN
  * need not wait for them to expire; partial restore files) and exit 130/143. Nothing half-written
  * is ever visible in a vault.
  */
-function handleSignals(): void {
+function handleSignals(command: string | undefined): void {
+  const after: Record<string, string> = {
+    backup: '; nothing was committed, and the next backup reuses the data already uploaded',
+    restore: '; nothing is left at the target (partial files removed, uploads aborted)',
+    'serve-nbd': '; the export is closed (flushed overlay writes are kept)',
+  };
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
     process.once(signal, () => {
-      process.stderr.write(
-        `\ncairn: interrupted by ${signal}; nothing was committed, and the next backup reuses the data already uploaded\n`,
-      );
+      process.stderr.write(`\ncairn: interrupted by ${signal}${after[command ?? ''] ?? ''}\n`);
       setTimeout(() => process.exit(code), 3000).unref();
       void runInterruptHandlers().finally(() => process.exit(code));
     });
@@ -51,8 +55,8 @@ function handleSignals(): void {
 
 export async function main(argv: string[]): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
-  handleSignals();
   const [command, ...rest] = argv;
+  handleSignals(command);
   try {
     switch (command) {
       case 'vault':
@@ -63,6 +67,8 @@ export async function main(argv: string[]): Promise<number> {
         return await backupsCommand(rest, out);
       case 'restore':
         return await restoreCommand(rest, out);
+      case 'serve-nbd':
+        return await (await import('./commands/serve-nbd.js')).serveNbdCommand(rest, out);
       case 'agent':
         return await agentCommand(rest, out);
       case 'control-plane':

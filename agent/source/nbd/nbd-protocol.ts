@@ -2,8 +2,9 @@ import { CairnError } from '../../../shared/errors.js';
 
 /**
  * Numbers of the NBD protocol (NetworkBlockDevice/nbd, doc/proto.md), named as the document names
- * them. Everything on the wire is big-endian. Only what Cairn's read-only client sends or must
- * understand is here; the client never negotiates TLS or extended headers.
+ * them. Everything on the wire is big-endian. What Cairn's read-only client sends or must understand
+ * comes first; what only the server (agent/nbd-server) answers is at the end. Neither negotiates TLS
+ * or extended headers.
  */
 
 // Handshake.
@@ -116,3 +117,49 @@ export function protocolViolation(url: string, what: string): CairnError {
     `NBD server ${url} broke the NBD protocol: ${what}; check that an NBD server (qemu-nbd, qemu-storage-daemon) listens there, and report the server's version if it does`,
   );
 }
+
+// ---- Server side (agent/nbd-server): what Cairn's NBD server answers and understands. ----
+
+/** Transmission flags a server sets (bit 0 must always be set). */
+export const NBD_FLAG_HAS_FLAGS = 1 << 0;
+export const NBD_FLAG_SEND_FLUSH = 1 << 2;
+export const NBD_FLAG_SEND_FUA = 1 << 3;
+export const NBD_FLAG_SEND_TRIM = 1 << 5;
+export const NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6;
+export const NBD_FLAG_SEND_DF = 1 << 7;
+export const NBD_FLAG_SEND_CACHE = 1 << 10;
+
+export const NBD_OPT_LIST = 3;
+export const NBD_OPT_STARTTLS = 5;
+export const NBD_OPT_INFO = 6;
+export const NBD_OPT_LIST_META_CONTEXT = 9;
+
+export const NBD_REP_SERVER = 2;
+
+export const NBD_INFO_NAME = 1;
+export const NBD_INFO_DESCRIPTION = 2;
+
+export const NBD_CMD_WRITE = 1;
+export const NBD_CMD_FLUSH = 3;
+export const NBD_CMD_TRIM = 4;
+export const NBD_CMD_CACHE = 5;
+export const NBD_CMD_WRITE_ZEROES = 6;
+
+/** Command flags. */
+export const NBD_CMD_FLAG_FUA = 1 << 0;
+export const NBD_CMD_FLAG_NO_HOLE = 1 << 1;
+export const NBD_CMD_FLAG_DF = 1 << 2;
+export const NBD_CMD_FLAG_REQ_ONE = 1 << 3;
+export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
+
+/** Error values of replies (doc/proto.md, "Error values"). */
+export const NBD_EPERM = 1;
+export const NBD_EIO = 5;
+export const NBD_ENOMEM = 12;
+export const NBD_EINVAL = 22;
+export const NBD_ENOSPC = 28;
+export const NBD_EOVERFLOW = 75;
+export const NBD_ENOTSUP = 95;
+
+/** The one metadata context Cairn's server offers. */
+export const BASE_ALLOCATION = 'base:allocation';
