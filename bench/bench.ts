@@ -26,6 +26,8 @@ import { parseArgs } from 'node:util';
 import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { startFaultProxy, type FaultProxy, type RequestKind } from '../test/support/fault-proxy.js';
 import { s3ServerAvailable, startS3Server, type S3Server } from '../test/support/s3-server.js';
+import { mbPerSecond, runExportBench, type ExportBench } from './export-bench.js';
+import { runNbdBench, type NbdBench } from './nbd-bench.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -81,6 +83,8 @@ interface Options {
   seed: number;
   skipS3: boolean;
   skipCbt: boolean;
+  skipExport: boolean;
+  skipNbd: boolean;
 }
 
 class UsageError extends Error {
@@ -108,6 +112,10 @@ const USAGE = `usage: npm run bench -- [options]
   --seed N            seed of the change pattern (default 1)
   --skip-s3           skip the S3 section (both tools backing up into a local Ceph radosgw)
   --skip-cbt          skip the CBT section (cairn on a qcow2 copy through NBD with a dirty bitmap)
+  --skip-export       skip the export section (the latest backup exported as qcow2 and raw images into
+                      the S3 server, beside restic dump piped into the same uploader)
+  --skip-nbd          skip the NBD section (instant recovery: time to first byte and random 4 KiB read
+                      latency of 'cairn serve-nbd' on the latest backup, beside restic dump's first byte)
 `;
 
 function parseOptions(argv: string[]): Options | 'help' {
@@ -129,6 +137,8 @@ function parseOptions(argv: string[]): Options | 'help' {
         seed: { type: 'string', default: '1' },
         'skip-s3': { type: 'boolean', default: false },
         'skip-cbt': { type: 'boolean', default: false },
+        'skip-export': { type: 'boolean', default: false },
+        'skip-nbd': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -168,6 +178,8 @@ function parseOptions(argv: string[]): Options | 'help' {
     seed,
     skipS3: values['skip-s3'],
     skipCbt: values['skip-cbt'],
+    skipExport: values['skip-export'],
+    skipNbd: values['skip-nbd'],
   };
 }
 
@@ -1246,7 +1258,8 @@ function formatSeconds(ms: number): string {
   return `${s.toFixed(s >= 1 ? 1 : 2)} s`;
 }
 
-type Unit = 'ms' | 'bytes' | 'count' | 'bool';
+/** 'latency': milliseconds shown as ms (short NBD reads); 'ms' is shown in seconds. */
+type Unit = 'ms' | 'latency' | 'bytes' | 'count' | 'bool' | 'MB/s';
 
 type Value = number | boolean | null;
 
@@ -1340,6 +1353,8 @@ function formatCell(unit: Unit, v: Value): string {
   if (v === null) return '-';
   if (typeof v === 'boolean') return v ? 'yes' : 'NO';
   if (unit === 'count') return String(v);
+  if (unit === 'MB/s') return `${v.toFixed(0)} MB/s`;
+  if (unit === 'latency') return `${v.toFixed(2)} ms`;
   return unit === 'ms' ? formatSeconds(v) : formatBytes(v);
 }
 
@@ -1354,6 +1369,43 @@ function formatRatio(r: Row): string {
 }
 
 /** `stepWidth`: width of the first column, the same for every table of one report. */
+/**
+ * Export rows: cairn's qcow2 and raw exports and restic dump piped into the same uploader (raw),
+ * all of the latest backup into the same S3 server. MB/s of the disk's logical size, and of the
+ * bytes the object holds (what went over the wire). restic has no qcow2: its column stays empty there.
+ */
+function buildExportRows(e: ExportBench): Row[] {
+  const ok = (r: ExportBench['cairnRaw']) => (r === undefined || r.error !== undefined ? undefined : r);
+  const [q, c, r] = [ok(e.cairnQcow2), ok(e.cairnRaw), ok(e.resticRaw)];
+  const disk = (x: typeof q) => (x === undefined ? undefined : mbPerSecond(x.diskBytes, x.wallMs));
+  const wire = (x: typeof q) => (x === undefined ? undefined : mbPerSecond(x.objectBytes, x.wallMs));
+  return [
+    row('export qcow2', 'ms', q?.wallMs, undefined),
+    row('export qcow2 disk rate', 'MB/s', disk(q), undefined),
+    row('export qcow2 wire rate', 'MB/s', wire(q), undefined),
+    row('export qcow2 object', 'bytes', q?.objectBytes, undefined),
+    row('export raw', 'ms', c?.wallMs, r?.wallMs),
+    row('export raw disk rate', 'MB/s', disk(c), disk(r)),
+    row('export raw object', 'bytes', c?.objectBytes, r?.objectBytes),
+  ];
+}
+
+/**
+ * NBD rows: time to first byte (cairn: start of serve-nbd to the first 4 KiB read; restic: start of
+ * restic dump to its first byte), then cairn alone: connect + first read, random 4 KiB read latency.
+ */
+function buildNbdRows(n: NbdBench): Row[] {
+  return [
+    row('nbd time to first byte', 'ms', n.firstByteMs, n.resticFirstByteMs),
+    row('nbd server ready', 'ms', n.readyMs, undefined),
+    row('nbd connect+first 4K', 'latency', n.connectReadMs, undefined),
+    row('nbd 4K read p50 cold', 'latency', n.cold?.p50Ms, undefined),
+    row('nbd 4K read p99 cold', 'latency', n.cold?.p99Ms, undefined),
+    row('nbd 4K read p50 warm', 'latency', n.warm?.p50Ms, undefined),
+    row('nbd 4K read p99 warm', 'latency', n.warm?.p99Ms, undefined),
+  ];
+}
+
 function renderTable(rows: Row[], stepWidth: number, columns = ['step', 'cairn', 'restic', 'cairn/restic']): string {
   const lines = [columns];
   for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
@@ -1570,6 +1622,9 @@ async function runBenchmark(
 
   let changes: ChangePlan;
   let modified: ImageScan;
+  let exportBench: ExportBench | undefined;
+  /** Why the export section did not run. */
+  let exportNote: string | undefined;
   try {
     if (s3 !== undefined) {
       if (opts.tools.includes('cairn')) {
@@ -1623,6 +1678,71 @@ async function runBenchmark(
       log('stopping the S3 server');
       await stopS3(s3);
     }
+  }
+  // Export: the latest backups (of the modified image) as images into an S3 server of the
+  // section's own, started once the backup section's server is gone (see export-bench.ts).
+  if (opts.skipExport) exportNote = 'skipped (--skip-export)';
+  else if (!s3ServerAvailable()) exportNote = `skipped: Ceph radosgw is not installed (${S3_INSTALL_HINT})`;
+  else {
+    const cairnId = runs.cairn?.incremental?.report?.id;
+    try {
+      exportBench = await runExportBench(
+        {
+          cairn:
+            typeof cairnId === 'string'
+              ? {
+                  file: process.execPath,
+                  args: [path.join(repoRoot, 'bin', 'cairn.js')],
+                  env: childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) }),
+                  vault: path.join(work, WORK_NAMES.cairnVault),
+                  backupId: cairnId,
+                }
+              : undefined,
+          restic:
+            runs.restic?.incremental !== undefined
+              ? {
+                  args: ['--repo', path.join(work, WORK_NAMES.resticRepo), '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'],
+                  env: childEnv({ RESTIC_PASSWORD: PASSPHRASE }),
+                  imagePath: image,
+                }
+              : undefined,
+          log,
+        },
+        opts.sizeBytes,
+      );
+    } catch (err) {
+      exportNote = `FAILED: ${(err as Error).message.split('\n')[0]}`;
+      log(`export section ${exportNote}`);
+    }
+  }
+  // NBD: instant recovery of the same backup (see nbd-bench.ts).
+  let nbdBench: NbdBench | undefined;
+  const nbdNote = opts.skipNbd ? 'skipped (--skip-nbd)' : undefined;
+  if (!opts.skipNbd) {
+    const cairnId = runs.cairn?.incremental?.report?.id;
+    nbdBench = await runNbdBench({
+      cairn:
+        typeof cairnId === 'string'
+          ? {
+              file: process.execPath,
+              args: [path.join(repoRoot, 'bin', 'cairn.js')],
+              env: childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) }),
+              vault: path.join(work, WORK_NAMES.cairnVault),
+              backupId: cairnId,
+            }
+          : undefined,
+      restic:
+        runs.restic?.incremental !== undefined
+          ? {
+              args: ['--repo', path.join(work, WORK_NAMES.resticRepo), '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'],
+              env: childEnv({ RESTIC_PASSWORD: PASSPHRASE }),
+              imagePath: image,
+            }
+          : undefined,
+      socket: path.join(work, 'nbd.sock'),
+      seed: opts.seed,
+      log,
+    });
   }
   if (!opts.skipRestore) {
     await each('restore', async (s, run) => {
@@ -1725,6 +1845,21 @@ async function runBenchmark(
       );
     }
   }
+  const exportRows = exportBench === undefined ? [] : buildExportRows(exportBench);
+  if (exportRows.length > 0) {
+    process.stdout.write(`\n${renderTable(exportRows, stepWidth, ['export to S3', 'cairn', 'restic dump', 'cairn/restic'])}\n`);
+    for (const r of [exportBench?.cairnQcow2, exportBench?.cairnRaw, exportBench?.resticRaw]) if (r?.error) process.stdout.write(`export FAILED: ${r.error.split('\n')[0]}\n`);
+  } else if (exportNote !== undefined) {
+    process.stdout.write(`\nexport       ${exportNote}\n`);
+  }
+  const nbdRows = nbdBench === undefined ? [] : buildNbdRows(nbdBench);
+  if (nbdRows.length > 0) {
+    process.stdout.write(`\n${renderTable(nbdRows, stepWidth, ['NBD instant recovery', 'cairn', 'restic dump', 'cairn/restic'])}\n`);
+    process.stdout.write('restic has no block export (restic mount is FUSE, file level): only its dump-to-first-byte is shown\n');
+    if (nbdBench?.error) process.stdout.write(`nbd FAILED: ${nbdBench.error.split('\n')[0]}\n`);
+  } else if (nbdNote !== undefined) {
+    process.stdout.write(`\nnbd          ${nbdNote}\n`);
+  }
   for (const f of failures) {
     process.stdout.write(`\n${f.label} FAILED: ${f.error.split('\n')[0]}\n`);
     log(`${f.label} failed:\n${f.error}`);
@@ -1750,6 +1885,8 @@ async function runBenchmark(
       seed: opts.seed,
       skipS3: opts.skipS3,
       skipCbt: opts.skipCbt,
+      skipExport: opts.skipExport,
+      skipNbd: opts.skipNbd,
     },
     image: {
       sizeBytes: opts.sizeBytes,
@@ -1771,7 +1908,9 @@ async function runBenchmark(
       run: cbt ?? null,
       targets,
     },
-    rows: [...rows, ...cbtRows],
+    export: { note: exportNote ?? null, runs: exportBench ?? null },
+    nbd: { note: nbdNote ?? null, run: nbdBench ?? null },
+    rows: [...rows, ...cbtRows, ...exportRows, ...nbdRows],
   };
   fs.writeFileSync(jsonOut, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`\nresults as JSON: ${jsonOut}\n`);

@@ -320,6 +320,15 @@ export class S3Store implements ObjectStore {
     this.client.destroy();
   }
 
+  /**
+   * One request made as this store makes its own: counted under `kind`, retried on transient errors,
+   * SDK errors translated to CairnErrors. For requests the ObjectStore seam has no method for
+   * (s3-upload.ts streams an object of unknown length with it).
+   */
+  request<T>(kind: Kind, what: string, send: (client: S3Client) => Promise<T>): Promise<T> {
+    return this.retrying(what, () => this.send(kind, what, () => send(this.client)));
+  }
+
   private async putMultipart(key: string, body: Body, size: number, options: PutOptions): Promise<void> {
     const full = this.where.prefix + key;
     // S3 refuses a completed upload over an existing key only where CompleteMultipartUpload honours
