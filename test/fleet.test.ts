@@ -5,7 +5,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { call, type Reply } from '../control-plane/server/test-client.js';
-import { cliPath, expectOk, makeImage, MiB, PASSPHRASE, runCli, Sandbox, sha256File, unusedPort } from './helpers.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+
+import { cliPath, expectOk, makeImage, MiB, PASSPHRASE, runCli, s3Target, Sandbox, sha256File, unusedPort } from './helpers.js';
 
 /**
  * A fleet as an admin runs it, every part a real process: `cairn control-plane run` on port 0 and
@@ -43,7 +47,8 @@ const agents: Agent[] = [];
 function start(args: string[]): RunningProcess {
   const child = spawn(process.execPath, [cliPath, ...args], {
     cwd: sb.dir,
-    env: { ...process.env, CAIRN_PASSPHRASE: undefined, CAIRN_CONTROL_PLANE_DIR: undefined, JOURNAL_STREAM: undefined, INVOCATION_ID: undefined },
+    // The S3 test server's credentials: an agent restores to the cloud with the host's AWS credentials.
+    env: { ...process.env, ...s3Target.env, CAIRN_PASSPHRASE: undefined, CAIRN_CONTROL_PLANE_DIR: undefined, JOURNAL_STREAM: undefined, INVOCATION_ID: undefined },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const running: RunningProcess = { child, output: '' };
@@ -263,6 +268,24 @@ describe('a control plane and three agents', () => {
     });
     expect(restored, JSON.stringify(restored.result)).toMatchObject({ agentId: other.agentId, action: 'restore', status: 'ok' });
     expect(await sha256File(target)).toBe(await sha256File(a.image));
+
+    // Restore to cloud: the same backup exported by that agent as a qcow2 object in a bucket.
+    const bucket = await s3Target.newBucket();
+    const { command: exported } = await ok('POST', '/v1/restores', {
+      backupId: made.id,
+      target: s3Target.url(bucket, 'images/host1.qcow2'),
+      agentId: other.agentId,
+    });
+    const uploaded = await waitFor('the export to the bucket', async () => {
+      const { command: c } = await ok('GET', `/v1/commands/${exported.commandId}`);
+      return c.completedAt ? c : undefined;
+    });
+    expect(uploaded, JSON.stringify(uploaded.result)).toMatchObject({ action: 'restore', status: 'ok' });
+    const object = await s3Target.s3.send(new GetObjectCommand({ Bucket: bucket, Key: 'images/host1.qcow2' }));
+    const qcow2 = sb.path('host1-from-bucket.qcow2');
+    await writeFile(qcow2, await object.Body!.transformToByteArray());
+    await promisify(execFile)('qemu-img', ['check', qcow2]);
+    await promisify(execFile)('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', qcow2, a.image]);
   });
 
   it('finds a backup made without any agent once the vault is rescanned', async () => {

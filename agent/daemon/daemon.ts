@@ -1,7 +1,6 @@
-import { mkdir } from 'node:fs/promises';
-import { isAbsolute, join } from 'node:path';
+import { isAbsolute } from 'node:path';
 import { systemClock, type Clock } from '../../shared/clock.js';
-import { CairnError, fromSystemError, isCairnError } from '../../shared/errors.js';
+import { CairnError, isCairnError } from '../../shared/errors.js';
 import type { BackupSummary, CommandMessage, Problem } from '../../shared/protocol/messages.js';
 import type { Manifest } from '../../shared/vault/manifest.js';
 import { Vault } from '../../shared/vault/vault.js';
@@ -10,7 +9,8 @@ import { verifyVault } from '../../shared/vault/verify.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
 import { resourceKey, runBackup } from '../backup/backup-engine.js';
 import { deleteBackup } from '../backup/delete-backup.js';
-import { restoreDisk } from '../restore/restore-disk.js';
+import { restoreBackup } from '../restore/restore-backup.js';
+import { isS3Url } from '../../shared/store/s3-url.js';
 import { backupSummary, resourceNameOf } from './backup-summary.js';
 import { openStore, readPassphrase } from '../cli/context.js';
 import { catchUp, type Schedule } from '../policy/trigger.js';
@@ -229,7 +229,9 @@ export class AgentDaemon implements StatusProvider {
         run = () => this.backupJob(jobId, resource!, null, { commandId: cmd.commandId, name: cmd.args.name, full: cmd.args.full });
         break;
       case 'restore':
-        if (!isAbsolute(cmd.args.target)) return refuse('USAGE', `restore target '${cmd.args.target}' must be an absolute path on the agent's host`);
+        if (!isAbsolute(cmd.args.target) && !isS3Url(cmd.args.target)) {
+          return refuse('USAGE', `restore target '${cmd.args.target}' must be an absolute path on the agent's host or an s3:// object (restore to cloud)`);
+        }
         lock = cmd.resource;
         run = () => this.commandJob(job, (j) => this.restoreWork(j, vaultConfig, cmd.args));
         break;
@@ -462,42 +464,26 @@ export class AgentDaemon implements StatusProvider {
     }
   }
 
-  /** As `cairn restore`: one disk to `target`, or every disk (one: `target` is the file; several: a folder of disk-N.img). */
+  /**
+   * As `cairn restore`: one disk or every disk to a path (one disk: the file or device; several: a
+   * folder of disk-N.img), or exported as an image (.qcow2, .vmdk, .raw/.img) to a local file or an
+   * s3:// object, streamed by multipart upload: restore to cloud.
+   */
   private async restoreWork(job: RunningJob, v: VaultConfig, args: { backupId: string; target: string; disk: number | null; force: boolean }): Promise<{ bytesRead: number }> {
     const vault = await this.openVault(v);
     const m = await findById(vault, v.name, args.backupId);
-    let disks = m.disks;
-    const targets: string[] = [];
-    if (args.disk !== null) {
-      const d = m.disks.find((x) => x.index === args.disk);
-      if (!d) throw new CairnError('USAGE', `backup ${m.name} has no disk ${args.disk}; it has disks 0 to ${m.disks.length - 1}`);
-      disks = [d];
-      targets.push(args.target);
-    } else if (disks.length === 1) targets.push(args.target);
-    else {
-      try {
-        await mkdir(args.target, { recursive: true });
-      } catch (err) {
-        throw fromSystemError(err, 'cannot create the restore folder', args.target);
-      }
-      for (const d of disks) targets.push(join(args.target, `disk-${d.index}.img`));
-    }
-    const { index } = await vault.loadIndex({ includeCondemned: true });
-    const pool = new WorkerPool(vault.key, vault.config.compression.level);
-    const total = disks.reduce((s, d) => s + d.usedBytes, 0);
     const t0 = performance.now();
-    let done = 0;
-    try {
-      for (const [i, d] of disks.entries()) {
-        await restoreDisk(vault, index, pool, d, targets[i]!, {
-          force: args.force,
-          onProgress: (n) => this.progressed(job, progressOf({ bytesDone: (done += n), bytesTotal: total, bytesStored: 0 }, performance.now() - t0)),
-        });
-      }
-    } finally {
-      await pool.close();
-    }
-    return { bytesRead: done };
+    let read = 0;
+    await restoreBackup(vault, m, {
+      to: args.target,
+      disk: args.disk ?? undefined,
+      force: args.force,
+      onProgress: (done, total) => {
+        read = done;
+        this.progressed(job, progressOf({ bytesDone: done, bytesTotal: total, bytesStored: 0 }, performance.now() - t0));
+      },
+    });
+    return { bytesRead: read };
   }
 
   /** As `cairn vault verify`; with a resource, only problems that touch its backups fail the job. */

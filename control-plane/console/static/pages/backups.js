@@ -111,7 +111,7 @@ export async function render(ctx) {
   }
 
   function openRestore(backup) {
-    const target = h('input', { type: 'text', required: true, placeholder: '/dev/sdb or /srv/restore/disk.img' });
+    const target = h('input', { type: 'text', required: true, placeholder: '/dev/sdb, /srv/restore/disk.img or s3://bucket/images/disk.qcow2' });
     const onAgent = select({}, agents.filter((a) => !a.revokedAt).map((a) => [a.agentId, `${a.hostname} (${a.agentId})`]), backup.agentId ?? '');
     const disk = h('input', { type: 'number', min: 0, max: 1023, step: 1, placeholder: 'all' });
     const force = h('input', { type: 'checkbox' });
@@ -121,7 +121,11 @@ export async function render(ctx) {
       { method: 'dialog' },
       h('h2', { id: 'restore-title' }, `Restore ${backup.name}`),
       h('p', {}, `${backup.resource} from vault ${backup.vault}, taken ${time(backup.startedAt)} (${bytes(backup.logicalBytes)}).`),
-      field('Restore target', target, 'A device or file on the agent; a folder for a backup of several disks'),
+      field(
+        'Restore target',
+        target,
+        'A device or file on the agent (a folder for a backup of several disks), or restore to cloud: an s3:// object ending in .qcow2, .vmdk, .raw or .img, streamed as that image',
+      ),
       field('Restore on agent', onAgent),
       field('Disk number', disk, 'Empty: every disk; 0 is the first'),
       h('div', { class: 'field check' }, h('label', {}, force, ' Overwrite the target if it holds data')),
