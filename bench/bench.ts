@@ -1681,31 +1681,34 @@ async function runBenchmark(
   }
   // Export: the latest backups (of the modified image) as images into an S3 server of the
   // section's own, started once the backup section's server is gone (see export-bench.ts).
+  // Both sections read the latest backup of each tool: Cairn's by id, restic's latest snapshot.
+  const cairnId = runs.cairn?.incremental?.report?.id;
+  const latestCairn =
+    typeof cairnId === 'string'
+      ? {
+          file: process.execPath,
+          args: [path.join(repoRoot, 'bin', 'cairn.js')],
+          env: childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) }),
+          vault: path.join(work, WORK_NAMES.cairnVault),
+          backupId: cairnId,
+        }
+      : undefined;
+  const latestRestic =
+    runs.restic?.incremental !== undefined
+      ? {
+          args: ['--repo', path.join(work, WORK_NAMES.resticRepo), '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'],
+          env: childEnv({ RESTIC_PASSWORD: PASSPHRASE }),
+          imagePath: image,
+        }
+      : undefined;
   if (opts.skipExport) exportNote = 'skipped (--skip-export)';
   else if (!s3ServerAvailable()) exportNote = `skipped: Ceph radosgw is not installed (${S3_INSTALL_HINT})`;
   else {
-    const cairnId = runs.cairn?.incremental?.report?.id;
     try {
       exportBench = await runExportBench(
         {
-          cairn:
-            typeof cairnId === 'string'
-              ? {
-                  file: process.execPath,
-                  args: [path.join(repoRoot, 'bin', 'cairn.js')],
-                  env: childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) }),
-                  vault: path.join(work, WORK_NAMES.cairnVault),
-                  backupId: cairnId,
-                }
-              : undefined,
-          restic:
-            runs.restic?.incremental !== undefined
-              ? {
-                  args: ['--repo', path.join(work, WORK_NAMES.resticRepo), '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'],
-                  env: childEnv({ RESTIC_PASSWORD: PASSPHRASE }),
-                  imagePath: image,
-                }
-              : undefined,
+          cairn: latestCairn,
+          restic: latestRestic,
           log,
         },
         opts.sizeBytes,
@@ -1719,26 +1722,9 @@ async function runBenchmark(
   let nbdBench: NbdBench | undefined;
   const nbdNote = opts.skipNbd ? 'skipped (--skip-nbd)' : undefined;
   if (!opts.skipNbd) {
-    const cairnId = runs.cairn?.incremental?.report?.id;
     nbdBench = await runNbdBench({
-      cairn:
-        typeof cairnId === 'string'
-          ? {
-              file: process.execPath,
-              args: [path.join(repoRoot, 'bin', 'cairn.js')],
-              env: childEnv({ CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: path.join(work, WORK_NAMES.cairnState) }),
-              vault: path.join(work, WORK_NAMES.cairnVault),
-              backupId: cairnId,
-            }
-          : undefined,
-      restic:
-        runs.restic?.incremental !== undefined
-          ? {
-              args: ['--repo', path.join(work, WORK_NAMES.resticRepo), '--cache-dir', path.join(work, WORK_NAMES.resticCache), '-q'],
-              env: childEnv({ RESTIC_PASSWORD: PASSPHRASE }),
-              imagePath: image,
-            }
-          : undefined,
+      cairn: latestCairn,
+      restic: latestRestic,
       socket: path.join(work, 'nbd.sock'),
       seed: opts.seed,
       log,
