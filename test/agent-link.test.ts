@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer, request, type Server } from 'node:https';
+import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { ensurePki, type Pki } from '../control-plane/pki/certificates.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server/server.js';
 import { decodeMessage, encodeMessage, type AgentMessage, type ServerMessage } from '../shared/protocol/messages.js';
 import { cliPath, expectCliError, makeImage, MiB, PASSPHRASE, Sandbox, sha256File, unusedPort } from './helpers.js';
+import { call, type Reply } from '../control-plane/server/test-client.js';
 
 /**
  * `cairn agent enroll` against the real control plane, then `cairn agent run` as a real process
@@ -151,21 +152,8 @@ async function backups(): Promise<{ id: string; name: string }[]> {
   return sb.cairnJson<{ id: string; name: string }[]>(['backups', 'list', '--vault', vault, '--json']);
 }
 
-function api(cp: ControlPlane, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
-      new URL(path, cp.url),
-      { method, ca: cp.caCertPem, headers: { authorization: `Bearer ${cp.adminToken}`, ...(payload ? { 'content-type': 'application/json' } : {}) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8') || 'null') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
+function api(cp: ControlPlane, method: string, path: string, body?: unknown): Promise<Reply> {
+  return call(cp, method, path, { token: cp.adminToken, body });
 }
 
 const nightly = { name: 'nightly', enabled: true, vaults: ['main'], trigger: { cron: '0 3 1 1 *', timezone: 'Europe/Berlin' }, retention: { max_backups: 5 } };

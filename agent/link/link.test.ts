@@ -1,4 +1,4 @@
-import { createServer, request } from 'node:https';
+import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,25 +15,13 @@ import { ensurePki } from '../../control-plane/pki/certificates.js';
 import { startControlPlane, type ControlPlane } from '../../control-plane/server/server.js';
 import { CONTROL_PLANE_FILE, enrollAgent, loadControlPlaneState, type ControlPlaneState } from './enroll.js';
 import { BACKOFF, ControlPlaneLink, type LinkState } from './link.js';
+import { call, type Reply } from '../../control-plane/server/test-client.js';
 
 const silent = (): void => {};
 
 /** One admin API call that trusts only the control plane's CA. */
-function api(cp: ControlPlane, admin: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
-      new URL(path, cp.url),
-      { method, ca: cp.caCertPem, headers: { authorization: `Bearer ${admin}`, ...(payload ? { 'content-type': 'application/json' } : {}) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8') || 'null') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
+function api(cp: ControlPlane, admin: string, method: string, path: string, body?: unknown): Promise<Reply> {
+  return call(cp, method, path, { token: admin, body });
 }
 
 async function newToken(cp: ControlPlane, admin: string): Promise<string> {
