@@ -1,7 +1,10 @@
 import { readFileSync } from 'node:fs';
+import { embeddedRuntime } from '../../shared/runtime/embedded.js';
 
-/** Cairn's version, from package.json (three levels above this file in src and in dist/agent/cli). */
+/** Cairn's version: the single executable's, else package.json's (three levels above this file in src and in dist/agent/cli). */
 export function cairnVersion(): string {
+  const embedded = embeddedRuntime();
+  if (embedded) return embedded.version;
   for (const rel of ['../../package.json', '../../../package.json']) {
     try {
       const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version: string };

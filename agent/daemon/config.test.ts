@@ -40,9 +40,15 @@ describe('agent config', () => {
     expect(c).toMatchObject({ stateDir: '/etc/cairn/state', logDir: '/etc/cairn/log', status: { host: '127.0.0.1', port: 7480 }, concurrency: 1 });
   });
 
+  it('takes a config with nothing to back up yet (as installed by the packages)', () => {
+    const c = parseAgentConfig({ stateDir: '/var/lib/cairn', logDir: '/var/log/cairn' }, '/etc/cairn/agent.json');
+    expect([c.vaults.size, c.resources.size, c.policies.size]).toEqual([0, 0, 0]);
+    expect(c.status).toEqual({ host: '127.0.0.1', port: 7480 });
+  });
+
   it('names the key of every mistake', () => {
     rejects({ ...minimal, extra: 1 }, "'extra' is not a known key");
-    rejects({ ...minimal, vaults: {} }, "'vaults' must name at least one vault");
+    rejects({ ...minimal, vaults: {} }, "'resources.r.vault'", "'v'", 'known: )');
     rejects({ ...minimal, resources: { r: { vault: 'x', disks: ['d'] } } }, "'resources.r.vault'", "'x'", 'known: v');
     rejects({ ...minimal, resources: { r: { vault: 'v', disks: [] } } }, "'resources.r.disks'");
     rejects({ ...minimal, policies: { p: { vaults: ['v'], trigger: { patterns: ['FREQ=DAILY;BYHOUR=25;BYMINUTE=0'] } } } }, "'policies.p.trigger'", 'BYHOUR');

@@ -119,7 +119,8 @@ export function parseAgentConfig(raw: unknown, file: string): AgentConfig {
       passphraseFile: path(o.passphraseFile, `${key}.passphraseFile`),
     });
   }
-  if (vaults.size === 0) throw bad('vaults', 'must name at least one vault');
+  // No vaults is allowed: a freshly installed agent runs, serves its status and can be enrolled
+  // before anyone has configured what it backs up.
   const vaultName = (v: unknown, key: string): string => {
     const name = str(v, key);
     if (!vaults.has(name)) throw bad(key, `names vault '${name}', which is not under 'vaults' (known: ${[...vaults.keys()].join(', ')})`);

@@ -5,6 +5,7 @@ import { dirname, extname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { CairnError } from '../../shared/errors.js';
+import { embeddedRuntime } from '../../shared/runtime/embedded.js';
 
 /** URL prefix of the console's files; `/` answers with the console's page too. */
 export const CONSOLE_PREFIX = '/console/';
@@ -38,9 +39,11 @@ const CONTENT_TYPES: Record<string, string> = {
 /**
  * Where the static files are: `static/` beside this module when run from the source tree, or the
  * source tree's folder when run from the compiled `dist/control-plane/console/` (tsc copies no
- * files that are not TypeScript).
+ * files that are not TypeScript), or the single executable's copy of them.
  */
 export function staticRoot(): string {
+  const embedded = embeddedRuntime();
+  if (embedded) return embedded.extractedDir('console');
   const here = dirname(fileURLToPath(import.meta.url));
   const candidates = [join(here, 'static'), join(here, '..', '..', '..', 'control-plane', 'console', 'static')];
   const found = candidates.find((dir) => existsSync(join(dir, 'index.html')));

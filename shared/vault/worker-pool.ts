@@ -4,6 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { CairnError, type ErrorCode } from '../errors.js';
+import { embeddedRuntime } from '../runtime/embedded.js';
 import type { MasterKey } from './crypto.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './worker-protocol.js';
 
@@ -44,9 +45,10 @@ export class WorkerPool {
       compressionLevel,
       writeLock: new SharedArrayBuffer(4),
     };
-    const script = workerScript();
+    const embedded = embeddedRuntime();
+    const script = embedded ? embedded.workerSource('chunk-worker') : workerScript();
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(script, { workerData: init });
+      const worker = new Worker(script, { workerData: init, eval: embedded !== undefined });
       const slot: Slot = { worker, busy: 0, pending: new Map() };
       worker.on('message', (msg: { seq: number; reply?: WorkerReply; error?: { code: ErrorCode; message: string } }) => {
         const p = slot.pending.get(msg.seq);
