@@ -1,7 +1,7 @@
 import { CairnError, exitCodeFor } from '../../shared/errors.js';
 import { agentCommand } from './commands/agent.js';
 import { backupCommand } from './commands/backup.js';
-import { cairnVersion } from './version.js';
+import { cairnVersion } from '../../shared/runtime/version.js';
 import { backupsCommand } from './commands/backups.js';
 import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';

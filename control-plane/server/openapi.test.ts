@@ -11,6 +11,7 @@ import { openApiDocument } from './openapi.js';
 import { createRestApi } from './rest-api.js';
 import { startControlPlane, type ControlPlane } from './server.js';
 import { call } from './test-client.js';
+import { cairnVersion } from '../../shared/runtime/version.js';
 
 describe('the OpenAPI document', () => {
   let dataDir: string;
@@ -70,5 +71,14 @@ describe('the OpenAPI document', () => {
     expect(reply.body.paths['/v1/enroll'].post.security).toEqual([]);
     expect(Object.keys(reply.body.paths['/v1/vaults/{name}'].put.responses)).toEqual(expect.arrayContaining(['200', '201', '400', '401']));
     expect(reply.body.paths['/v1/backups'].get.parameters.map((p: any) => p.name)).toEqual(['vault', 'resource', 'agent', 'kind', 'status', 'from', 'to', 'limit', 'offset']);
+  });
+
+  it('answers GET /v1/health without a token, for service checks', async () => {
+    const reply = await call(cp, 'GET', '/v1/health');
+    expect(reply.status).toBe(200);
+    expect(reply.body).toEqual({ status: 'ok', version: cairnVersion(), uptimeSeconds: expect.any(Number) });
+    expect(reply.body.version).toMatch(/^\d+\.\d+\.\d+/);
+    // Everything else still needs the admin token.
+    expect((await call(cp, 'GET', '/v1/agents')).status).toBe(401);
   });
 });

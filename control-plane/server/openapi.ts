@@ -150,6 +150,15 @@ const policyVersion: Schema = { type: 'integer', minimum: 0 };
 const withVersion = obj({ policy: ref('Policy'), policyVersion });
 
 const operations: Record<string, Record<string, Operation>> = {
+  '/v1/health': {
+    get: {
+      summary: 'liveness for monitoring (no admin token)',
+      admin: false,
+      status: 200,
+      response: obj({ status: { type: 'string', enum: ['ok'] }, version: str(), uptimeSeconds: { type: 'integer', minimum: 0 } }),
+      errors: [],
+    },
+  },
   '/v1/openapi.json': { get: { summary: 'this document', admin: false, status: 200, response: { type: 'object' }, errors: [] } },
   '/v1/enrollment-tokens': {
     post: { summary: 'create an enrollment token', body: obj({ ttlSeconds: { type: 'integer', minimum: 1, maximum: 2592000 } }), status: 201, response: obj({ token: str(), id: str(), expiresAt: time }), errors: [400] },

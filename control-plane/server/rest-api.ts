@@ -16,6 +16,7 @@ import type { LiveJobs } from './live-jobs.js';
 import type { Log } from './log.js';
 import { operationRoutes, publicAgent } from './operations-api.js';
 import { openApiDocument } from './openapi.js';
+import { cairnVersion } from '../../shared/runtime/version.js';
 import { checkPolicyInput, checkPolicySet, checkVaultName } from './policy-push.js';
 
 export { MAX_BODY_BYTES } from './api-io.js';
@@ -76,7 +77,7 @@ export async function issueEnrollmentToken(
 /**
  * The control plane's JSON API. Contracts: every answer is JSON; every failure is
  * `{ error: { code, message } }` with the status of its code and never a stack trace; every route
- * but POST /v1/enroll needs `Authorization: Bearer <admin token>`; no answer carries a secret's hash.
+ * but GET /v1/health, GET /v1/openapi.json and POST /v1/enroll needs `Authorization: Bearer <admin token>`; no answer carries a secret's hash.
  */
 export function createRestApi(deps: RestApiDeps): RestApi {
   const { catalog, clock } = deps;
@@ -86,7 +87,18 @@ export function createRestApi(deps: RestApiDeps): RestApi {
   // scrypt verifications running now (bounded by MAX_ADMIN_VERIFICATIONS).
   let verifying = 0;
 
+  const started = clock.now().getTime();
   const routes: Route[] = [
+    {
+      // For monitoring and service checks: no token, no secrets, no catalog query.
+      method: 'GET',
+      path: '/v1/health',
+      admin: false,
+      handler: async () => ({
+        status: 200,
+        body: { status: 'ok', version: cairnVersion(), uptimeSeconds: Math.round((clock.now().getTime() - started) / 1000) },
+      }),
+    },
     {
       method: 'GET',
       path: '/v1/openapi.json',

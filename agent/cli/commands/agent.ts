@@ -17,7 +17,7 @@ import { formatStatus } from '../../daemon/status-text.js';
 import { StateStore } from '../../state/state-store.js';
 import { parse } from '../args.js';
 import { readPassphrase } from '../context.js';
-import { cairnVersion } from '../version.js';
+import { cairnVersion } from '../../../shared/runtime/version.js';
 
 export const agentHelp = `Usage:
   cairn agent enroll TOKEN --config FILE

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { embeddedRuntime } from '../../shared/runtime/embedded.js';
+import { embeddedRuntime } from './embedded.js';
 
-/** Cairn's version: the single executable's, else package.json's (three levels above this file in src and in dist/agent/cli). */
+/** Cairn's version: the single executable's, else package.json's (three levels above this file in src and in dist/shared/runtime). */
 export function cairnVersion(): string {
   const embedded = embeddedRuntime();
   if (embedded) return embedded.version;
