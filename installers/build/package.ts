@@ -1,7 +1,9 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildDeb, checkDebianVersion } from './deb.js';
 import { buildExecutable } from './executable.js';
+import { buildTarball } from './tarball.js';
 
 /**
  * `npm run package`: the single executable, the .deb and the tarball with install.sh, into dist/.
@@ -19,10 +21,22 @@ async function main(argv: string[]): Promise<number> {
   const workDir = join(cacheDir, `work-${process.pid}`);
   mkdirSync(outDir, { recursive: true });
   const log = (s: string): void => void process.stderr.write(`package: ${s}\n`);
-  const started = Date.now();
-  const binary = join(outDir, 'cairn');
-  await buildExecutable({ repo, version, cacheDir, workDir: join(workDir, 'sea'), output: binary, log });
-  log(`${binary} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  checkDebianVersion(version);
+  const seconds = (since: number): string => `${((Date.now() - since) / 1000).toFixed(1)} s`;
+  try {
+    let started = Date.now();
+    const binary = join(outDir, 'cairn');
+    const { node } = await buildExecutable({ repo, version, cacheDir, workDir: join(workDir, 'sea'), output: binary, log });
+    log(`${binary}: Cairn ${version} on Node.js ${node} (${seconds(started)})`);
+    started = Date.now();
+    const deb = buildDeb({ repo, binary, version, outDir, workDir: join(workDir, 'deb') });
+    log(`${deb} (${seconds(started)})`);
+    started = Date.now();
+    const tarball = buildTarball({ repo, binary, version, outDir, workDir: join(workDir, 'tarball') });
+    log(`${tarball} (${seconds(started)})`);
+  } finally {
+    rmSync(workDir, { recursive: true, force: true });
+  }
   return 0;
 }
 

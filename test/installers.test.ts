@@ -1,0 +1,332 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MiB, PASSPHRASE, makeImage, repoRoot, s3Target, sha256File, unusedPort, type CliResult } from './helpers.js';
+import { buildPackages, runExecutable, type Packages } from './support/packages.js';
+import { call } from '../control-plane/server/test-client.js';
+
+/**
+ * The artifacts of `npm run package`, built fresh from this tree: the single executable, the .deb
+ * (installed on this machine, which is why the tests run as root) and install.sh.
+ */
+
+const version = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
+function ok(r: CliResult, what: string): void {
+  expect(r.code, `${what}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(0);
+}
+
+let work: string;
+let packages: Packages;
+
+beforeAll(async () => {
+  if (process.getuid?.() !== 0) throw new Error('the installer tests install a .deb on this machine: run them as root (CI does)');
+  work = await mkdtemp(join(tmpdir(), 'cairn-it-installers-'));
+  packages = buildPackages(join(work, 'v1'), version);
+}, 600_000);
+
+afterAll(async () => {
+  for (const child of services) child.kill('SIGKILL');
+  // Leave the machine as it was, also when a test failed half-way.
+  if (installed()) sh('dpkg', ['--purge', 'cairn']);
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+/** Runs a command to its end; returns its exit code and output. */
+function sh(command: string, args: string[], env?: NodeJS.ProcessEnv): { code: number; out: string; err: string } {
+  const r = spawnSync(command, args, { encoding: 'utf8', env: env ?? { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, maxBuffer: 64 << 20 });
+  return { code: r.status ?? 128, out: r.stdout, err: r.stderr };
+}
+
+function installed(): boolean {
+  return sh('dpkg-query', ['-W', '-f', '${db:Status-Status}', 'cairn']).out === 'installed';
+}
+
+function mode(path: string): string {
+  const st = lstatSync(path);
+  const owner = (id: number, file: string): string => (id === 0 ? 'root' : (sh('getent', [file, String(id)]).out.split(':')[0] ?? String(id)));
+  return `${(st.mode & 0o7777).toString(8).padStart(4, '0')} ${owner(st.uid, 'passwd')}:${owner(st.gid, 'group')}`;
+}
+
+const services: ChildProcess[] = [];
+
+describe('the single executable', () => {
+  /** A PATH with nothing on it (no node, no npm) and a HOME of the test's own. */
+  const bare = (home: string, extra: Record<string, string> = {}): Record<string, string> => {
+    const empty = join(work, 'empty-path');
+    mkdirSync(empty, { recursive: true });
+    return { PATH: empty, HOME: home, CAIRN_PASSPHRASE: PASSPHRASE, ...extra };
+  };
+
+  it('runs --version, a backup and a restore with no Node.js on the PATH, into a folder and an S3 vault', async () => {
+    const dir = join(work, 'no-node');
+    mkdirSync(dir);
+    const env = bare(join(dir, 'home'), { CAIRN_STATE_DIR: join(dir, 'state') });
+    expect(spawnSync('sh', ['-c', 'command -v node'], { env }).status).not.toBe(0);
+
+    const v = await runExecutable(packages.binary, ['--version'], env);
+    ok(v, '--version');
+    expect(v.stdout.trim()).toBe(version);
+
+    const disk = join(dir, 'disk.img');
+    await makeImage(disk, [
+      { kind: 'random', length: 5 * MiB },
+      { kind: 'hole', length: 3 * MiB },
+      { kind: 'text', length: 4 * MiB },
+      { kind: 'zero', length: 1 * MiB },
+      { kind: 'random', length: 3 * MiB },
+    ]);
+    const vaults = [join(dir, 'vault'), s3Target.url(await s3Target.newBucket(), 'single-executable')];
+    const s3env = Object.fromEntries(Object.entries(s3Target.env).filter((e): e is [string, string] => e[1] !== undefined));
+    for (const vault of vaults) {
+      const e = { ...env, ...s3env };
+      ok(await runExecutable(packages.binary, ['vault', 'init', vault], e, dir), `vault init ${vault}`);
+      const b = await runExecutable(packages.binary, ['backup', disk, '--vault', vault, '--json'], e, dir);
+      ok(b, `backup into ${vault}`);
+      const backup = JSON.parse(b.stdout) as { id: string; kind: string };
+      expect(backup.kind).toBe('full');
+      const out = join(dir, `restored-${vaults.indexOf(vault)}.img`);
+      ok(await runExecutable(packages.binary, ['restore', backup.id, '--vault', vault, '--to', out], e, dir), `restore from ${vault}`);
+      expect(await sha256File(out)).toBe(await sha256File(disk));
+      ok(await runExecutable(packages.binary, ['vault', 'verify', '--vault', vault, '--read-data'], e, dir), `verify ${vault}`);
+    }
+  });
+
+  it('keeps its native addons in a private runtime folder and replaces a damaged one', async () => {
+    const cache = join(work, 'cache-private');
+    const env = bare(join(work, 'home-2'), { CAIRN_CACHE_DIR: cache });
+    ok(await runExecutable(packages.binary, ['--version'], env), '--version');
+    const [runtime] = spawnSync('ls', [cache], { encoding: 'utf8' }).stdout.trim().split('\n');
+    expect(runtime).toMatch(new RegExp(`^runtime-${version.replace(/[.+]/g, '\\$&')}-[0-9a-f]{12}$`));
+    expect(statSync(cache).mode & 0o777).toBe(0o700);
+    expect(statSync(join(cache, runtime)).mode & 0o777).toBe(0o700);
+    const zstd = join(cache, runtime, 'native', 'zstd.node');
+    const good = readFileSync(zstd);
+    chmodSync(zstd, 0o600);
+    writeFileSync(zstd, 'not an ELF file');
+    // A backup needs zstd: it works, because the damaged copy is replaced before anything loads it.
+    const dir = join(work, 'damaged');
+    mkdirSync(dir);
+    const disk = join(dir, 'd.img');
+    await makeImage(disk, [{ kind: 'text', length: 2 * MiB }]);
+    ok(await runExecutable(packages.binary, ['vault', 'init', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir), 'init');
+    ok(await runExecutable(packages.binary, ['backup', disk, '--vault', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir), 'backup');
+    expect(readFileSync(zstd).equals(good)).toBe(true);
+  });
+
+  it('refuses a runtime folder that other users can write, and says what to do', async () => {
+    const cache = join(work, 'cache-shared');
+    mkdirSync(cache, { mode: 0o777 });
+    chmodSync(cache, 0o777);
+    const r = await runExecutable(packages.binary, ['--version'], bare(join(work, 'home-3'), { CAIRN_CACHE_DIR: cache }));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`cannot prepare Cairn's runtime folder ${cache}/runtime-`);
+    expect(r.stderr).toContain('writable by other users (mode 777)');
+    expect(r.stderr).toContain('Set CAIRN_CACHE_DIR');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(spawnSync('ls', [cache], { encoding: 'utf8' }).stdout).toBe('');
+  });
+});
+
+/**
+ * A unit's ExecStart= as systemd would run it (systemd.exec(5), "Command lines"): the variables of
+ * Environment= and then EnvironmentFile= (a leading "-": optional), `${VAR}` as one argument, `$VAR`
+ * split at white space. Covers the forms Cairn's units use.
+ */
+function execStart(unitFile: string): { argv: string[]; env: Record<string, string>; user: string | undefined; unit: Map<string, string[]> } {
+  const unit = new Map<string, string[]>();
+  for (const line of readFileSync(unitFile, 'utf8').split('\n')) {
+    const m = /^([A-Za-z]+)=(.*)$/.exec(line.trim());
+    if (m) unit.set(m[1]!, [...(unit.get(m[1]!) ?? []), m[2]!]);
+  }
+  const env: Record<string, string> = {};
+  const assign = (text: string): void => {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(text.trim());
+    if (m) env[m[1]!] = m[2]!.replace(/^"(.*)"$/, '$1');
+  };
+  for (const e of unit.get('Environment') ?? []) assign(e);
+  for (const f of unit.get('EnvironmentFile') ?? []) {
+    const file = f.replace(/^-/, '');
+    if (!existsSync(file)) {
+      expect(f.startsWith('-'), `EnvironmentFile ${file} is missing`).toBe(true);
+      continue;
+    }
+    for (const line of readFileSync(file, 'utf8').split('\n')) if (!line.trim().startsWith('#')) assign(line);
+  }
+  const [exec] = unit.get('ExecStart') ?? [];
+  expect(exec, `${unitFile} has an ExecStart=`).toBeDefined();
+  const argv = exec!.split(/\s+/).flatMap((word) => {
+    const whole = /^\$\{([A-Za-z0-9_]+)\}$/.exec(word);
+    if (whole) return [env[whole[1]!] ?? ''];
+    const split = /^\$([A-Za-z0-9_]+)$/.exec(word);
+    if (split) return (env[split[1]!] ?? '').split(/\s+/).filter(Boolean);
+    return [word];
+  });
+  return { argv, env, user: unit.get('User')?.[0], unit };
+}
+
+/**
+ * Starts a unit's ExecStart by hand, with what systemd gives a service: its User=, the state, logs
+ * and cache folders made as *Directory= and *DirectoryMode= say, their $STATE_DIRECTORY... variables,
+ * systemd's default PATH, cwd /. (No systemd runs as PID 1 here, so its sandboxing is not applied.)
+ */
+function startService(unitFile: string): { child: ChildProcess; output: () => string } {
+  const { argv, env, user, unit } = execStart(unitFile);
+  const vars: Record<string, string> = {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    LANG: 'C.UTF-8',
+    ...env,
+  };
+  for (const [key, root, variable] of [
+    ['StateDirectory', '/var/lib', 'STATE_DIRECTORY'],
+    ['LogsDirectory', '/var/log', 'LOGS_DIRECTORY'],
+    ['CacheDirectory', '/var/cache', 'CACHE_DIRECTORY'],
+  ] as const) {
+    const name = unit.get(key)?.[0];
+    if (name === undefined) continue;
+    const dir = join(root, name);
+    const dirMode = unit.get(`${key}Mode`)?.[0] ?? '0755';
+    sh('install', ['-d', '-m', dirMode, ...(user ? ['-o', user, '-g', user] : []), dir]);
+    vars[variable] = dir;
+  }
+  const command = user ? ['setpriv', `--reuid=${user}`, `--regid=${user}`, '--init-groups', ...argv] : argv;
+  const child = spawn(command[0]!, command.slice(1), { cwd: '/', env: vars, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  services.push(child);
+  return { child, output: () => output };
+}
+
+async function getJson(url: string, what: () => string): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 30_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(url);
+      if (res.ok) return (await res.json()) as Record<string, unknown>;
+      last = `HTTP ${res.status}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`${url} did not answer (${last}); service output:\n${what()}`);
+}
+
+/** GET /v1/health of the control plane on `port`, trusting the CA it made in its data dir. */
+async function cpHealth(port: number, what: () => string): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 30_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    try {
+      const caCertPem = readFileSync('/var/lib/cairn/control-plane/pki/ca.crt', 'utf8');
+      const reply = await call({ url: `https://127.0.0.1:${port}`, caCertPem }, 'GET', '/v1/health');
+      if (reply.status === 200) return reply.body as Record<string, unknown>;
+      last = `HTTP ${reply.status}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the control plane on port ${port} did not answer (${last}); its output:\n${what()}`);
+}
+
+async function stop(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const done = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  child.kill('SIGTERM');
+  return done;
+}
+
+describe('the Debian package', () => {
+  const AGENT_UNIT = '/lib/systemd/system/cairn-agent.service';
+  const CP_UNIT = '/lib/systemd/system/cairn-control-plane.service';
+  let agentPort: number;
+  let cpPort: number;
+  let agentId: string;
+
+  it('is a well-formed package of the executable, both units and the config', () => {
+    expect(installed(), 'cairn is already installed on this machine: purge it first (dpkg -P cairn)').toBe(false);
+    const field = (f: string): string => sh('dpkg-deb', ['-f', packages.deb, f]).out.trim();
+    expect(field('Package')).toBe('cairn');
+    expect(field('Version')).toBe(version);
+    expect(field('Architecture')).toBe('amd64');
+    expect(field('Depends')).toMatch(/libc6 \(>= 2\.28\).*openssl/);
+    const listing = sh('dpkg-deb', ['-c', packages.deb]).out;
+    expect(listing).toMatch(/^-rwxr-xr-x root\/root +\d+ .* \.\/usr\/bin\/cairn$/m);
+    for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) expect(listing).toMatch(new RegExp(`^-rw-r--r-- root/root .* \\./lib/systemd/system/${unit}$`, 'm'));
+    expect(sh('dpkg-deb', ['-I', packages.deb, 'conffiles']).out.trim().split('\n').sort()).toEqual(['/etc/cairn/agent.json', '/etc/cairn/control-plane.env']);
+  });
+
+  it('installs the executable, the units, config, state and log folders, the user, and enables the agent', () => {
+    const r = sh('dpkg', ['--install', packages.deb]);
+    expect(r.code, r.out + r.err).toBe(0);
+    expect(mode('/usr/bin/cairn')).toBe('0755 root:root');
+    expect(mode(AGENT_UNIT)).toBe('0644 root:root');
+    expect(mode(CP_UNIT)).toBe('0644 root:root');
+    expect(mode('/etc/cairn/agent.json')).toBe('0640 root:root');
+    expect(mode('/etc/cairn/control-plane.env')).toBe('0640 root:cairn');
+    expect(mode('/var/lib/cairn')).toBe('0711 root:root');
+    expect(mode('/var/lib/cairn/control-plane')).toBe('0700 cairn:cairn');
+    expect(mode('/var/log/cairn')).toBe('0750 root:root');
+    const user = sh('getent', ['passwd', 'cairn']).out.trim().split(':');
+    expect(Number(user[2])).toBeLessThan(1000);
+    expect(user[5]).toBe('/var/lib/cairn/control-plane');
+    expect(user[6]).toMatch(/nologin$/);
+    // Enabled at boot (the agent), installed but not enabled (the control plane).
+    expect(readlinkSync('/etc/systemd/system/multi-user.target.wants/cairn-agent.service')).toBe(AGENT_UNIT);
+    expect(existsSync('/etc/systemd/system/multi-user.target.wants/cairn-control-plane.service')).toBe(false);
+    expect(sh('/usr/bin/cairn', ['--version']).out.trim()).toBe(version);
+  });
+
+  it('has units that systemd-analyze verifies, hardened', () => {
+    const r = sh('systemd-analyze', ['verify', AGENT_UNIT, CP_UNIT]);
+    expect(r.code, r.out + r.err).toBe(0);
+    expect((r.out + r.err).trim()).toBe('');
+    // Exposure scores (0 best, 10 worst; an unsandboxed root service scores 9.6): a change that
+    // weakens the sandbox fails here.
+    for (const [unit, most] of [[AGENT_UNIT, 5.0], [CP_UNIT, 3.5]] as const) {
+      const sec = sh('systemd-analyze', ['security', '--offline=yes', '--no-pager', unit]);
+      const score = /Overall exposure level for \S+: ([\d.]+)/.exec(sec.out + sec.err);
+      expect(score, sec.out + sec.err).not.toBeNull();
+      expect(Number(score![1]), `${unit} exposure`).toBeLessThanOrEqual(most);
+    }
+    const agent = execStart(AGENT_UNIT).unit;
+    expect(agent.get('CapabilityBoundingSet')).toEqual(['CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_SYS_ADMIN']);
+    expect(agent.get('Restart')).toEqual(['on-failure']);
+    const cp = execStart(CP_UNIT).unit;
+    expect(cp.get('User')).toEqual(['cairn']);
+    expect(cp.get('CapabilityBoundingSet')).toEqual(['']);
+  });
+
+  it('runs the installed binary as the units start it: the agent serves its status, the control plane its health', async () => {
+    // Local settings, the way an admin makes them: both are conffiles the upgrade must keep.
+    agentPort = await unusedPort();
+    cpPort = await unusedPort();
+    const config = JSON.parse(readFileSync('/etc/cairn/agent.json', 'utf8')) as { status: { port: number } };
+    config.status.port = agentPort;
+    writeFileSync('/etc/cairn/agent.json', JSON.stringify(config, null, 2));
+    writeFileSync('/etc/cairn/control-plane.env', `${readFileSync('/etc/cairn/control-plane.env', 'utf8')}\nCAIRN_LISTEN=127.0.0.1:${cpPort}\n`);
+
+    const agent = startService(AGENT_UNIT);
+    const status = await getJson(`http://127.0.0.1:${agentPort}/status`, agent.output);
+    expect(status.version).toBe(version);
+    agentId = String(status.agentId);
+    expect(agentId).toMatch(/\S{8,}/);
+    const cp = startService(CP_UNIT);
+    const health = await cpHealth(cpPort, cp.output);
+    expect(health).toMatchObject({ status: 'ok', version });
+    expect(await stop(agent.child), agent.output()).toBeOneOf([0, 143]);
+    expect(await stop(cp.child), cp.output()).toBeOneOf([0, 143]);
+    // What each left where the layout says, owned by whom it runs as.
+    expect(existsSync('/var/lib/cairn/agent.sqlite')).toBe(true);
+    expect(readdirSync('/var/log/cairn')).toContain('agent.log');
+    expect(readdirSync('/var/cache/cairn').some((f) => f.startsWith('runtime-'))).toBe(true);
+    expect(mode('/var/lib/cairn/control-plane/endpoint.json')).toMatch(/^0[46]00 cairn:cairn$/);
+    expect(cp.output()).toContain('admin token (shown this once');
+  });
+});
