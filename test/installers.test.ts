@@ -329,4 +329,90 @@ describe('the Debian package', () => {
     expect(mode('/var/lib/cairn/control-plane/endpoint.json')).toMatch(/^0[46]00 cairn:cairn$/);
     expect(cp.output()).toContain('admin token (shown this once');
   });
+
+  it('upgrades to a newer build, keeping config, state and the agent identity', async () => {
+    const newer = buildPackages(join(work, 'v2'), `${version}+upgrade1`);
+    const configBefore = readFileSync('/etc/cairn/agent.json', 'utf8');
+    const envBefore = readFileSync('/etc/cairn/control-plane.env', 'utf8');
+    const tokenHash = readFileSync('/var/lib/cairn/control-plane/admin-token.hash', 'utf8');
+    const r = sh('dpkg', ['--install', newer.deb]);
+    expect(r.code, r.out + r.err).toBe(0);
+    expect(sh('dpkg-query', ['-W', '-f', '${Version}', 'cairn']).out).toBe(newer.version);
+    expect(sh('/usr/bin/cairn', ['--version']).out.trim()).toBe(newer.version);
+    expect(readFileSync('/etc/cairn/agent.json', 'utf8')).toBe(configBefore);
+    expect(readFileSync('/etc/cairn/control-plane.env', 'utf8')).toBe(envBefore);
+    expect(readFileSync('/var/lib/cairn/control-plane/admin-token.hash', 'utf8')).toBe(tokenHash);
+    expect(mode('/etc/cairn/control-plane.env')).toBe('0640 root:cairn');
+
+    const agent = startService(AGENT_UNIT);
+    const status = await getJson(`http://127.0.0.1:${agentPort}/status`, agent.output);
+    expect(status).toMatchObject({ version: newer.version, agentId });
+    expect(await stop(agent.child), agent.output()).toBeOneOf([0, 143]);
+  });
+
+  it('remove keeps config and state; purge deletes them, the user and the unit links', () => {
+    let r = sh('dpkg', ['--remove', 'cairn']);
+    expect(r.code, r.out + r.err).toBe(0);
+    for (const gone of ['/usr/bin/cairn', AGENT_UNIT, CP_UNIT]) expect(existsSync(gone), gone).toBe(false);
+    for (const kept of ['/etc/cairn/agent.json', '/etc/cairn/control-plane.env', '/var/lib/cairn/agent.sqlite', '/var/lib/cairn/control-plane/admin-token.hash']) {
+      expect(existsSync(kept), kept).toBe(true);
+    }
+    r = sh('dpkg', ['--purge', 'cairn']);
+    expect(r.code, r.out + r.err).toBe(0);
+    for (const gone of ['/etc/cairn', '/var/lib/cairn', '/var/log/cairn', '/var/cache/cairn', '/etc/systemd/system/multi-user.target.wants/cairn-agent.service']) {
+      expect(existsSync(gone), gone).toBe(false);
+    }
+    expect(sh('getent', ['passwd', 'cairn']).code).not.toBe(0);
+    expect(sh('getent', ['group', 'cairn']).code).not.toBe(0);
+    expect(installed()).toBe(false);
+  });
+});
+
+describe('install.sh', () => {
+  it('installs the tarball into a root, upgrades keeping config, and uninstalls', () => {
+    const root = join(work, 'root');
+    mkdirSync(join(root, 'etc'), { recursive: true });
+    // A root with a user database of its own, so the 'cairn' user is made there, not here.
+    for (const f of ['passwd', 'group', 'shadow', 'gshadow']) writeFileSync(join(root, 'etc', f), readFileSync(join('/etc', f)));
+    expect(sh('tar', ['-xzf', packages.tarball, '-C', work]).code).toBe(0);
+    const script = join(work, `cairn-${version}-linux-x64`, 'install.sh');
+    let r = sh(script, ['--root', root]);
+    expect(r.code, r.out + r.err).toBe(0);
+    const at = (p: string): string => mode(join(root, p)).replace(/ .*/, '');
+    expect(at('usr/bin/cairn')).toBe('0755');
+    expect(at('etc/systemd/system/cairn-agent.service')).toBe('0644');
+    expect(at('etc/systemd/system/cairn-control-plane.service')).toBe('0644');
+    expect(at('etc/cairn/agent.json')).toBe('0640');
+    expect(at('var/lib/cairn')).toBe('0711');
+    expect(readFileSync(join(root, 'etc', 'passwd'), 'utf8')).toMatch(/^cairn:x:\d+:\d+:.*:\/var\/lib\/cairn\/control-plane:.*nologin$/m);
+    expect(sh(join(root, 'usr', 'bin', 'cairn'), ['--version']).out.trim()).toBe(version);
+
+    // Again, with the config edited: an upgrade keeps it.
+    const config = join(root, 'etc', 'cairn', 'agent.json');
+    writeFileSync(config, '{ "stateDir": "/var/lib/cairn", "logDir": "/var/log/cairn", "concurrency": 3 }\n');
+    writeFileSync(join(root, 'var', 'lib', 'cairn', 'state-marker'), 'kept');
+    r = sh(script, ['--root', root]);
+    expect(r.code, r.out + r.err).toBe(0);
+    expect(readFileSync(config, 'utf8')).toContain('"concurrency": 3');
+    expect(existsSync(`${config}.new`)).toBe(true);
+    expect(readFileSync(join(root, 'var', 'lib', 'cairn', 'state-marker'), 'utf8')).toBe('kept');
+
+    r = sh(script, ['--uninstall', '--root', root]);
+    expect(r.code, r.out + r.err).toBe(0);
+    expect(existsSync(join(root, 'usr', 'bin', 'cairn'))).toBe(false);
+    expect(existsSync(config)).toBe(true);
+    r = sh(script, ['--uninstall', '--purge', '--root', root]);
+    expect(r.code, r.out + r.err).toBe(0);
+    for (const gone of ['etc/cairn', 'var/lib/cairn', 'var/log/cairn', 'etc/systemd/system/cairn-agent.service']) expect(existsSync(join(root, gone)), gone).toBe(false);
+    expect(readFileSync(join(root, 'etc', 'passwd'), 'utf8')).not.toMatch(/^cairn:/m);
+  });
+
+  it('refuses bad flags with a message and exit 1', () => {
+    const script = join(repoRoot, 'installers', 'linux', 'install.sh');
+    for (const args of [['--bogus'], ['--root'], ['--purge']]) {
+      const r = sh(script, args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.err, args.join(' ')).toMatch(/^install\.sh: .+/);
+    }
+  });
 });
