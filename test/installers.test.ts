@@ -320,6 +320,13 @@ describe('the Debian package', () => {
     const cp = startService(CP_UNIT);
     const health = await cpHealth(cpPort, cp.output);
     expect(health).toMatchObject({ status: 'ok', version });
+    // The web console comes out of the executable into the service's own cache folder.
+    const caCertPem = readFileSync('/var/lib/cairn/control-plane/pki/ca.crt', 'utf8');
+    const page = await call({ url: `https://127.0.0.1:${cpPort}`, caCertPem }, 'GET', '/');
+    expect(page.status).toBe(200);
+    expect(page.text).toMatch(/^<!doctype html>/i);
+    const cpRuntime = readdirSync('/var/cache/cairn/control-plane').find((f) => f.startsWith('runtime-'));
+    expect(mode(`/var/cache/cairn/control-plane/${cpRuntime}/console/index.html`)).toBe('0400 cairn:cairn');
     expect(await stop(agent.child), agent.output()).toBeOneOf([0, 143]);
     expect(await stop(cp.child), cp.output()).toBeOneOf([0, 143]);
     // What each left where the layout says, owned by whom it runs as.
