@@ -1,10 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fstatSync, openSync, lstatSync, mkdirSync, readFileSync, readdirSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MiB, PASSPHRASE, makeImage, repoRoot, s3Target, sha256File, unusedPort, type CliResult } from './helpers.js';
+import { MiB, PASSPHRASE, makeImage, mountCommand, repoRoot, s3Target, sha256File, unusedPort, type CliResult } from './helpers.js';
 import { buildPackages, runExecutable, type Packages } from './support/packages.js';
 import { call } from '../control-plane/server/test-client.js';
 
@@ -31,7 +32,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const child of services) child.kill('SIGKILL');
   // Leave the machine as it was, also when a test failed half-way.
-  if (installed()) sh('dpkg', ['--purge', 'cairn']);
+  if (weInstalled && installed()) sh('dpkg', ['--purge', 'cairn']);
   if (work) await rm(work, { recursive: true, force: true });
 });
 
@@ -52,6 +53,8 @@ function mode(path: string): string {
 }
 
 const services: ChildProcess[] = [];
+/** Set once these tests installed the package: only then does afterAll purge it (never someone else's). */
+let weInstalled = false;
 
 describe('the single executable', () => {
   /** A PATH with nothing on it (no node, no npm) and a HOME of the test's own. */
@@ -117,6 +120,35 @@ describe('the single executable', () => {
     expect(readFileSync(zstd).equals(good)).toBe(true);
   });
 
+  it('passes over a cache folder on a noexec file system for the next one', async () => {
+    const noexec = join(work, 'noexec');
+    mkdirSync(noexec);
+    mountCommand(['mount', '-t', 'tmpfs', '-o', 'noexec,size=64m,mode=0700', 'tmpfs', noexec]);
+    try {
+      const home = join(work, 'home-noexec');
+      // XDG_CACHE_HOME is on the noexec mount: the addons are written there but cannot be loaded.
+      const r = await runExecutable(packages.binary, ['--version'], bare(home, { XDG_CACHE_HOME: noexec }));
+      ok(r, '--version');
+      expect(readdirSync(join(home, '.cache', 'cairn')).some((f) => f.startsWith('runtime-'))).toBe(true);
+      // Given as the only choice, it is refused with the reason.
+      const only = await runExecutable(packages.binary, ['--version'], bare(home, { CAIRN_CACHE_DIR: join(noexec, 'only') }));
+      expect(only.code).toBe(1);
+      expect(only.stderr).toMatch(/^cairn: error: cannot prepare Cairn's runtime folder .*only\/runtime-.*: .*(failed to map|Operation not permitted|permission denied)/i);
+      expect(only.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      mountCommand(['umount', noexec]);
+    }
+  });
+
+  it('refuses a runtime folder below a folder that other users can write', async () => {
+    const shared = join(work, 'shared-parent');
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    const r = await runExecutable(packages.binary, ['--version'], bare(join(work, 'home-4'), { CAIRN_CACHE_DIR: join(shared, 'mine') }));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`${shared} is writable by other users (mode 777)`);
+  });
+
   it('refuses a runtime folder that other users can write, and says what to do', async () => {
     const cache = join(work, 'cache-shared');
     mkdirSync(cache, { mode: 0o777 });
@@ -171,7 +203,7 @@ function execStart(unitFile: string): { argv: string[]; env: Record<string, stri
 /**
  * Starts a unit's ExecStart by hand, with what systemd gives a service: its User=, the state, logs
  * and cache folders made as *Directory= and *DirectoryMode= say, their $STATE_DIRECTORY... variables,
- * systemd's default PATH, cwd /. (No systemd runs as PID 1 here, so its sandboxing is not applied.)
+ * $INVOCATION_ID, output to a "journal" named by $JOURNAL_STREAM, systemd's default PATH, cwd /. (No systemd runs as PID 1 here, so its sandboxing is not applied.)
  */
 function startService(unitFile: string): { child: ChildProcess; output: () => string } {
   const { argv, env, user, unit } = execStart(unitFile);
@@ -185,20 +217,25 @@ function startService(unitFile: string): { child: ChildProcess; output: () => st
     ['LogsDirectory', '/var/log', 'LOGS_DIRECTORY'],
     ['CacheDirectory', '/var/cache', 'CACHE_DIRECTORY'],
   ] as const) {
-    const name = unit.get(key)?.[0];
-    if (name === undefined) continue;
-    const dir = join(root, name);
+    const names = unit.get(key)?.[0]?.split(/\s+/).filter(Boolean);
+    if (names === undefined) continue;
+    const dirs = names.map((name) => join(root, name));
     const dirMode = unit.get(`${key}Mode`)?.[0] ?? '0755';
-    sh('install', ['-d', '-m', dirMode, ...(user ? ['-o', user, '-g', user] : []), dir]);
-    vars[variable] = dir;
+    for (const dir of dirs) sh('install', ['-d', '-m', dirMode, ...(user ? ['-o', user, '-g', user] : []), dir]);
+    vars[variable] = dirs.join(':');
   }
+  // Set for every service (systemd.exec(5), "Environment Variables in Spawned Processes"); output
+  // goes to the journal, a stream whose device:inode JOURNAL_STREAM names (here: a file).
+  vars.INVOCATION_ID = randomBytes(16).toString('hex');
+  const journal = join(work, `journal-${services.length}.log`);
+  const fd = openSync(journal, 'w');
+  const st = fstatSync(fd);
+  vars.JOURNAL_STREAM = `${st.dev}:${st.ino}`;
   const command = user ? ['setpriv', `--reuid=${user}`, `--regid=${user}`, '--init-groups', ...argv] : argv;
-  const child = spawn(command[0]!, command.slice(1), { cwd: '/', env: vars, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  const child = spawn(command[0]!, command.slice(1), { cwd: '/', env: vars, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
   services.push(child);
-  return { child, output: () => output };
+  return { child, output: () => readFileSync(journal, 'utf8') };
 }
 
 async function getJson(url: string, what: () => string): Promise<Record<string, unknown>> {
@@ -243,8 +280,8 @@ async function stop(child: ChildProcess): Promise<number | null> {
 }
 
 describe('the Debian package', () => {
-  const AGENT_UNIT = '/lib/systemd/system/cairn-agent.service';
-  const CP_UNIT = '/lib/systemd/system/cairn-control-plane.service';
+  const AGENT_UNIT = '/usr/lib/systemd/system/cairn-agent.service';
+  const CP_UNIT = '/usr/lib/systemd/system/cairn-control-plane.service';
   let agentPort: number;
   let cpPort: number;
   let agentId: string;
@@ -258,11 +295,13 @@ describe('the Debian package', () => {
     expect(field('Depends')).toMatch(/libc6 \(>= 2\.28\).*openssl/);
     const listing = sh('dpkg-deb', ['-c', packages.deb]).out;
     expect(listing).toMatch(/^-rwxr-xr-x root\/root +\d+ .* \.\/usr\/bin\/cairn$/m);
-    for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) expect(listing).toMatch(new RegExp(`^-rw-r--r-- root/root .* \\./lib/systemd/system/${unit}$`, 'm'));
+    for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) expect(listing).toMatch(new RegExp(`^-rw-r--r-- root/root .* \\./usr/lib/systemd/system/${unit}$`, 'm'));
     expect(sh('dpkg-deb', ['-I', packages.deb, 'conffiles']).out.trim().split('\n').sort()).toEqual(['/etc/cairn/agent.json', '/etc/cairn/control-plane.env']);
   });
 
   it('installs the executable, the units, config, state and log folders, the user, and enables the agent', () => {
+    expect(installed(), 'cairn is already installed on this machine: purge it first (dpkg -P cairn)').toBe(false);
+    weInstalled = true;
     const r = sh('dpkg', ['--install', packages.deb]);
     expect(r.code, r.out + r.err).toBe(0);
     expect(mode('/usr/bin/cairn')).toBe('0755 root:root');
@@ -278,7 +317,7 @@ describe('the Debian package', () => {
     expect(user[5]).toBe('/var/lib/cairn/control-plane');
     expect(user[6]).toMatch(/nologin$/);
     // Enabled at boot (the agent), installed but not enabled (the control plane).
-    expect(readlinkSync('/etc/systemd/system/multi-user.target.wants/cairn-agent.service')).toBe(AGENT_UNIT);
+    expect(realpathSync('/etc/systemd/system/multi-user.target.wants/cairn-agent.service')).toBe(realpathSync(AGENT_UNIT));
     expect(existsSync('/etc/systemd/system/multi-user.target.wants/cairn-control-plane.service')).toBe(false);
     expect(sh('/usr/bin/cairn', ['--version']).out.trim()).toBe(version);
   });
@@ -327,6 +366,13 @@ describe('the Debian package', () => {
     expect(page.text).toMatch(/^<!doctype html>/i);
     const cpRuntime = readdirSync('/var/cache/cairn/control-plane').find((f) => f.startsWith('runtime-'));
     expect(mode(`/var/cache/cairn/control-plane/${cpRuntime}/console/index.html`)).toBe('0400 cairn:cairn');
+    // Under systemd the admin token goes to a private file, not into the journal.
+    expect(mode('/var/lib/cairn/control-plane/admin-token')).toBe('0600 cairn:cairn');
+    const token = readFileSync('/var/lib/cairn/control-plane/admin-token', 'utf8').trim();
+    expect(token).toMatch(/^cairn-admin\./);
+    expect(cp.output()).toContain('admin token written to /var/lib/cairn/control-plane/admin-token');
+    expect(cp.output()).not.toContain(token);
+    expect((await call({ url: `https://127.0.0.1:${cpPort}`, caCertPem }, 'GET', '/v1/agents', { token })).status).toBe(200);
     expect(await stop(agent.child), agent.output()).toBeOneOf([0, 143]);
     expect(await stop(cp.child), cp.output()).toBeOneOf([0, 143]);
     // What each left where the layout says, owned by whom it runs as.
@@ -334,7 +380,8 @@ describe('the Debian package', () => {
     expect(readdirSync('/var/log/cairn')).toContain('agent.log');
     expect(readdirSync('/var/cache/cairn').some((f) => f.startsWith('runtime-'))).toBe(true);
     expect(mode('/var/lib/cairn/control-plane/endpoint.json')).toMatch(/^0[46]00 cairn:cairn$/);
-    expect(cp.output()).toContain('admin token (shown this once');
+    // A folder vault an admin put under the agent's state folder (purge must keep it).
+    ok(await runExecutable('/usr/bin/cairn', ['vault', 'init', '/var/lib/cairn/vaults/main'], { PATH: '/usr/bin:/bin', HOME: '/root', CAIRN_CACHE_DIR: join(work, 'cache-vault'), CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: join(work, 'vault-state') }), 'vault init');
   });
 
   it('upgrades to a newer build, keeping config, state and the agent identity', async () => {
@@ -355,6 +402,10 @@ describe('the Debian package', () => {
     const status = await getJson(`http://127.0.0.1:${agentPort}/status`, agent.output);
     expect(status).toMatchObject({ version: newer.version, agentId });
     expect(await stop(agent.child), agent.output()).toBeOneOf([0, 143]);
+    // The old build's runtime folder is gone; only the new one's is left.
+    const runtimes = readdirSync('/var/cache/cairn').filter((f) => f.startsWith('runtime-'));
+    expect(runtimes).toHaveLength(1);
+    expect(runtimes[0]).toMatch(/^runtime-\d+\.\d+\.\d+\+upgrade1-/);
   });
 
   it('remove keeps config and state; purge deletes them, the user and the unit links', () => {
@@ -366,7 +417,12 @@ describe('the Debian package', () => {
     }
     r = sh('dpkg', ['--purge', 'cairn']);
     expect(r.code, r.out + r.err).toBe(0);
-    for (const gone of ['/etc/cairn', '/var/lib/cairn', '/var/log/cairn', '/var/cache/cairn', '/etc/systemd/system/multi-user.target.wants/cairn-agent.service']) {
+    // The vault under /var/lib/cairn holds backups: that folder stays, with a word why.
+    expect(r.err).toContain('purge keeps /var/lib/cairn: it holds vaults with backups (/var/lib/cairn/vaults/main)');
+    expect(existsSync('/var/lib/cairn/vaults/main/config')).toBe(true);
+    expect(existsSync('/var/lib/cairn/agent.sqlite')).toBe(true);
+    sh('rm', ['-rf', '/var/lib/cairn']);
+    for (const gone of ['/etc/cairn', '/var/log/cairn', '/var/cache/cairn', '/etc/systemd/system/multi-user.target.wants/cairn-agent.service']) {
       expect(existsSync(gone), gone).toBe(false);
     }
     expect(sh('getent', ['passwd', 'cairn']).code).not.toBe(0);

@@ -242,6 +242,18 @@ describe('quiesce', () => {
     }
   });
 
+  it('is thawed by the watchdog when it is told to stop, as systemd stops every process of the unit', async () => {
+    const q = await quiesce({ preFreeze: [], postThaw: [], freeze: [mountA, mountB], freezeTimeoutMs: FREEZE_TIMEOUT_MS });
+    expect(await Promise.all([isFrozen(mountA), isFrozen(mountB)])).toEqual([true, true]);
+    const watchdogs = watchdogsFor(mountA);
+    expect(watchdogs).toHaveLength(1);
+    process.kill(watchdogs[0]!, 'SIGTERM');
+    expect(await Promise.all([writeFinishes(mountA, 1_000), writeFinishes(mountB, 1_000)])).toEqual([true, true]);
+    await expectEventually(() => isGone(watchdogs[0]!), 'the watchdog exits after thawing');
+    const result = await q.thaw();
+    expect(result.consistency).toBe('crash_consistent');
+  });
+
   it('thaw() is idempotent and never throws', async () => {
     const marker = join(hooks, 'idempotent.log');
     const record = await script('record-idempotent.sh', 'echo "$CAIRN_PHASE" >> "$MARKER"');

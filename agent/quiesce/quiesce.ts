@@ -287,9 +287,14 @@ function runHook(hook: string, phase: HookPhase, env: NodeJS.ProcessEnv, timeout
   });
 }
 
-/** The thaw watchdog: `$1` is the timeout in seconds, the rest are the mount points. */
+/**
+ * The thaw watchdog: `$1` is the timeout in seconds, the rest are the mount points. Asked to stop
+ * (SIGTERM, SIGINT, SIGHUP) it thaws first: systemd stops every process left in the agent's unit
+ * with SIGTERM, also after the agent itself died, and a frozen file system must not outlive that.
+ */
 const WATCHDOG_SCRIPT =
-  'if read -r -t "$1" line && [ "$line" = thawed ]; then exit 0; fi; shift; for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done';
+  'timeout=$1; shift; trap \'for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done; exit 0\' TERM INT HUP; ' +
+  'if read -r -t "$timeout" line && [ "$line" = thawed ]; then exit 0; fi; for m in "$@"; do fsfreeze -u "$m" 2>/dev/null; done';
 
 export interface ThawWatchdog {
   readonly pid: number;

@@ -1,3 +1,4 @@
+import { fstatSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -18,7 +19,8 @@ export const controlPlaneHelp = `Usage:
 
 'run' serves the REST API, the web console and the agents' WebSocket on one HTTPS listener
 (default 127.0.0.1:8443; port 0 picks a free one). It prints the URL and, at the first start only,
-the admin token (stored only as a hash: keep it). SIGTERM or Ctrl-C stop it cleanly.
+the admin token (stored only as a hash: keep it); when its output goes to the systemd journal, it
+writes the token to DIR/admin-token (mode 0600) instead. SIGTERM or Ctrl-C stop it cleanly.
   --data-dir DIR     the control plane's folder: PKI, SQLite catalog, admin token hash, endpoint.json
                      (default: $CAIRN_CONTROL_PLANE_DIR, else ./cairn-control-plane)
   --hostname NAME    a name or address agents use to reach it (repeatable): goes into the server
@@ -35,6 +37,8 @@ DIR/endpoint.json, written by 'run', and needs the same --database as 'run' when
 
 const DEFAULT_LISTEN = '127.0.0.1:8443';
 const ENDPOINT_FILE = 'endpoint.json';
+/** Where a first start under systemd leaves the admin token instead of printing it. */
+const ADMIN_TOKEN_FILE = 'admin-token';
 
 /** What 'run' leaves in the data dir for 'token create': where agents connect and which CA they pin. */
 interface Endpoint {
@@ -98,7 +102,15 @@ async function run(argv: string[], out: (s: string) => void): Promise<number> {
   out(`agents connect to ${cp.wsUrl}; CA fingerprint ${cp.caFingerprint}`);
   out(`data dir ${dataDir}; catalog ${database === undefined ? 'SQLite in the data dir' : 'PostgreSQL'}`);
   if (cp.adminToken !== undefined) {
-    out(`admin token (shown this once; only its hash is kept): ${cp.adminToken}`);
+    if (stdoutIsJournal()) {
+      // The journal outlives "shown this once", and more people read it than should administer
+      // the fleet: the token goes to a private file instead.
+      const file = join(dataDir, ADMIN_TOKEN_FILE);
+      await writePrivateFile(file, `${cp.adminToken}\n`, 'writing the admin token');
+      out(`admin token written to ${file} (only this service's user can read it): read it, keep it safe, delete the file`);
+    } else {
+      out(`admin token (shown this once; only its hash is kept): ${cp.adminToken}`);
+    }
   }
 
   // This command owns SIGINT/SIGTERM while it serves: a stop closes connections, the listener and
@@ -221,3 +233,19 @@ async function readEndpoint(dataDir: string): Promise<Endpoint> {
 const stderrLog: Log = (level, message) => {
   process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`);
 };
+
+/**
+ * True when stdout is connected to the systemd journal: systemd sets JOURNAL_STREAM to the
+ * `device:inode` of that stream (systemd.exec(5)); a child with other output inherits the variable
+ * but not the stream, hence the comparison.
+ */
+function stdoutIsJournal(): boolean {
+  const stream = process.env.JOURNAL_STREAM;
+  if (!stream) return false;
+  try {
+    const st = fstatSync(1);
+    return stream === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
+  }
+}

@@ -55,6 +55,12 @@ export async function bundle(repo: string, outDir: string): Promise<Bundles> {
   const cli = join(outDir, 'cairn.cjs');
   const worker = join(outDir, 'chunk-worker.cjs');
   await build({ ...common, entryPoints: [join(repo, 'installers', 'sea', 'entry.ts')], outfile: cli });
-  await build({ ...common, entryPoints: [join(repo, 'shared', 'vault', 'chunk-worker.ts')], outfile: worker });
+  // The worker runs from a string (`eval`), where __filename is not a path: it gets a fixed URL.
+  await build({
+    ...common,
+    entryPoints: [join(repo, 'shared', 'vault', 'chunk-worker.ts')],
+    outfile: worker,
+    banner: { js: 'var __cairnModuleUrl = "file:///cairn/chunk-worker.cjs";' },
+  });
   return { cli, worker };
 }

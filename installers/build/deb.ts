@@ -62,7 +62,7 @@ export function buildDeb(opts: PackageOptions): string {
 
   put(opts.binary, join(dir('usr/bin'), 'cairn'), 0o755);
   // Debian 12 still installs packaged units under /lib (the /usr merge of unit paths came later).
-  for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) put(join(linux, unit), join(dir('lib/systemd/system'), unit), 0o644);
+  for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) put(join(linux, unit), join(dir('usr/lib/systemd/system'), unit), 0o644);
   put(join(linux, 'agent.json'), join(dir('etc/cairn'), 'agent.json'), 0o640);
   put(join(linux, 'control-plane.env'), join(dir('etc/cairn'), 'control-plane.env'), 0o640);
   const doc = dir('usr/share/doc/cairn');
@@ -135,13 +135,16 @@ cairn-agent.service is enabled and started at installation. Its configuration is
 cairn-control-plane.service is installed but not enabled. On the control plane host,
 set the listen address and host name in /etc/cairn/control-plane.env, then:
   systemctl enable --now cairn-control-plane
-  journalctl -u cairn-control-plane     # the admin token, shown once at the first start
+  cat /var/lib/cairn/control-plane/admin-token   # the admin token, written at the first start
 
-The agent may write only to /var/lib/cairn, /var/log/cairn and block devices. To keep a
-vault in a folder or restore to a path elsewhere, allow it with a drop-in:
-  systemctl edit cairn-agent            # [Service] then ReadWritePaths=/srv/vault
+The agent may write only to /var/lib/cairn, /var/log/cairn and block devices. Allow every
+other folder it must write with a drop-in: vault folders, restore targets, folders of
+offline qcow2 images (Cairn keeps its dirty bitmap in the image) and whatever a quiesce
+hook writes:
+  systemctl edit cairn-agent            # [Service] then ReadWritePaths=/srv/vault /var/lib/libvirt/images
+Keep vaults out of /var/lib/cairn itself.
 
 Upgrades keep /etc/cairn and /var/lib/cairn. 'apt purge cairn' deletes /etc/cairn,
-/var/lib/cairn, /var/log/cairn, /var/cache/cairn and the 'cairn' system user (backups in
-vaults are not touched).
+/var/lib/cairn, /var/log/cairn, /var/cache/cairn and the 'cairn' system user; a vault
+found under /var/lib/cairn keeps that folder (backups in vaults are never deleted).
 `;

@@ -64,7 +64,7 @@ After installing:
   edit /etc/cairn/agent.json (vaults, resources, policies), then: systemctl restart cairn-agent
   on the one control plane host: edit /etc/cairn/control-plane.env, then
     systemctl enable --now cairn-control-plane
-    journalctl -u cairn-control-plane  (shows the admin token, once, at the first start)
+    cat /var/lib/cairn/control-plane/admin-token  (the admin token, written at the first start)
 
 Without installing, the executable runs as it is: ./cairn --help
 `;

@@ -107,7 +107,11 @@ cairn_uid() {
 }
 
 create_user() {
-  if [ -n "$(cairn_uid)" ]; then
+  local uid
+  uid=$(cairn_uid)
+  if [ -n "$uid" ]; then
+    # A person's account of that name must not become the control plane's service account.
+    [ "$uid" -lt 1000 ] || die "a user 'cairn' with uid $uid exists and is not a system user: rename it, or make the system user 'cairn' yourself, then run install.sh again"
     return
   fi
   if [ -n "$root" ] && [ ! -f "$root/etc/passwd" ]; then
@@ -172,7 +176,8 @@ do_install() {
     install -m 0644 "$here/$unit" "$root/etc/systemd/system/$unit"
   done
 
-  install_dir 0755 0:0 /etc/cairn
+  # Made once; a mode the admin gave it later (say 0750) is kept on upgrades.
+  [ -d "$root/etc/cairn" ] || install_dir 0755 0:0 /etc/cairn
   install_config "$here/agent.json" /etc/cairn/agent.json 0640 0
   install_config "$here/control-plane.env" /etc/cairn/control-plane.env 0640 "$cp_group"
   # 0711, not 0700: user cairn must pass through to its own 0700 folder inside.
@@ -188,9 +193,11 @@ do_install() {
     systemctl daemon-reload
     if [ "$start" = yes ]; then
       if [ "$upgrade" = yes ]; then
+        # An upgrade restarts what runs and leaves enabled/disabled as the admin set it.
         systemctl try-restart "${UNITS[@]}"
+      else
+        systemctl enable --now cairn-agent.service
       fi
-      systemctl enable --now cairn-agent.service
     fi
   elif [ -z "$root" ]; then
     note "systemd is not running: nothing started; start the agent with: /usr/bin/cairn agent run --config /etc/cairn/agent.json"
@@ -201,7 +208,7 @@ do_install() {
   else
     note "installed Cairn in ${root:-/}"
     note "agent config: /etc/cairn/agent.json; status: systemctl status cairn-agent"
-    note "on the control plane host: edit /etc/cairn/control-plane.env, then systemctl enable --now cairn-control-plane (its admin token: journalctl -u cairn-control-plane)"
+    note "on the control plane host: edit /etc/cairn/control-plane.env, then systemctl enable --now cairn-control-plane (its admin token is then in /var/lib/cairn/control-plane/admin-token)"
   fi
 }
 
@@ -225,12 +232,12 @@ do_uninstall() {
   if [ -n "$(cairn_uid)" ]; then
     local args=()
     [ -z "$root" ] || args+=(--root "$root")
-    userdel ${args[@]+"${args[@]}"} cairn
+    userdel ${args[@]+"${args[@]}"} cairn || note "could not delete user 'cairn' (still logged in or running?): delete it later with userdel cairn"
   fi
   if [ -n "$(cairn_gid)" ]; then
     local args=()
     [ -z "$root" ] || args+=(--root "$root")
-    groupdel ${args[@]+"${args[@]}"} cairn
+    groupdel ${args[@]+"${args[@]}"} cairn || note "could not delete group 'cairn': delete it later with groupdel cairn"
   fi
   note "removed Cairn, its configuration, state, logs and the 'cairn' user from ${root:-/}"
 }

@@ -5,19 +5,25 @@
  */
 import { getAsset } from 'node:sea';
 import { registerEmbeddedRuntime } from '../../shared/runtime/embedded.js';
-import { extractTree, prepareRuntimeDir, type EmbeddedManifest } from './runtime-dir.js';
+import { describeAddons, loadNativeAddon } from './native-addons.js';
+import { extractTree, prepareRuntimeDir, type EmbeddedManifest, type RuntimeDir } from './runtime-dir.js';
 
 function start(): Promise<number> {
   let manifest: EmbeddedManifest;
   let dir: string;
   try {
     manifest = JSON.parse(getAsset('manifest.json', 'utf8')) as EmbeddedManifest;
-    dir = prepareRuntimeDir(manifest, (key) => getAsset(key));
+    // Loading each addon once here proves the folder can hold them (not mounted noexec).
+    const probe = (prepared: RuntimeDir): void => {
+      for (const name of prepared.addons.keys()) loadNativeAddon(name, prepared.addons);
+    };
+    const prepared = prepareRuntimeDir(manifest, (key) => getAsset(key), probe);
+    dir = prepared.dir;
+    process.env.CAIRN_NATIVE_ADDONS = describeAddons(prepared.addons);
   } catch (err) {
-    process.stderr.write(`cairn: ${(err as Error).message}\n`);
+    process.stderr.write(`cairn: error: ${(err as Error).message}\n`);
     return Promise.resolve(1);
   }
-  process.env.CAIRN_RUNTIME_DIR = dir;
   const extracted = new Map<string, string>();
   registerEmbeddedRuntime({
     version: manifest.version,
@@ -29,7 +35,13 @@ function start(): Promise<number> {
     },
   });
   // Loaded only now: the modules load native addons as they initialise.
-  return import('../../agent/cli/main.js').then(({ main }) => main(process.argv.slice(2)));
+  return import('../../agent/cli/main.js').then(
+    ({ main }) => main(process.argv.slice(2)),
+    (err: Error) => {
+      process.stderr.write(`cairn: error: cannot start: ${err.message}\n`);
+      return 1;
+    },
+  );
 }
 
 void start().then((code) => {
