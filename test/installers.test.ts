@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MiB, PASSPHRASE, makeImage, mountCommand, repoRoot, s3Target, sha256File, unusedPort, type CliResult } from './helpers.js';
 import { buildPackages, runExecutable, type Packages } from './support/packages.js';
 import { call } from '../control-plane/server/test-client.js';
+import { SystemdRoot } from './support/systemd-root.js';
 
 /**
  * The artifacts of `npm run package`, built fresh from this tree: the single executable, the .deb
@@ -477,5 +478,88 @@ describe('install.sh', () => {
       expect(r.code, args.join(' ')).toBe(1);
       expect(r.err, args.join(' ')).toMatch(/^install\.sh: .+/);
     }
+  });
+});
+
+describe('the units under a real systemd', () => {
+  let root: SystemdRoot;
+
+  beforeAll(async () => {
+    root = await SystemdRoot.boot(packages.deb, join(work, 'systemd-root'));
+  }, 120_000);
+
+  afterAll(() => root?.close());
+
+  it('runs a scheduled backup in the hardened agent unit, which restores identically', async () => {
+    const port = await unusedPort();
+    // A disk image where the agent may only read it, a folder vault in its state folder, and a
+    // policy every 2 seconds.
+    root.must(['sh', '-c', 'mkdir -p /srv/images && head -c 6291456 /dev/urandom > /srv/images/disk.img && truncate -s 16M /srv/images/disk.img']);
+    root.must(['sh', '-c', `umask 077 && printf '%s' '${PASSPHRASE}' > /etc/cairn/local.pass`]);
+    root.must(['env', 'CAIRN_STATE_DIR=/root/state', 'CAIRN_CACHE_DIR=/root/cache', '/usr/bin/cairn', 'vault', 'init', '/var/lib/cairn/vault', '--passphrase-file', '/etc/cairn/local.pass']);
+    const config = {
+      stateDir: '/var/lib/cairn',
+      logDir: '/var/log/cairn',
+      status: { host: '127.0.0.1', port },
+      vaults: { local: { url: '/var/lib/cairn/vault', passphraseFile: '/etc/cairn/local.pass' } },
+      resources: { disk: { vault: 'local', disks: ['/srv/images/disk.img'] } },
+      policies: { often: { vaults: ['local'], trigger: { cron: '*/2 * * * * *' }, retention: { max_backups: 3 } } },
+    };
+    root.must(['sh', '-c', 'cat > /etc/cairn/agent.json'], JSON.stringify(config));
+    root.must(['systemctl', 'start', 'cairn-agent']);
+
+    const status = await getJson(`http://127.0.0.1:${port}/status`, () => root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out);
+    expect(status.version).toBe(version);
+    // The sandbox is what the unit says: three capabilities, no new privileges, / read-only.
+    const mainPid = root.must(['systemctl', 'show', '-p', 'MainPID', '--value', 'cairn-agent']).trim();
+    const procStatus = root.must(['cat', `/proc/${mainPid}/status`]);
+    expect(procStatus).toMatch(/^CapBnd:\s+0000000000200006$/m); // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN
+    expect(procStatus).toMatch(/^NoNewPrivs:\s+1$/m);
+    expect(root.run(['nsenter', '-t', mainPid, '-m', 'touch', '/etc/cairn/written']).err).toContain('Read-only file system');
+    expect(root.run(['nsenter', '-t', mainPid, '-m', 'touch', '/var/lib/cairn/written']).code).toBe(0);
+
+    // A backup made by the service itself.
+    const list = (): Array<{ id: string; name: string }> => {
+      const r = root.run(['env', 'CAIRN_STATE_DIR=/root/state', 'CAIRN_CACHE_DIR=/root/cache', '/usr/bin/cairn', 'backups', 'list', '--vault', '/var/lib/cairn/vault', '--passphrase-file', '/etc/cairn/local.pass', '--json']);
+      return r.code === 0 ? (JSON.parse(r.out) as Array<{ id: string; name: string }>) : [];
+    };
+    const deadline = Date.now() + 60_000;
+    while (list().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
+    const [backup] = list();
+    expect(backup, root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out).toBeDefined();
+    expect(backup!.name).toMatch(/^autobk_/);
+    root.must(['env', 'CAIRN_STATE_DIR=/root/state', 'CAIRN_CACHE_DIR=/root/cache', '/usr/bin/cairn', 'restore', backup!.id, '--vault', '/var/lib/cairn/vault', '--passphrase-file', '/etc/cairn/local.pass', '--to', '/root/restored.img']);
+    const sums = root.must(['sha256sum', '/srv/images/disk.img', '/root/restored.img']).trim().split('\n').map((l) => l.split(' ')[0]);
+    expect(sums[1]).toBe(sums[0]);
+
+    root.must(['systemctl', 'stop', 'cairn-agent']);
+    expect(root.must(['systemctl', 'show', '-p', 'ActiveState,Result', 'cairn-agent']).trim().split('\n').sort()).toEqual(['ActiveState=inactive', 'Result=success']);
+  });
+
+  it('runs the control plane as user cairn with no capabilities; the admin token stays out of the journal', async () => {
+    const port = await unusedPort();
+    root.must(['sh', '-c', `echo CAIRN_LISTEN=127.0.0.1:${port} >> /etc/cairn/control-plane.env`]);
+    root.must(['systemctl', 'start', 'cairn-control-plane']);
+    const journal = (): string => root.run(['journalctl', '-u', 'cairn-control-plane', '--no-pager']).out;
+    const deadline = Date.now() + 30_000;
+    while (root.run(['test', '-f', '/var/lib/cairn/control-plane/admin-token']).code !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    const caCertPem = root.must(['cat', '/var/lib/cairn/control-plane/pki/ca.crt']);
+    const token = root.must(['cat', '/var/lib/cairn/control-plane/admin-token']).trim();
+    expect(root.must(['stat', '-c', '%a %U:%G', '/var/lib/cairn/control-plane/admin-token']).trim()).toBe('600 cairn:cairn');
+    const endpoint = { url: `https://127.0.0.1:${port}`, caCertPem };
+    expect((await call(endpoint, 'GET', '/v1/health')).body).toMatchObject({ status: 'ok', version });
+    expect((await call(endpoint, 'GET', '/v1/agents', { token })).status).toBe(200);
+    expect(journal()).toContain('admin token written to /var/lib/cairn/control-plane/admin-token');
+    expect(journal()).not.toContain(token);
+
+    const mainPid = root.must(['systemctl', 'show', '-p', 'MainPID', '--value', 'cairn-control-plane']).trim();
+    const procStatus = root.must(['cat', `/proc/${mainPid}/status`]);
+    expect(procStatus).toMatch(/^CapBnd:\s+0000000000000000$/m);
+    expect(procStatus).toMatch(/^Uid:\s+(\d+)\s/m);
+    const uid = /^Uid:\s+(\d+)/m.exec(procStatus)![1];
+    expect(root.must(['id', '-u', 'cairn']).trim()).toBe(uid);
+
+    root.must(['systemctl', 'stop', 'cairn-control-plane']);
+    expect(root.must(['systemctl', 'show', '-p', 'ActiveState,Result', 'cairn-control-plane']).trim().split('\n').sort()).toEqual(['ActiveState=inactive', 'Result=success']);
   });
 });
