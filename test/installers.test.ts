@@ -471,6 +471,22 @@ describe('install.sh', () => {
     expect(readFileSync(join(root, 'etc', 'passwd'), 'utf8')).not.toMatch(/^cairn:/m);
   });
 
+  it('refuses a root whose paths lead out of it through a link', () => {
+    const root = join(work, 'root-with-link');
+    const outside = join(work, 'outside');
+    mkdirSync(join(root, 'var', 'lib'), { recursive: true });
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'precious'), 'keep');
+    spawnSync('ln', ['-s', outside, join(root, 'var', 'lib', 'cairn')]);
+    const script = join(repoRoot, 'installers', 'linux', 'install.sh');
+    for (const args of [['--root', root], ['--uninstall', '--purge', '--root', root]]) {
+      const r = sh(script, args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.err).toContain(`${root}/var/lib/cairn is a symbolic link: refusing to follow it out of the root`);
+    }
+    expect(readFileSync(join(outside, 'precious'), 'utf8')).toBe('keep');
+  });
+
   it('refuses bad flags with a message and exit 1', () => {
     const script = join(repoRoot, 'installers', 'linux', 'install.sh');
     for (const args of [['--bogus'], ['--root'], ['--purge']]) {

@@ -59,6 +59,7 @@ start=yes
 mode=install
 purge=no
 
+given=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -84,8 +85,16 @@ if [ -n "$root" ]; then
   root=$(cd "$root" && pwd)
   [ "$root" != / ] || root=""
 fi
+if [ -n "$root" ]; then
+  # Run as root on an image, a link in it (say var/lib/cairn -> /etc) would lead chmod, chown and
+  # rm -rf out of the image onto this machine: refuse any link on the paths this script writes.
+  for p in usr usr/bin etc etc/cairn etc/systemd etc/systemd/system var var/lib var/lib/cairn \
+    var/lib/cairn/control-plane var/log var/log/cairn var/cache var/cache/cairn var/cache/cairn/control-plane; do
+    [ ! -L "$root/$p" ] || die "$root/$p is a symbolic link: refusing to follow it out of the root; replace it with a folder"
+  done
+fi
 if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
-  die "must run as root (try: sudo $0${*:+ $*}), or give --root DIR to install into a folder"
+  die "must run as root (try: sudo $0${given[*]:+ ${given[*]}}), or give --root DIR to install into a folder"
 fi
 
 # systemctl only for the running system: never for --root, never without a running systemd.
