@@ -541,15 +541,15 @@ describe('the units under a real systemd', () => {
     };
     const deadline = Date.now() + 60_000;
     while (list().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
-    const [backup] = list();
-    expect(backup, root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out).toBeDefined();
+    expect(list().length, root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out).toBeGreaterThan(0);
+    // Stopped before the restore, so retention cannot prune the backup meanwhile.
+    root.must(['systemctl', 'stop', 'cairn-agent']);
+    expect(root.must(['systemctl', 'show', '-p', 'ActiveState,Result', 'cairn-agent']).trim().split('\n').sort()).toEqual(['ActiveState=inactive', 'Result=success']);
+    const backup = list().at(-1);
     expect(backup!.name).toMatch(/^autobk_/);
     root.must(['env', 'CAIRN_STATE_DIR=/root/state', 'CAIRN_CACHE_DIR=/root/cache', '/usr/bin/cairn', 'restore', backup!.id, '--vault', '/var/lib/cairn/vault', '--passphrase-file', '/etc/cairn/local.pass', '--to', '/root/restored.img']);
     const sums = root.must(['sha256sum', '/srv/images/disk.img', '/root/restored.img']).trim().split('\n').map((l) => l.split(' ')[0]);
     expect(sums[1]).toBe(sums[0]);
-
-    root.must(['systemctl', 'stop', 'cairn-agent']);
-    expect(root.must(['systemctl', 'show', '-p', 'ActiveState,Result', 'cairn-agent']).trim().split('\n').sort()).toEqual(['ActiveState=inactive', 'Result=success']);
   });
 
   it('runs the control plane as user cairn with no capabilities; the admin token stays out of the journal', async () => {
