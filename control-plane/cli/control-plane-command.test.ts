@@ -72,6 +72,8 @@ describe('cairn control-plane', () => {
     servers.push(first);
     const url = await first.url();
     expect(url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    // The token line comes after the URL's, maybe in a later chunk of output.
+    await vi.waitFor(() => expect(first.stdout).toMatch(/admin token \(shown this once[^:]*\): \S+\n/), { timeout: 10_000, interval: 20 });
     const admin = /admin token \(shown this once[^:]*\): (\S+)/.exec(first.stdout)?.[1];
     expect(admin).toBeDefined();
     const caCertPem = await readFile(join(dataDir, 'pki', 'ca.crt'), 'utf8');
