@@ -238,8 +238,12 @@ describe('console in a browser', () => {
     await page.getByRole('heading', { name: 'Dashboard', level: 1 }).waitFor();
 
     // A token the API stops accepting logs the tab out, says why, and the next login returns to the page.
-    await page.evaluate(() => sessionStorage.setItem('cairn.adminToken', 'cairn-admin-stale'));
-    await page.getByRole('link', { name: 'Vaults' }).click();
+    // Token and navigation in one step: the dashboard's polling could otherwise meet the stale
+    // token first and log out before the link is clicked.
+    await page.evaluate(() => {
+      sessionStorage.setItem('cairn.adminToken', 'cairn-admin-stale');
+      location.hash = '#/vaults';
+    });
     await see(page.getByRole('alert'), 'Logged out: UNAUTHENTICATED');
     await page.getByLabel('Admin API token').fill(token);
     await page.getByRole('button', { name: 'Log in' }).click();
