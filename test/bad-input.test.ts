@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   expectCliError,
+  expectOk,
   listFiles,
   makeImage,
   MiB,
@@ -139,6 +140,18 @@ describe('passphrase and vault location', () => {
     expectCliError(await unchanged(['restore', 'first', '--vault', vault, '--to', sb.path('r.img')]), 'VAULT_VERSION', 'upgrade');
     expectCliError(await unchanged(['vault', 'gc', '--vault', vault, '--grace', '0']), 'VAULT_VERSION', 'upgrade');
     expect(existsSync(sb.path('r.img'))).toBe(false);
+  });
+
+  it('takes --kdf-log-n from 12 to 20 into the key file, and refuses others before creating anything', async () => {
+    for (const bad of ['11', '21', 'x', '1e3']) {
+      expectCliError(await sb.cairn(['vault', 'init', sb.path(`kdf-${bad}`), '--kdf-log-n', bad]), 'USAGE', '--kdf-log-n', '12 to 20');
+      expect(existsSync(sb.path(`kdf-${bad}`, 'config'))).toBe(false);
+    }
+    const cheap = await sb.initVault('kdf-13', ['--kdf-log-n', '13']);
+    const [keyName] = await readdir(`${cheap}/keys`);
+    expect(JSON.parse(await readFile(`${cheap}/keys/${keyName}`, 'utf8')).scrypt).toEqual({ N: 8192, r: 8, p: 1 });
+    expectOk(await sb.cairn(['vault', 'verify', '--vault', cheap]));
+    expectCliError(await sb.cairn(['vault', 'verify', '--vault', cheap], { env: { CAIRN_PASSPHRASE: 'not it' } }), 'WRONG_PASSPHRASE');
   });
 
   it('refuses vault init on an existing vault (VAULT_EXISTS)', async () => {

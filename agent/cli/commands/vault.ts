@@ -12,7 +12,7 @@ import { ProgressBar } from '../progress.js';
 
 export const vaultHelp = `Usage:
   cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE]
-                   [--pack-size SIZE] [--compression-level N] [--immutable-days N] [--json]
+                   [--pack-size SIZE] [--compression-level N] [--immutable-days N] [--kdf-log-n N] [--json]
   cairn vault gc --vault <vault> [--grace DURATION] [--upload-concurrency N] [--json]
   cairn vault verify --vault <vault> [--read-data] [--json]
 
@@ -23,7 +23,9 @@ from CAIRN_PASSPHRASE or --passphrase-file FILE. --limit-upload / --limit-downlo
 R MiB/s.
   init     create a vault; --chunk-size is the fixed chunk size of disk block maps (default 64K);
            packs are 16M in a folder and 32M in S3 by default; --immutable-days N (S3 buckets with
-           Object Lock) keeps every backup N days so that nobody can delete it earlier
+           Object Lock) keeps every backup N days so that nobody can delete it earlier; --kdf-log-n N
+           (12-20, default 16) sets the passphrase's scrypt cost to 2^N: lower for small hosts or
+           throw-away vaults (each step halves unlock time and the cost of guessing the passphrase)
   gc       delete data no backup needs; keeps data younger than --grace (default 15m) and data of
            backups still running
   verify   check that every backup is complete; --read-data also decrypts and hashes every chunk`;
@@ -56,6 +58,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
     'compression-level': { type: 'string' },
     'pack-size': { type: 'string' },
     'immutable-days': { type: 'string' },
+    'kdf-log-n': { type: 'string' },
   });
   if (values.help) return (out(vaultHelp), 0);
   const location = positionals[0] ?? values.vault;
@@ -80,6 +83,10 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   if (days !== undefined && !/^\d+$/.test(days)) {
     throw new CairnError('USAGE', `vault init: --immutable-days must be a whole number of days, not '${days}'`);
   }
+  const kdf = values['kdf-log-n'];
+  if (kdf !== undefined && !/^\d+$/.test(kdf)) {
+    throw new CairnError('USAGE', `vault init: --kdf-log-n must be a whole number from 12 to 20, not '${kdf}'`);
+  }
   const store = await openStore(location, values);
   // The store is checked before the passphrase is asked for, so a wrong URL is named as such.
   if (await store.stat('config')) {
@@ -92,6 +99,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
     compressionLevel: level,
     packSize,
     immutableDays: days === undefined ? undefined : Number(days),
+    kdfLogN: kdf === undefined ? undefined : Number(kdf),
   });
   const c = vault.config;
   if (values.json) out(JSON.stringify({ location: vault.store.location, ...c }));
