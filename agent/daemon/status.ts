@@ -3,6 +3,7 @@
  * `cairn agent status`. The daemon fills these in; the status server only renders them. Nothing
  * here may hold a secret: vault locations are shown without query strings or credentials.
  */
+import type { Inventory } from '../../shared/protocol/messages.js';
 
 export interface JobProgress {
   bytesDone: number;
@@ -59,14 +60,8 @@ export interface VaultStatus {
   storedBytes: number | null;
 }
 
-export interface Inventory {
-  hostname: string;
-  os: { platform: string; distro: string; release: string; kernel: string; arch: string };
-  cpus: { model: string; cores: number; physicalCores: number };
-  memoryBytes: number;
-  disks: { name: string; type: string; sizeBytes: number; model: string }[];
-  network: { iface: string; mac: string; ip4: string[]; ip6: string[] }[];
-}
+// The same inventory goes to the control plane at enrollment and hello: one type, the protocol's.
+export type { Inventory };
 
 /** The link to the control plane; `not-configured` until `cairn agent enroll`. */
 export interface ControlPlaneStatus {
