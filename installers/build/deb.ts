@@ -61,7 +61,7 @@ export function buildDeb(opts: PackageOptions): string {
   };
 
   put(opts.binary, join(dir('usr/bin'), 'cairn'), 0o755);
-  // Debian 12 still installs packaged units under /lib (the /usr merge of unit paths came later).
+  // /usr/lib/systemd/system: the same folder as /lib/systemd/system on merged-/usr systems, where DEP17 moves packaged files.
   for (const unit of ['cairn-agent.service', 'cairn-control-plane.service']) put(join(linux, unit), join(dir('usr/lib/systemd/system'), unit), 0o644);
   put(join(linux, 'agent.json'), join(dir('etc/cairn'), 'agent.json'), 0o640);
   put(join(linux, 'control-plane.env'), join(dir('etc/cairn'), 'control-plane.env'), 0o640);

@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import type { RuntimeNode } from './runtime-node.js';
@@ -56,8 +56,7 @@ export function nativeAddons(repo: string, runtime: RuntimeNode, cacheDir: strin
       throw new Error(`compiling better-sqlite3 for Node.js ${runtime.version} failed (node-gyp exit ${gyp.status ?? gyp.signal}); it needs python3, make and g++`);
     }
     rmSync(build, { recursive: true, force: true });
-    cpSync(work, build, { recursive: true });
-    rmSync(work, { recursive: true, force: true });
+    renameSync(work, build);
   }
 
   const blakeDir = packageDir(packageDir(repo, '@napi-rs/blake-hash'), '@napi-rs/blake-hash-linux-x64-gnu');

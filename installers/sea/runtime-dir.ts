@@ -95,6 +95,11 @@ function extractOne(key: string, target: string, expected: string, read: AssetRe
   } catch {
     // missing: write it
   }
+  writeAsset(key, target, expected, read);
+}
+
+/** Writes `key`'s contents to `target`, atomically (temp file, then rename). */
+function writeAsset(key: string, target: string, expected: string, read: AssetReader): void {
   const data = new Uint8Array(read(key));
   if (sha256(data) !== expected) throw new Error(`embedded file ${key} is damaged (sha256 mismatch): the executable is corrupt; reinstall Cairn`);
   ensurePrivateDir(dirname(target));
@@ -149,8 +154,15 @@ export function prepareRuntimeDir(
       for (const [key, hash] of Object.entries(manifest.files)) {
         const name = /^native\/(.+)\.node$/.exec(key)?.[1];
         if (name === undefined) continue;
-        extractOne(key, join(dir, key), hash, read);
-        addons.set(name, openChecked(join(dir, key), hash));
+        // Checked once, on the descriptor that is then loaded; written (again) only when that check fails.
+        let fd: number;
+        try {
+          fd = openChecked(join(dir, key), hash);
+        } catch {
+          writeAsset(key, join(dir, key), hash, read);
+          fd = openChecked(join(dir, key), hash);
+        }
+        addons.set(name, fd);
       }
       const prepared = { dir, addons };
       probe(prepared);
