@@ -147,6 +147,25 @@ export function expectOk(r: CliResult, args: string[] = []): void {
   }
 }
 
+/**
+ * Calls `check` until it gives a value (a throw counts as "not yet"), and gives up after `timeoutMs`
+ * with an error naming `what`, the last error seen and `context()` (say, a service's output).
+ */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number, context: () => string = () => '', intervalMs = 200): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > until) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms${last ? ` (last error: ${last})` : ''}\n${context()}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
 export function exitCode(code: ErrorCode): number {
   return errorCatalogue[code].exit;
 }

@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MiB, PASSPHRASE, makeImage, mountCommand, repoRoot, s3Target, sha256File, unusedPort, type CliResult } from './helpers.js';
+import { expectOk, MiB, PASSPHRASE, makeImage, mountCommand, repoRoot, s3Target, sha256File, unusedPort, waitFor, type CliResult } from './helpers.js';
 import { buildPackages, runExecutable, type Packages } from './support/packages.js';
 import { call } from '../control-plane/server/test-client.js';
 import { SystemdRoot } from './support/systemd-root.js';
@@ -17,8 +17,11 @@ import { SystemdRoot } from './support/systemd-root.js';
 
 const version = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
-function ok(r: CliResult, what: string): void {
-  expect(r.code, `${what}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(0);
+/** Runs the built executable and expects exit 0. */
+async function runOk(args: string[], env: Record<string, string>, cwd?: string): Promise<CliResult> {
+  const r = await runExecutable(packages.binary, args, env, cwd);
+  expectOk(r, args);
+  return r;
 }
 
 let work: string;
@@ -71,8 +74,7 @@ describe('the single executable', () => {
     const env = bare(join(dir, 'home'), { CAIRN_STATE_DIR: join(dir, 'state') });
     expect(spawnSync('sh', ['-c', 'command -v node'], { env }).status).not.toBe(0);
 
-    const v = await runExecutable(packages.binary, ['--version'], env);
-    ok(v, '--version');
+    const v = await runOk(['--version'], env);
     expect(v.stdout.trim()).toBe(version);
 
     const disk = join(dir, 'disk.img');
@@ -87,22 +89,21 @@ describe('the single executable', () => {
     const s3env = Object.fromEntries(Object.entries(s3Target.env).filter((e): e is [string, string] => e[1] !== undefined));
     for (const vault of vaults) {
       const e = { ...env, ...s3env };
-      ok(await runExecutable(packages.binary, ['vault', 'init', vault], e, dir), `vault init ${vault}`);
-      const b = await runExecutable(packages.binary, ['backup', disk, '--vault', vault, '--json'], e, dir);
-      ok(b, `backup into ${vault}`);
+      await runOk(['vault', 'init', vault], e, dir);
+      const b = await runOk(['backup', disk, '--vault', vault, '--json'], e, dir);
       const backup = JSON.parse(b.stdout) as { id: string; kind: string };
       expect(backup.kind).toBe('full');
       const out = join(dir, `restored-${vaults.indexOf(vault)}.img`);
-      ok(await runExecutable(packages.binary, ['restore', backup.id, '--vault', vault, '--to', out], e, dir), `restore from ${vault}`);
+      await runOk(['restore', backup.id, '--vault', vault, '--to', out], e, dir);
       expect(await sha256File(out)).toBe(await sha256File(disk));
-      ok(await runExecutable(packages.binary, ['vault', 'verify', '--vault', vault, '--read-data'], e, dir), `verify ${vault}`);
+      await runOk(['vault', 'verify', '--vault', vault, '--read-data'], e, dir);
     }
   });
 
   it('keeps its native addons in a private runtime folder and replaces a damaged one', async () => {
     const cache = join(work, 'cache-private');
     const env = bare(join(work, 'home-2'), { CAIRN_CACHE_DIR: cache });
-    ok(await runExecutable(packages.binary, ['--version'], env), '--version');
+    await runOk(['--version'], env);
     const [runtime] = spawnSync('ls', [cache], { encoding: 'utf8' }).stdout.trim().split('\n');
     expect(runtime).toMatch(new RegExp(`^runtime-${version.replace(/[.+]/g, '\\$&')}-[0-9a-f]{12}$`));
     expect(statSync(cache).mode & 0o777).toBe(0o700);
@@ -116,8 +117,8 @@ describe('the single executable', () => {
     mkdirSync(dir);
     const disk = join(dir, 'd.img');
     await makeImage(disk, [{ kind: 'text', length: 2 * MiB }]);
-    ok(await runExecutable(packages.binary, ['vault', 'init', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir), 'init');
-    ok(await runExecutable(packages.binary, ['backup', disk, '--vault', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir), 'backup');
+    await runOk(['vault', 'init', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir);
+    await runOk(['backup', disk, '--vault', join(dir, 'vault')], { ...env, CAIRN_STATE_DIR: join(dir, 'state') }, dir);
     expect(readFileSync(zstd).equals(good)).toBe(true);
   });
 
@@ -128,8 +129,7 @@ describe('the single executable', () => {
     try {
       const home = join(work, 'home-noexec');
       // XDG_CACHE_HOME is on the noexec mount: the addons are written there but cannot be loaded.
-      const r = await runExecutable(packages.binary, ['--version'], bare(home, { XDG_CACHE_HOME: noexec }));
-      ok(r, '--version');
+      await runOk(['--version'], bare(home, { XDG_CACHE_HOME: noexec }));
       expect(readdirSync(join(home, '.cache', 'cairn')).some((f) => f.startsWith('runtime-'))).toBe(true);
       // Given as the only choice, it is refused with the reason.
       const only = await runExecutable(packages.binary, ['--version'], bare(home, { CAIRN_CACHE_DIR: join(noexec, 'only') }));
@@ -239,38 +239,33 @@ function startService(unitFile: string): { child: ChildProcess; output: () => st
   return { child, output: () => readFileSync(journal, 'utf8') };
 }
 
-async function getJson(url: string, what: () => string): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + 30_000;
-  let last = '';
-  while (Date.now() < deadline) {
-    try {
+/** GET `url` (plain HTTP) until it answers 200 with JSON; `what` gives the service's output for a failure. */
+function getJson(url: string, what: () => string): Promise<Record<string, unknown>> {
+  return waitFor(
+    `${url} to answer`,
+    async () => {
       const res = await fetch(url);
-      if (res.ok) return (await res.json()) as Record<string, unknown>;
-      last = `HTTP ${res.status}`;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${url} did not answer (${last}); service output:\n${what()}`);
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      return (await res.json()) as Record<string, unknown>;
+    },
+    30_000,
+    what,
+  );
 }
 
 /** GET /v1/health of the control plane on `port`, trusting the CA it made in its data dir. */
-async function cpHealth(port: number, what: () => string): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + 30_000;
-  let last = '';
-  while (Date.now() < deadline) {
-    try {
+function cpHealth(port: number, what: () => string): Promise<Record<string, unknown>> {
+  return waitFor(
+    `the control plane on port ${port} to answer`,
+    async () => {
       const caCertPem = readFileSync('/var/lib/cairn/control-plane/pki/ca.crt', 'utf8');
       const reply = await call({ url: `https://127.0.0.1:${port}`, caCertPem }, 'GET', '/v1/health');
-      if (reply.status === 200) return reply.body as Record<string, unknown>;
-      last = `HTTP ${reply.status}`;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`the control plane on port ${port} did not answer (${last}); its output:\n${what()}`);
+      if (reply.status !== 200) throw new Error(`HTTP ${reply.status}`);
+      return reply.body as Record<string, unknown>;
+    },
+    30_000,
+    what,
+  );
 }
 
 async function stop(child: ChildProcess): Promise<number | null> {
@@ -382,7 +377,8 @@ describe('the Debian package', () => {
     expect(readdirSync('/var/cache/cairn').some((f) => f.startsWith('runtime-'))).toBe(true);
     expect(mode('/var/lib/cairn/control-plane/endpoint.json')).toMatch(/^0[46]00 cairn:cairn$/);
     // A folder vault an admin put under the agent's state folder (purge must keep it).
-    ok(await runExecutable('/usr/bin/cairn', ['vault', 'init', '/var/lib/cairn/vaults/main'], { PATH: '/usr/bin:/bin', HOME: '/root', CAIRN_CACHE_DIR: join(work, 'cache-vault'), CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: join(work, 'vault-state') }), 'vault init');
+    const init = ['vault', 'init', '/var/lib/cairn/vaults/main'];
+    expectOk(await runExecutable('/usr/bin/cairn', init, { PATH: '/usr/bin:/bin', HOME: '/root', CAIRN_CACHE_DIR: join(work, 'cache-vault'), CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: join(work, 'vault-state') }), init);
   });
 
   it('upgrades to a newer build, keeping config, state and the agent identity', async () => {
@@ -539,9 +535,7 @@ describe('the units under a real systemd', () => {
       const r = root.run(['env', 'CAIRN_STATE_DIR=/root/state', 'CAIRN_CACHE_DIR=/root/cache', '/usr/bin/cairn', 'backups', 'list', '--vault', '/var/lib/cairn/vault', '--passphrase-file', '/etc/cairn/local.pass', '--json']);
       return r.code === 0 ? (JSON.parse(r.out) as Array<{ id: string; name: string }>) : [];
     };
-    const deadline = Date.now() + 60_000;
-    while (list().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
-    expect(list().length, root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out).toBeGreaterThan(0);
+    await waitFor('the service\'s first backup', async () => (list().length > 0 ? true : undefined), 60_000, () => root.run(['journalctl', '-u', 'cairn-agent', '--no-pager']).out, 500);
     // Stopped before the restore, so retention cannot prune the backup meanwhile.
     root.must(['systemctl', 'stop', 'cairn-agent']);
     expect(root.must(['systemctl', 'show', '-p', 'ActiveState,Result', 'cairn-agent']).trim().split('\n').sort()).toEqual(['ActiveState=inactive', 'Result=success']);
@@ -557,8 +551,7 @@ describe('the units under a real systemd', () => {
     root.must(['sh', '-c', `echo CAIRN_LISTEN=127.0.0.1:${port} >> /etc/cairn/control-plane.env`]);
     root.must(['systemctl', 'start', 'cairn-control-plane']);
     const journal = (): string => root.run(['journalctl', '-u', 'cairn-control-plane', '--no-pager']).out;
-    const deadline = Date.now() + 30_000;
-    while (root.run(['test', '-f', '/var/lib/cairn/control-plane/admin-token']).code !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    await waitFor('the admin token file', async () => (root.run(['test', '-f', '/var/lib/cairn/control-plane/admin-token']).code === 0 ? true : undefined), 30_000, journal);
     const caCertPem = root.must(['cat', '/var/lib/cairn/control-plane/pki/ca.crt']);
     const token = root.must(['cat', '/var/lib/cairn/control-plane/admin-token']).trim();
     expect(root.must(['stat', '-c', '%a %U:%G', '/var/lib/cairn/control-plane/admin-token']).trim()).toBe('600 cairn:cairn');
