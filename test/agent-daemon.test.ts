@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath, expectCliError, makeImage, MiB, PASSPHRASE, Sandbox, unusedPort } from './helpers.js';
+import { cliPath, expectCliError, makeImage, MiB, PASSPHRASE, Sandbox, unusedPort, waitFor as waitForValue } from './helpers.js';
 
 /**
  * The agent daemon as a real process: a short cron schedule, a local vault and a qemu-nbd source.
@@ -69,14 +69,8 @@ async function statusJson(): Promise<StatusJson> {
   return JSON.parse((await get('/status')).text) as StatusJson;
 }
 
-async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms; agent output:\n${agentLog}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  return waitForValue(what, check, timeoutMs, () => `agent output:\n${agentLog}`, 50);
 }
 
 async function stop(child: ChildProcess): Promise<{ code: number | null; ms: number }> {

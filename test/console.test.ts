@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { CONSOLE_CSP, staticRoot } from '../control-plane/console/serve.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/server/server.js';
-import { cliPath, makeImage, MiB, PASSPHRASE, repoRoot, Sandbox, unusedPort } from './helpers.js';
+import { cliPath, makeImage, MiB, PASSPHRASE, repoRoot, Sandbox, unusedPort, waitFor as waitForValue } from './helpers.js';
 
 /**
  * The web console in a real browser (Debian's Chromium, driven by playwright-core) against a real
@@ -377,15 +377,7 @@ describe('acceptance: policy, binding and a one-off backup through the console',
 
   const logs = (): string => `agent output:\n${agentLog}\ncontrol plane log:\n${serverLog.join('\n')}`;
 
-  async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const v = await check().catch(() => undefined);
-      if (v !== undefined) return v;
-      if (Date.now() > until) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms\n${logs()}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const waitFor = <T,>(what: string, check: () => Promise<T | undefined>, timeoutMs: number): Promise<T> => waitForValue(what, check, timeoutMs, logs, 100);
 
   it('logs in, creates a policy, binds it to a vault, triggers a backup and sees it finish in the backups list', async () => {
     // A real agent, enrolled with a token from the API, with one resource (a disk image) in vault "main".

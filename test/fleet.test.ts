@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 
-import { cliPath, expectOk, makeImage, MiB, PASSPHRASE, runCli, s3Target, Sandbox, sha256File, unusedPort } from './helpers.js';
+import { cliPath, expectOk, makeImage, MiB, PASSPHRASE, runCli, s3Target, Sandbox, sha256File, unusedPort, waitFor as waitForValue } from './helpers.js';
 
 /**
  * A fleet as an admin runs it, every part a real process: `cairn control-plane run` on port 0 and
@@ -71,14 +71,8 @@ function outputs(): string {
   return [`control plane:\n${cp?.output ?? ''}`, ...agents.map((a) => `agent ${a.index}:\n${a.process?.output ?? ''}`)].join('\n');
 }
 
-async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`gave up waiting for ${what} after ${timeoutMs} ms\n${outputs()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  return waitForValue(what, check, timeoutMs, outputs, 100);
 }
 
 async function api(method: string, path: string, body?: unknown): Promise<Reply> {
