@@ -115,10 +115,13 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
         throw quiesceFailed(warnings);
       }
     }
+    const groupConsistency = new Map<CaptureGroup, Consistency>();
     for (const g of groups) {
       const members = sources.flatMap((s, i) => (s.group === g ? [i] : []));
       captured.push(g);
-      await g.capture({ backupId: id, vaultId: vault.config.id, parents: members.map((i) => parentOf(parentDisks[i])) });
+      const r = await g.capture({ backupId: id, vaultId: vault.config.id, parents: members.map((i) => parentOf(parentDisks[i])) });
+      if (r?.consistency) groupConsistency.set(g, r.consistency);
+      if (r?.warnings) warnings.push(...r.warnings);
     }
     // Every disk is a point-in-time view now, unless some are read as they are: then the freeze lasts until they are read.
     if (sources.every((s) => s.group)) await thaw();
@@ -168,7 +171,8 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       });
     }
     await thaw();
-    if (opts.requireAppConsistent && opts.quiesce && consistency !== 'app_consistent') throw quiesceFailed(warnings);
+    consistency = combinedConsistency(opts.quiesce ? consistency : undefined, groupConsistency, sources);
+    if (opts.requireAppConsistent && (opts.quiesce || groupConsistency.size) && consistency !== 'app_consistent') throw quiesceFailed(warnings);
     await writer.flush();
     let bytesStored = writer.bytesWritten;
     for (const [i, map] of maps.entries()) bytesStored += await vault.writeBlockMap(disks[i].blockMap, map);
@@ -226,6 +230,17 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
 
 function parentOf(d: DiskRecord | undefined): ParentDisk | undefined {
   return d ? { size: d.size, changeToken: d.changeToken } : undefined;
+}
+
+/**
+ * A backup is application-consistent when everything that quiesced succeeded: Cairn's own quiesce
+ * (hooks, fsfreeze) if it ran, and every capture group that quiesces on its own (a VMware quiesced
+ * snapshot). Without Cairn's quiesce, the groups alone decide, and only when every disk's group quiesced.
+ */
+function combinedConsistency(own: Consistency | undefined, groups: Map<CaptureGroup, Consistency>, sources: BlockSource[]): Consistency {
+  if ([...groups.values()].includes('crash_consistent')) return 'crash_consistent';
+  if (own !== undefined) return own;
+  return groups.size > 0 && sources.every((s) => s.group && groups.get(s.group) === 'app_consistent') ? 'app_consistent' : 'crash_consistent';
 }
 
 function quiesceFailed(warnings: string[]): CairnError {

@@ -51,10 +51,21 @@ export interface CaptureContext {
   parents: (ParentDisk | undefined)[];
 }
 
+/** What a capture achieved, when the source quiesces the workload itself (a VMware quiesced snapshot). */
+export interface CaptureResult {
+  /**
+   * 'app_consistent': the source quiesced the workload for the view (e.g. VMware Tools); 'crash_consistent':
+   * it tried and fell back. Undefined: the source does not quiesce (consistency comes from Cairn's hooks).
+   */
+  consistency?: 'app_consistent' | 'crash_consistent';
+  /** Stored in the backup (why quiescing fell back, why a tracker was reset). */
+  warnings?: string[];
+}
+
 /** Disks captured together at one point in time, with their change tracking lifecycle. */
 export interface CaptureGroup {
   /** Takes the point-in-time view of every disk and starts tracking changes from it. */
-  capture(ctx: CaptureContext): Promise<void>;
+  capture(ctx: CaptureContext): Promise<CaptureResult | void>;
   /** The backup is committed: drop the previous tracking point and the view. Must not throw. */
   commit(): Promise<string[]>;
   /** The backup failed: drop the new tracking point and the view, keep the previous one. Must not throw. */
