@@ -1,0 +1,310 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VsphereClient, type VmInfo } from '../agent/source/vmware/vsphere-client.js';
+import { escapeXml } from '../agent/source/vmware/xml.js';
+import { expectCliError, KiB, MiB, Sandbox, scanChunks, sha256File, waitFor, writeAt } from './helpers.js';
+import { startVcsim, type Vcsim, type VcsimVm } from './support/vcsim.js';
+
+/**
+ * The `vmware` source end to end, through the real CLI, against a vCenter simulator (govmomi's vcsim
+ * with changed-block tracking and data-true snapshots, test/fixtures/vcsim/main.go). The tests write
+ * to the VMs' disks as a guest would (the live flat extents), compare every restore by sha256 with
+ * the disk as it was at the snapshot, and check through the vSphere API what Cairn left on the VM.
+ */
+
+const GRANULE = 64 * KiB;
+
+interface DiskJson {
+  source: string;
+  size: number;
+  changeDetection: string;
+  bytesRead: number;
+  dirtyBytes?: number;
+  changeToken?: string;
+  usedBytes: number;
+}
+interface BackupJson {
+  id: string;
+  name: string;
+  kind: string;
+  consistency: string;
+  bytesRead: number;
+  warnings: string[];
+  disks: DiskJson[];
+}
+
+let sim: Vcsim;
+let sb: Sandbox;
+let vault: string;
+let api: VsphereClient;
+let passwordFile: string;
+
+function vsphereUrl(vm: string, params: Record<string, string> = {}, user = sim.user): string {
+  const q = new URLSearchParams({ 'password-file': passwordFile, thumbprint: sim.thumbprint, ...params });
+  return `vsphere://${user}@${sim.host}:${sim.port}/${vm}?${q.toString()}`;
+}
+
+async function vmInfo(vm: VcsimVm): Promise<VmInfo> {
+  return api.vmInfo({ type: 'VirtualMachine', value: vm.moref });
+}
+
+async function setExtraConfig(vm: VcsimVm, key: string, value: string): Promise<void> {
+  await api.reconfigure(
+    { type: 'VirtualMachine', value: vm.moref },
+    `<extraConfig><key>${escapeXml(key)}</key><value xsi:type="xsd:string">${escapeXml(value)}</value></extraConfig>`,
+  );
+}
+
+async function setChangeTracking(vm: VcsimVm, on: boolean): Promise<void> {
+  await api.reconfigure({ type: 'VirtualMachine', value: vm.moref }, `<changeTrackingEnabled>${on}</changeTrackingEnabled>`);
+}
+
+async function backup(url: string, name: string, env: Record<string, string> = {}): Promise<BackupJson> {
+  return sb.cairnJson<BackupJson>(['backup', url, '--vault', vault, '--name', name, '--json'], { env });
+}
+
+/** Copies each disk's live flat file: the disk as the next snapshot will see it. */
+async function freeze(vm: VcsimVm, label: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const [i, d] of vm.disks.entries()) {
+    const to = sb.path(`${vm.name}-${label}-disk${i}.img`);
+    await copyFile(d.flat, to);
+    out.push(to);
+  }
+  return out;
+}
+
+async function expectRestores(backupName: string, expected: string[]): Promise<void> {
+  for (const [i, want] of expected.entries()) {
+    const to = sb.path(`restored-${backupName}-${i}.img`);
+    const r = await sb.cairn(['restore', backupName, '--vault', vault, '--to', to, '--disk', String(i)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await sha256File(to), `disk ${i} of ${backupName}`).toBe(await sha256File(want));
+  }
+}
+
+/** Random writes at the offsets given (offset, length); returns the bytes of the 64 KiB granules they touch. */
+async function guestWrites(path: string, writes: [number, number][]): Promise<number> {
+  const granules = new Set<number>();
+  for (const [offset, length] of writes) {
+    await writeAt(path, offset, randomBytes(length));
+    for (let g = Math.floor(offset / GRANULE); g * GRANULE < offset + length; g++) granules.add(g);
+  }
+  return granules.size * GRANULE;
+}
+
+async function expectNoSnapshots(vm: VcsimVm): Promise<void> {
+  expect((await vmInfo(vm)).snapshots, `snapshots left on ${vm.name}`).toEqual([]);
+}
+
+beforeAll(async () => {
+  sim = await startVcsim();
+  sb = await Sandbox.create('vmware');
+  vault = await sb.initVault('vault');
+  passwordFile = sb.path('vcenter.password');
+  await writeFile(passwordFile, `${sim.password}\n`, { mode: 0o600 });
+  api = await VsphereClient.login({ host: sim.host, port: sim.port, thumbprint: sim.thumbprint }, { user: sim.user, password: sim.password });
+});
+
+afterAll(async () => {
+  await api?.logout();
+  await sim?.stop();
+  await sb?.cleanup();
+});
+
+describe('vmware source (vcsim)', () => {
+  it('full then incremental over HTTPS: enables CBT, quiesced snapshot removed, only allocated then changed areas read, restores identical', async () => {
+    const vm = sim.vm('DC0_H0_VM0');
+    expect((await vmInfo(vm)).changeTracking).toBe(false);
+    const [d0, d1] = vm.disks;
+    await writeAt(d0!.flat, 1 * MiB, randomBytes(3 * MiB));
+    await writeAt(d0!.flat, 9 * MiB, Buffer.alloc(2 * MiB, 'a compressible line of guest text\n'));
+    await writeAt(d1!.flat, 20 * MiB, randomBytes(2 * MiB + 123));
+    const first = await freeze(vm, 'first');
+
+    const full = await backup(vsphereUrl(vm.name), 'vm0-full');
+    expect(full.kind).toBe('full');
+    expect(full.consistency).toBe('app_consistent');
+    expect(full.warnings.join('\n')).toContain('changed block tracking was off');
+    for (const [i, d] of full.disks.entries()) {
+      expect(d.source).toBe(`vsphere://${sim.host}:${sim.port}/${vm.instanceUuid}/${vm.disks[i]!.key}`);
+      expect(d.changeDetection).toBe('full');
+      expect(d.changeToken).toMatch(/^[0-9a-f]{2}( [0-9a-f]{2}){7}-[0-9a-f]{2}( [0-9a-f]{2}){7}\/\d+$/);
+      const scan = await scanChunks(first[i]!, 64 * KiB);
+      // Only the areas holding data were read (changeId "*"), never the whole disk.
+      expect(d.bytesRead).toBeGreaterThanOrEqual(scan.usedBytes);
+      expect(d.bytesRead).toBeLessThan(d.size / 2);
+    }
+    const info = await vmInfo(vm);
+    expect(info.changeTracking).toBe(true);
+    expect(info.snapshots).toEqual([]);
+    await expectRestores('vm0-full', first);
+
+    // The guest writes; the incremental (VM named by instance UUID this time: same disks, same chain) reads only that.
+    const dirty0 = await guestWrites(d0!.flat, [
+      [0, 4 * KiB],
+      [5 * MiB + 100, 200 * KiB],
+      [GRANULE - 10, 20],
+    ]);
+    const dirty1 = await guestWrites(d1!.flat, [[23 * MiB, 64 * KiB]]);
+    const second = await freeze(vm, 'second');
+    const incr = await backup(vsphereUrl(vm.instanceUuid), 'vm0-incr');
+    expect(incr.kind).toBe('incremental');
+    expect(incr.consistency).toBe('app_consistent');
+    expect(incr.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
+    expect(incr.disks.map((d) => d.dirtyBytes)).toEqual([dirty0, dirty1]);
+    expect(incr.bytesRead).toBeLessThan(full.bytesRead);
+    await expectNoSnapshots(vm);
+
+    // Written after the snapshot: not in the backup.
+    await writeAt(d0!.flat, 2 * MiB, randomBytes(64 * KiB));
+    expect(await sha256File(d0!.flat)).not.toBe(await sha256File(second[0]!));
+    await expectRestores('vm0-incr', second);
+
+    // Tracking reset (off and on: a new cbt uuid): the next backup reads every used block and compares, with a warning.
+    await setChangeTracking(vm, false);
+    await setChangeTracking(vm, true);
+    const third = await freeze(vm, 'third');
+    const reset = await backup(vsphereUrl(vm.moref), 'vm0-reset');
+    expect(reset.kind).toBe('incremental');
+    expect(reset.disks.map((d) => d.changeDetection)).toEqual(['compare', 'compare']);
+    expect(reset.warnings.join('\n')).toMatch(/changed block tracking of the disk was reset/);
+    for (const d of reset.disks) expect(d.bytesRead).toBeLessThan(d.size / 2);
+    await expectNoSnapshots(vm);
+    await expectRestores('vm0-reset', third);
+  });
+
+  it('transport=nbd: a helper serves each snapshot disk with qemu-nbd; the quiesced snapshot exists only during the backup', async () => {
+    const vm = sim.vm('DC0_H0_VM1');
+    const [d0, d1] = vm.disks;
+    await writeAt(d0!.flat, 3 * MiB, randomBytes(5 * MiB));
+    await writeAt(d1!.flat, 0, randomBytes(1 * MiB));
+    const first = await freeze(vm, 'first');
+    const helper = sb.path('nbd-helper.sh');
+    await writeFile(
+      helper,
+      [
+        '#!/bin/sh',
+        '# Serves the snapshot disk Cairn names, read-only, as nbdkit-vddk would: here the flat file in the simulator\'s datastore folder.',
+        'set -e',
+        'rel="${CAIRN_VSPHERE_FILE#\\[*\\] }"',
+        'env | grep "^CAIRN_VSPHERE_" > "$HELPER_LOG/$(basename "$rel").env"',
+        'if [ -n "$HELPER_HOLD" ]; then while [ ! -e "$HELPER_HOLD" ]; do sleep 0.05; done; fi',
+        'exec qemu-nbd --read-only --format=raw --socket="$CAIRN_VSPHERE_SOCKET" "$DATASTORE_DIR/${rel%.vmdk}-flat.vmdk"',
+        '',
+      ].join('\n'),
+    );
+    await chmod(helper, 0o755);
+    const logDir = sb.path('helper-log');
+    await mkdir(logDir, { recursive: true });
+    const hold = sb.path('helper-go');
+    const env = { HELPER_LOG: logDir, HELPER_HOLD: hold, DATASTORE_DIR: sim.datastoreDir };
+    const url = vsphereUrl(vm.moref, { transport: 'nbd', 'nbd-helper': helper });
+
+    const running = sb.cairn(['backup', url, '--vault', vault, '--name', 'vm1-full', '--json'], { env });
+    // While the helper waits: the VM has Cairn's snapshot, quiesced, and the helper was told about it.
+    const envFile = await waitFor('the NBD helper to start', async () => (await readdir(logDir)).find((f) => f.endsWith('.env')), 30_000);
+    const told = Object.fromEntries(
+      (await readFile(`${logDir}/${envFile}`, 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    );
+    const during = await vmInfo(vm);
+    expect(during.snapshots).toHaveLength(1);
+    expect(during.snapshots[0]!.name).toMatch(/^cairn-[0-9a-f]{8}-/);
+    expect(during.snapshots[0]!.quiesced).toBe(true);
+    expect(told['CAIRN_VSPHERE_SNAPSHOT']).toBe(during.snapshots[0]!.snapshot.value);
+    expect(told['CAIRN_VSPHERE_VM']).toBe(vm.moref);
+    expect(told['CAIRN_VSPHERE_SERVER']).toBe(sim.host);
+    expect(told['CAIRN_VSPHERE_USER']).toBe(sim.user);
+    expect(told['CAIRN_VSPHERE_FILE']).toMatch(/^\[LocalDS_0\] DC0_H0_VM1\/disk[12]-\d+\.vmdk$/);
+    expect(existsSync(told['CAIRN_VSPHERE_PASSWORD_FILE']!)).toBe(true);
+    await writeFile(hold, '');
+    const r = await running;
+    expect(r.code, r.stderr).toBe(0);
+    const full = JSON.parse(r.stdout) as BackupJson;
+    expect(full.consistency).toBe('app_consistent');
+    expect(full.disks.map((d) => d.changeDetection)).toEqual(['full', 'full']);
+    await expectNoSnapshots(vm);
+    await expectRestores('vm1-full', first);
+
+    const dirty = await guestWrites(d1!.flat, [[7 * MiB, 300 * KiB]]);
+    const second = await freeze(vm, 'second');
+    const incr = await backup(url, 'vm1-incr', { HELPER_LOG: logDir, DATASTORE_DIR: sim.datastoreDir });
+    expect(incr.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
+    expect(incr.disks.map((d) => d.dirtyBytes)).toEqual([0, dirty]);
+    await expectNoSnapshots(vm);
+    await expectRestores('vm1-incr', second);
+  });
+
+  it('quiescing fails: crash-consistent with a warning (quiesce=auto), QUIESCE_FAILED and no snapshot left (quiesce=require)', async () => {
+    const vm = sim.vm('DC0_H0_VM2');
+    await writeAt(vm.disks[0]!.flat, 0, randomBytes(1 * MiB));
+    const first = await freeze(vm, 'first');
+    await setExtraConfig(vm, 'vcsim.quiesce.fail', 'true');
+    const crash = await backup(vsphereUrl(vm.name), 'vm2-crash');
+    expect(crash.consistency).toBe('crash_consistent');
+    expect(crash.warnings.join('\n')).toMatch(/quiescing the guest with VMware Tools failed \(ApplicationQuiesceFault.*crash-consistent/);
+    await expectNoSnapshots(vm);
+    await expectRestores('vm2-crash', first);
+
+    const required = await sb.cairn(['backup', vsphereUrl(vm.name, { quiesce: 'require' }), '--vault', vault, '--name', 'vm2-required']);
+    expectCliError(required, 'QUIESCE_FAILED', 'ApplicationQuiesceFault', 'quiesce=require');
+    await expectNoSnapshots(vm);
+
+    // VMware Tools not running: vSphere ignores quiesce and makes an unquiesced snapshot, which Cairn removes again.
+    await setExtraConfig(vm, 'vcsim.quiesce.fail', 'false');
+    await setExtraConfig(vm, 'SET.guest.toolsRunningStatus', 'guestToolsNotRunning');
+    const noTools = await sb.cairn(['backup', vsphereUrl(vm.name, { quiesce: 'require' }), '--vault', vault, '--name', 'vm2-notools']);
+    expectCliError(noTools, 'QUIESCE_FAILED', 'VMware Tools did not quiesce');
+    await expectNoSnapshots(vm);
+    const off = await backup(vsphereUrl(vm.name, { quiesce: 'off' }), 'vm2-off');
+    expect(off.consistency).toBe('crash_consistent');
+    await setExtraConfig(vm, 'SET.guest.toolsRunningStatus', 'guestToolsRunning');
+  });
+
+  it('a read failure mid-backup fails the backup with SOURCE_UNREADABLE and removes the snapshot', async () => {
+    const vm = sim.vm('DC0_C0_RP0_VM0');
+    await writeAt(vm.disks[0]!.flat, 0, randomBytes(12 * MiB));
+    await setExtraConfig(vm, 'vcsim.read.failAfterBytes', String(4 * MiB));
+    const r = await sb.cairn(['backup', vsphereUrl(vm.name), '--vault', vault, '--name', 'vm3-broken']);
+    expectCliError(r, 'SOURCE_UNREADABLE', 'HTTP 500', 'DC0_C0_RP0_VM0/disk1-');
+    await expectNoSnapshots(vm);
+    const list = await sb.cairn(['backups', 'list', '--vault', vault, '--json']);
+    expect(list.stdout).not.toContain('vm3-broken');
+  });
+
+  it('bad input: exact errors, and nothing left on the VMs', async () => {
+    const vm = sim.vm('DC0_C0_RP0_VM1');
+    const run = (url: string, env: Record<string, string> = {}) => sb.cairn(['backup', url, '--vault', vault], { env });
+
+    const badPassword = sb.path('wrong.password');
+    await writeFile(badPassword, 'not-the-password\n');
+    expectCliError(await run(vsphereUrl(vm.name, { 'password-file': badPassword })), 'SOURCE_AUTH_FAILED', 'InvalidLogin', sim.user);
+
+    const colons = sim.thumbprint.toUpperCase().match(/../g)!.join(':');
+    const noPin = `vsphere://${sim.user}@${sim.host}:${sim.port}/${vm.name}?password-file=${encodeURIComponent(passwordFile)}`;
+    expectCliError(await run(noPin), 'CERT_UNTRUSTED', colons, 'thumbprint=');
+    expectCliError(await run(vsphereUrl(vm.name, { thumbprint: 'ab'.repeat(32) })), 'CERT_UNTRUSTED', 'does not have the pinned thumbprint', colons);
+    // The same server, pinned by its SHA-1 as vSphere shows it, and the password from the environment.
+    const sha1 = /SHA-1 ([0-9A-F:]{59})/.exec((await run(noPin)).stderr)![1]!;
+    const ok = await sb.cairnJson<BackupJson>(['backup', `${noPin.replace(/\?.*/, '')}?thumbprint=${sha1}`, '--vault', vault, '--json'], { env: { CAIRN_VSPHERE_PASSWORD: sim.password } });
+    expect(ok.disks).toHaveLength(2);
+
+    expectCliError(await run(vsphereUrl('no-such-vm')), 'NOT_FOUND', "no virtual machine named 'no-such-vm'");
+    expectCliError(await run(vsphereUrl('vm-9999')), 'NOT_FOUND', 'vm-9999');
+    expectCliError(await run(vsphereUrl('00000000-0000-0000-0000-000000000000')), 'NOT_FOUND', 'instance UUID');
+    expectCliError(await run(`vsphere://${sim.user}:secret@${sim.host}:${sim.port}/${vm.name}`), 'USAGE', 'password-file=');
+
+    const independent = sim.vm('DC0_C0_RP0_VM2');
+    expect(independent.disks[1]!.diskMode).toBe('independent_persistent');
+    expectCliError(await run(vsphereUrl(independent.name)), 'SOURCE_UNSUPPORTED', 'independent_persistent', 'disk2.vmdk');
+    const after = await vmInfo(independent);
+    expect(after.snapshots).toEqual([]);
+    expect(after.changeTracking).toBe(false);
+    await expectNoSnapshots(vm);
+  });
+});
