@@ -23,6 +23,18 @@ changed chunks, yet each is a full restore point. Names default to manualbk_xxxx
   nbd+unix:///EXPORT?socket=PATH[&bitmap=NAME], nbd://HOST[:PORT]/EXPORT[?bitmap=NAME]
                           an NBD export (qemu-nbd, qemu-storage-daemon, QEMU): only allocated
                           blocks are read; with a dirty bitmap, incrementals read only changed blocks
+  qmp+unix:///NODE?socket=QMP[&nbd=PATH]
+                          a disk in use by qemu-storage-daemon or QEMU (the daemon's disks are
+                          captured together, with dirty bitmaps Cairn keeps)
+  vsphere://USER@VCENTER/VM?password-file=PATH[&thumbprint=HEX][&quiesce=auto|require|off]
+         [&transport=https|nbd&nbd-helper=EXE]
+                          every disk of a VMware VM (name, vm-NN or instance UUID): one quiesced
+                          snapshot, changed areas from vSphere CBT; see agent/source/vmware/README.md
+  rbd://POOL/IMAGE[?conf=PATH&id=CLIENT]
+                          a Ceph RBD image: incrementals from 'rbd diff' between Cairn's snapshots
+  dorado://USER@ARRAY/LUN?host=ARRAY_HOST&password-file=PATH[&thumbprint=HEX]
+                          an OceanStor Dorado LUN: snapshot mapped to this host and read; several
+                          LUNs of one array are snapshotted at one instant (agent/source/array/)
   --name NAME   name of the backup (must be unique in the vault)
   --full        do not use the previous backup (data already in the vault is still reused)
   --pre-freeze EXE        run EXE before freezing (e.g. flush a database); repeatable
