@@ -5,7 +5,7 @@
  */
 import type { TestProject } from 'vitest/node';
 
-import { s3ServerAvailable, startS3Server } from './s3-server.js';
+import { s3ServerAvailable, startS3Server, type CephCluster } from './s3-server.js';
 
 /** What the tests get from `inject('s3')`. */
 export interface S3Connection {
@@ -18,6 +18,8 @@ export interface S3Connection {
 declare module 'vitest' {
   export interface ProvidedContext {
     s3: S3Connection;
+    /** The Ceph cluster behind the S3 server, for the RBD tests (images in pools of their own). */
+    ceph: CephCluster;
   }
 }
 
@@ -32,5 +34,6 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const server = await startS3Server();
   const { endpoint, accessKeyId, secretAccessKey, region } = server;
   project.provide('s3', { endpoint, accessKeyId, secretAccessKey, region });
+  project.provide('ceph', server.ceph);
   return () => server.stop();
 }

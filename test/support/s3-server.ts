@@ -34,8 +34,20 @@ export interface S3Server {
   secretAccessKey: string;
   /** RGW accepts any SigV4 region name; 'us-east-1' keeps CreateBucket free of a LocationConstraint. */
   region: string;
+  /**
+   * The throw-away cluster itself, for tests of Ceph's other clients (rbd, rados): its ceph.conf and
+   * the client to connect as. There is no cephx (auth none), so no keyring is needed.
+   */
+  ceph: CephCluster;
   /** Kills all daemons (SIGTERM, then SIGKILL) and removes the directory unless `keep`. Idempotent. */
   stop(): Promise<void>;
+}
+
+export interface CephCluster {
+  /** Absolute path of the cluster's ceph.conf (pass it as --conf, or conf= in rbd:// URLs). */
+  conf: string;
+  /** Client id with all rights (without 'client.'). */
+  id: string;
 }
 
 export interface S3ServerOptions {
@@ -498,7 +510,7 @@ export async function startS3Server(opts: S3ServerOptions = {}): Promise<S3Serve
     );
     step('S3 user created; ready');
 
-    return { endpoint: `http://127.0.0.1:${rgwPort}`, accessKeyId, secretAccessKey, region: 'us-east-1', stop };
+    return { endpoint: `http://127.0.0.1:${rgwPort}`, accessKeyId, secretAccessKey, region: 'us-east-1', ceph: { conf, id: 'admin' }, stop };
   } catch (e) {
     await stop().catch(() => undefined);
     throw e;

@@ -185,7 +185,7 @@ async function stopStale(pidFile: string): Promise<void> {
 }
 
 /** Waits up to 5 s for a process to exit, then kills it. */
-async function waitForExit(pid: number): Promise<void> {
+export async function waitForExit(pid: number): Promise<void> {
   // A zombie (exited, not yet reaped by init) counts as gone.
   const alive = async (): Promise<boolean> => {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
