@@ -13,7 +13,7 @@ import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vau
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
-import type { BlockSource, CaptureGroup, ParentDisk, ReadPlan } from '../source/block-source.js';
+import type { BlockSource, CaptureGroup, CaptureResult, ParentDisk, ReadPlan } from '../source/block-source.js';
 import { quiesce, type Consistency, type QuiesceOptions, type Quiesced } from '../quiesce/quiesce.js';
 import { chunkRuns, runBytes, type ChunkRun } from './chunk-runs.js';
 
@@ -52,6 +52,8 @@ export interface BackupResult {
 }
 
 const BATCH_BYTES = 2 * 1024 * 1024;
+/** How long an interrupt waits for a capture under way before dropping the groups (the CLI exits 3 s after a signal). */
+const CAPTURE_GRACE_MS = 2000;
 
 /** The resource key of a set of sources: backups with the same key chain as incrementals. */
 export function resourceKey(sources: BlockSource[]): string {
@@ -91,12 +93,15 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
     warnings.push(...r.warnings);
   };
   let captured: CaptureGroup[] = [];
+  let capturing: Promise<unknown> | undefined;
   let committed = false;
   // Ctrl-C or a service stop: thaw at once and drop the new tracking points (the previous ones
-  // still hold every change); the watchdog would thaw too, but only after --freeze-timeout.
+  // still hold every change); the watchdog would thaw too, but only after --freeze-timeout. A capture
+  // under way (a VM snapshot being taken) gets a moment to finish, so that what it made is removed.
   const unregister = onInterrupt(async () => {
     await thaw().catch(() => undefined);
-    if (!committed) for (const g of captured) await g.abort().catch(() => undefined);
+    if (capturing) await Promise.race([capturing.catch(() => undefined), new Promise((r) => setTimeout(r, CAPTURE_GRACE_MS).unref())]);
+    if (!committed) await Promise.all(captured.map((g) => g.abort().catch(() => undefined)));
   });
   try {
     const { index, plan, packs } = await vault.loadIndex();
@@ -119,7 +124,9 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
     for (const g of groups) {
       const members = sources.flatMap((s, i) => (s.group === g ? [i] : []));
       captured.push(g);
-      const r = await g.capture({ backupId: id, vaultId: vault.config.id, parents: members.map((i) => parentOf(parentDisks[i])) });
+      capturing = g.capture({ backupId: id, vaultId: vault.config.id, parents: members.map((i) => parentOf(parentDisks[i])) });
+      const r = (await capturing) as CaptureResult | void;
+      capturing = undefined;
       if (r?.consistency) groupConsistency.set(g, r.consistency);
       if (r?.warnings) warnings.push(...r.warnings);
     }

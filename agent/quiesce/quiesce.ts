@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { CairnError } from '../../shared/errors.js';
+import { childEnv } from '../../shared/runtime/child-env.js';
 
 /**
  * Quiesce for application-consistent backups: pre-freeze hooks (e.g. flush and lock a database), then
@@ -225,7 +226,7 @@ class QuiesceSession implements Quiesced {
 
   private async runPhaseHook(hook: string, phase: HookPhase): Promise<string | undefined> {
     this.log(`${phase} hook ${hook}`);
-    const env = { ...process.env, ...this.opts.env, CAIRN_PHASE: phase };
+    const env = childEnv({ ...this.opts.env, CAIRN_PHASE: phase });
     return runHook(hook, phase, env, this.hookTimeoutMs);
   }
 
@@ -317,6 +318,7 @@ export function startThawWatchdog(mounts: string[], timeoutMs: number): Promise<
     const child = spawn('bash', ['-c', WATCHDOG_SCRIPT, 'cairn-thaw-watchdog', (timeoutMs / 1000).toFixed(3), ...mounts], {
       detached: true,
       stdio: ['pipe', 'ignore', 'ignore'],
+      env: childEnv(),
     });
     const stdin = child.stdin as Socket;
     // Writing after it exited (it fired, or was killed) fails with EPIPE; then there is nothing to tell it.
@@ -350,7 +352,7 @@ export function startThawWatchdog(mounts: string[], timeoutMs: number): Promise<
 function fsfreeze(action: '--freeze' | '--unfreeze', mount: string): Promise<string | undefined> {
   return new Promise((settle) => {
     // LC_ALL=C: the caller reads "Invalid argument" (not frozen) out of the message.
-    const child = spawn('fsfreeze', [action, mount], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    const child = spawn('fsfreeze', [action, mount], { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv({ LC_ALL: 'C' }) });
     const stderr: Buffer[] = [];
     (child.stderr as Readable).on('data', (chunk: Buffer) => stderr.push(chunk));
     child.once('error', (err) => settle(`fsfreeze cannot run: ${describeError(err)} (it comes with util-linux)`));

@@ -72,6 +72,19 @@ describe('pinned HTTPS', () => {
     expect(requests).toBe(before);
   });
 
+  it('gives up on a server that accepts the connection but never answers the handshake', async () => {
+    const { createServer: createTcpServer } = await import('node:net');
+    const mute = createTcpServer(() => undefined);
+    await new Promise<void>((resolve) => mute.listen(0, '127.0.0.1', resolve));
+    const mutePort = (mute.address() as AddressInfo).port;
+    const agent = trustedAgent({ what: 'the mute array', thumbprint: 'ab'.repeat(32), handshakeTimeoutMs: 300 });
+    const err = await new Promise((resolve) => get({ host: '127.0.0.1', port: mutePort, path: '/', agent }).on('error', resolve));
+    agent.destroy();
+    mute.close();
+    expect(isCairnError(err, 'SOURCE_UNREADABLE')).toBe(true);
+    expect((err as Error).message).toMatch(/TLS handshake within 0.3 s/);
+  });
+
   it('rejects what is not a thumbprint', () => {
     expect(() => parseThumbprint('12:34', 'thumbprint=')).toThrow(/not a certificate thumbprint/);
     expect(parseThumbprint('AB:'.repeat(19) + 'AB', 'x')).toBe('ab'.repeat(20));

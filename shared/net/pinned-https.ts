@@ -42,6 +42,8 @@ export interface TrustOptions {
   thumbprint?: string;
   /** What the server is, for messages ('vCenter vc01.example:443'). */
   what: string;
+  /** A pinned connection fails (SOURCE_UNREADABLE, retryable) when connect and TLS handshake take longer (default 30 s). */
+  handshakeTimeoutMs?: number;
 }
 
 /**
@@ -51,13 +53,19 @@ export interface TrustOptions {
 export function trustedAgent(trust: TrustOptions, options: AgentOptions = {}): Agent {
   if (trust.thumbprint === undefined) return new Agent({ keepAlive: true, ...options });
   const pinned = trust.thumbprint;
+  const handshakeMs = trust.handshakeTimeoutMs ?? 30_000;
   class PinnedAgent extends Agent {
     override createConnection(opts: RequestOptions, done?: (err: Error | null, socket: Duplex) => void): Duplex | undefined {
       const socket = connect({ ...(opts as ConnectionOptions), rejectUnauthorized: false });
       let settled = false;
+      // Node's request timeout starts only once the socket is handed over, which is after the check.
+      const timer = setTimeout(() => {
+        finish(new CairnError('SOURCE_UNREADABLE', `${trust.what} did not complete a TLS handshake within ${handshakeMs / 1000} s; check the address and port`, { retryable: true }));
+      }, handshakeMs);
       const finish = (err: Error | null): void => {
         if (settled) return;
         settled = true;
+        clearTimeout(timer);
         if (err) socket.destroy();
         done?.(err, socket);
       };

@@ -17,6 +17,7 @@ class MemoryArray implements ArrayDriver {
   nextId = 1;
   closed = 0;
   failOpen = false;
+  failClose = false;
 
   add(name: string, size: number): void {
     this.volumes.set(name, { volume: { id: name, name, size, uid: `uid-${name}` }, data: Buffer.alloc(size), snaps: new Map() });
@@ -55,7 +56,7 @@ class MemoryArray implements ArrayDriver {
     return Promise.resolve({
       size: b.length,
       read: (buffer: Buffer, length: number, position: number) => Promise.resolve(b.copy(buffer, 0, position, Math.min(b.length, position + length))),
-      close: () => Promise.resolve(),
+      close: () => (this.failClose ? Promise.reject(new Error('the array refused to unmap the snapshot')) : Promise.resolve()),
     });
   }
   deleteSnapshot(volume: ArrayVolume, snapshot: ArraySnapshot): Promise<void> {
@@ -132,29 +133,49 @@ describe('array source', () => {
     expect(array.snapshotNames('lun0')).toEqual([token]);
   });
 
+  it('reports a reader that fails to close at commit, and aborts once when asked twice at once', async () => {
+    const array = new MemoryArray();
+    array.add('lun0', 4 * BLOCK);
+    const [d0] = await open(array, ['lun0']);
+    await d0.group.capture({ backupId: 'b1', vaultId: VAULT, parents: [undefined] });
+    array.failClose = true;
+    expect(await d0.group.commit()).toEqual(['mem://array/lun0: the array refused to unmap the snapshot']);
+    expect(array.snapshotNames('lun0')).toEqual([`${snapshotPrefix(VAULT)}b1`]);
+
+    array.failClose = false;
+    const [e0] = await open(array, ['lun0']);
+    await e0.group.capture({ backupId: 'b2', vaultId: VAULT, parents: [{ size: 4 * BLOCK, changeToken: `${snapshotPrefix(VAULT)}b1` }] });
+    const closedBefore = array.closed;
+    await Promise.all([e0.group.abort(), e0.group.abort(), e0.close()]);
+    expect(array.closed).toBe(closedBefore + 1);
+    expect(array.snapshotNames('lun0')).toEqual([`${snapshotPrefix(VAULT)}b1`]);
+  });
+
   it('compares when the parent snapshot is gone, and leaves other vaults snapshots alone', async () => {
     const array = new MemoryArray();
     array.add('lun0', 4 * BLOCK);
-    const other = 'cairn-ffffffff-x1';
-    const stale = `${snapshotPrefix(VAULT)}old`;
-    array.volumes.get('lun0')!.snaps.set(other, Buffer.alloc(4 * BLOCK));
-    array.volumes.get('lun0')!.snaps.set(stale, Buffer.alloc(4 * BLOCK));
+    const other = 'cairn-ffffffff-20261120T000000Z-00000001';
+    const stale = `${snapshotPrefix(VAULT)}20261124T000000Z-0000000a`; // a killed run's
+    const running = `${snapshotPrefix(VAULT)}20261126T000000Z-0000000c`; // a backup that started later and still runs
+    for (const name of [other, stale, running, 'users-own']) array.volumes.get('lun0')!.snaps.set(name, Buffer.alloc(4 * BLOCK));
     array.volumes.get('lun0')!.data.fill(1, 0, BLOCK);
     const [d0] = await open(array, ['lun0']);
-    await d0.group.capture({ backupId: 'b9', vaultId: VAULT, parents: [{ size: 4 * BLOCK, changeToken: `${snapshotPrefix(VAULT)}gone` }] });
+    const id = '20261125T000000Z-0000000b';
+    await d0.group.capture({ backupId: id, vaultId: VAULT, parents: [{ size: 4 * BLOCK, changeToken: `${snapshotPrefix(VAULT)}gone` }] });
     const plan = await d0.plan({ size: 4 * BLOCK, changeToken: `${snapshotPrefix(VAULT)}gone` });
     expect(plan.method).toBe('compare');
     expect(plan.ranges).toEqual([{ offset: 0, length: BLOCK }]);
     expect(plan.warning).toMatch(/no longer on the array/);
     await d0.group.commit();
-    expect(array.snapshotNames('lun0')).toEqual([other, `${snapshotPrefix(VAULT)}b9`].sort());
+    expect(array.snapshotNames('lun0')).toEqual([other, `${snapshotPrefix(VAULT)}${id}`, running, 'users-own'].sort());
   });
 
   it('refuses a volume given twice and closes the connection when a volume is missing', async () => {
     const array = new MemoryArray();
     array.add('lun0', BLOCK);
     await expect(open(array, ['lun0', 'lun0'])).rejects.toSatisfy((e) => isCairnError(e, 'USAGE'));
-    await expect(open(array, ['nope'])).rejects.toThrow(/no volume nope/);
     expect(array.closed).toBe(1);
+    await expect(open(array, ['nope'])).rejects.toThrow(/no volume nope/);
+    expect(array.closed).toBe(2);
   });
 });

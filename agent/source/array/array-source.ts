@@ -28,6 +28,7 @@ export class ArrayGroup implements CaptureGroup {
   private created: ArraySnapshot[] = [];
   /** Snapshots to delete once the backup is committed: the parents' and stale ones of this vault. */
   private superseded: { volume: ArrayVolume; snapshot: ArraySnapshot }[] = [];
+  private aborting: Promise<void> | undefined;
 
   private constructor(readonly driver: ArrayDriver) {}
 
@@ -36,6 +37,16 @@ export class ArrayGroup implements CaptureGroup {
    */
   static async open(urls: ArrayVolumeUrl[], groups: Map<string, ArrayGroup>): Promise<ArrayVolumeSource[]> {
     const out: ArrayVolumeSource[] = [];
+    try {
+      await ArrayGroup.openInto(urls, groups, out);
+      return out;
+    } catch (err) {
+      for (const d of out) await d.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private static async openInto(urls: ArrayVolumeUrl[], groups: Map<string, ArrayGroup>, out: ArrayVolumeSource[]): Promise<void> {
     for (const u of urls) {
       let group = groups.get(u.location);
       if (!group) groups.set(u.location, (group = new ArrayGroup(await u.connect())));
@@ -47,13 +58,12 @@ export class ArrayGroup implements CaptureGroup {
         throw err;
       });
       if (group.disks.some((d) => d.volume.id === volume.id)) {
-        throw new CairnError('USAGE', `volume ${volume.name} of ${u.location} is given twice`);
+        throw new CairnError('USAGE', `volume ${volume.name} of ${u.location} is given twice; name each volume once`);
       }
       const disk = new ArrayVolumeSource(`${u.location}/${volume.name}`, volume, group);
       group.disks.push(disk);
       out.push(disk);
     }
-    return out;
   }
 
   async capture(ctx: CaptureContext): Promise<CaptureResult> {
@@ -68,9 +78,14 @@ export class ArrayGroup implements CaptureGroup {
     try {
       for (const [i, disk] of this.disks.entries()) {
         const token = ctx.parents[i]?.changeToken;
+        // Cairn's earlier snapshots of this volume and vault: the parent's, and those of killed runs.
+        // Names end in the backup id, which starts with its time, so they sort by age; a newer one
+        // belongs to a backup that started after this one and is still running: it is left alone.
+        const newName = this.created[i].name;
         const mine = (await this.driver.listSnapshots(disk.volume)).filter((s) => s.name.startsWith(prefix) && s.id !== this.created[i].id);
         const parent = token === undefined ? undefined : mine.find((s) => s.name === token);
-        this.superseded.push(...mine.map((snapshot) => ({ volume: disk.volume, snapshot })));
+        const older = mine.filter((s) => s.name < newName);
+        this.superseded.push(...older.map((snapshot) => ({ volume: disk.volume, snapshot })));
         const why =
           token === undefined
             ? undefined
@@ -87,8 +102,7 @@ export class ArrayGroup implements CaptureGroup {
   }
 
   async commit(): Promise<string[]> {
-    await this.detach();
-    const warnings: string[] = [];
+    const warnings = await this.detach();
     for (const { volume, snapshot } of this.superseded) {
       await this.driver.deleteSnapshot(volume, snapshot).catch((err: Error) => {
         warnings.push(`${this.driver.location}/${volume.name}: snapshot ${snapshot.name} was not deleted (${err.message}); the next backup deletes it`);
@@ -100,18 +114,32 @@ export class ArrayGroup implements CaptureGroup {
     return warnings;
   }
 
-  async abort(): Promise<void> {
-    await this.detach();
-    for (const [i, snapshot] of this.created.entries()) {
-      await this.driver.deleteSnapshot(this.disks[i].volume, snapshot).catch(() => undefined);
-    }
-    this.created = [];
-    this.superseded = [];
-    await this.driver.close();
+  /** Safe to call more than once and concurrently (an interrupt and the engine's cleanup). */
+  abort(): Promise<void> {
+    this.aborting ??= (async () => {
+      await this.detach();
+      const created = this.created;
+      this.created = [];
+      this.superseded = [];
+      for (const [i, snapshot] of created.entries()) {
+        await this.driver.deleteSnapshot(this.disks[i].volume, snapshot).catch(() => undefined);
+      }
+      await this.driver.close();
+    })().finally(() => {
+      this.aborting = undefined;
+    });
+    return this.aborting;
   }
 
-  private async detach(): Promise<void> {
-    for (const d of this.disks) await d.detach();
+  /** Closes every reader; what failed (an unmap the array refused) comes back as warnings. */
+  private async detach(): Promise<string[]> {
+    const warnings: string[] = [];
+    for (const d of this.disks) {
+      await d.detach().catch((err: Error) => {
+        warnings.push(`${d.name}: ${err.message}`);
+      });
+    }
+    return warnings;
   }
 }
 
@@ -134,18 +162,18 @@ export class ArrayVolumeSource implements BlockSource {
 
   /** @internal called by the group's capture */
   async attach(reader: SnapshotReader, snapshot: ArraySnapshot, parent: ArraySnapshot | undefined, trackerLost: string | undefined): Promise<void> {
-    await this.detach();
+    await this.detach().catch(() => undefined);
     this.reader = reader;
     this.snapshot = snapshot;
     this.parentSnapshot = parent;
     this.trackerLost = trackerLost;
   }
 
-  /** @internal */
+  /** @internal closes the reader; throws what closing it threw */
   async detach(): Promise<void> {
     const r = this.reader;
     this.reader = undefined;
-    await r?.close().catch(() => undefined);
+    await r?.close();
   }
 
   async plan(parent: ParentDisk | undefined): Promise<ReadPlan> {

@@ -9,6 +9,7 @@ import { waitForExit } from '../qemu/qcow2-image.js';
 import { runQemuTool } from '../qemu/qemu-tools.js';
 import type { ArrayDriver, ArraySnapshot, ArrayVolume, GroupSnapshot, SnapshotReader } from './array-driver.js';
 import type { ArrayVolumeUrl } from './array-source.js';
+import { childEnv } from '../../../shared/runtime/child-env.js';
 
 /**
  * Ceph RBD images, driven through the `rbd` tool (ceph-common) and read through qemu's rbd block
@@ -267,7 +268,7 @@ export class RbdDriver implements ArrayDriver {
     // librados bounds each wait; this catches whatever else could hang (a listing of a huge image may legitimately take long).
     const killAfterMs = (duration === 'long' ? 3600 : 6 * s + 30) * 1000;
     return new Promise((resolve, reject) => {
-      execFile(tool, [...cluster, ...args], { timeout: killAfterMs, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
+      execFile(tool, [...cluster, ...args], { timeout: killAfterMs, maxBuffer: 256 * 1024 * 1024, env: childEnv() }, (err, stdout, stderr) => {
         if (!err) return resolve(stdout);
         reject(this.translate(tool, err as ExecError, stderr, what, killAfterMs));
       });

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { CairnError } from '../../../shared/errors.js';
+import { childEnv } from '../../../shared/runtime/child-env.js';
 
 const PACKAGES: Record<string, string> = {
   'qemu-img': 'qemu-utils',
@@ -13,7 +14,7 @@ const PACKAGES: Record<string, string> = {
  */
 export function runQemuTool(tool: string, args: string[], what: string, timeoutMs = 120_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(tool, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(tool, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024, env: childEnv() }, (err, stdout, stderr) => {
       if (!err) return resolve(stdout);
       const sys = err as NodeJS.ErrnoException & { killed?: boolean };
       if (sys.code === 'ENOENT') {
