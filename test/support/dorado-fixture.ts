@@ -30,7 +30,14 @@
  *   50331651 (parameter incorrect).
  * - open-eBackup (Huawei's backup software, src/AppPlugins/virtualization/.../oceanstor/ApiOperator.h
  *   and its test mocks): the snapshot object's fields (WWN, USERCAPACITY, SOURCELUNID, RUNNINGSTATUS
- *   43 active / 45 inactive, snapCgId, TYPE 27 as a number), and 1073793588 (system busy), used for injected faults.
+ *   43 active / 45 inactive, snapCgId, TYPE 27 as a number), and 1073793588 (system busy), used for injected faults;
+ *   its StorageCommonErrorCode.java: 1077949103 (a name must have 1 to 31 characters), 1077949106
+ *   (a name holds characters not allowed).
+ *
+ * Names: the fixture holds Cairn to the strictest firmware: a snapshot NAME has 1 to 31 characters
+ * (letters, digits, '_', '-', '.') and is unique on the array, as Huawei's clients assume when they find a
+ * snapshot by `filter=NAME::` alone (the CSI driver's GetLunSnapshotByName; Cinder's encode_name
+ * hashes names to fit); DESCRIPTION (up to 255 characters here) is kept and shown as given.
  *
  * Not modelled: thin allocation, QoS, the snapshot consistency-group objects (protection groups), and
  * any changed-block call (the published interface has none that we could find; see agent/source/array/README.md).
@@ -70,6 +77,7 @@ interface Lun {
 interface Snapshot {
   id: string;
   name: string;
+  description: string;
   parentId: string;
   wwn: string;
   sectors: number;
@@ -90,6 +98,10 @@ export interface Faults {
   failActivate: boolean;
   /** Mapped snapshots appear as a directory, so reading them fails. */
   unreadableDevices: boolean;
+  /** Snapshots of this LUN (by name) show a WWN that is not hex digits. */
+  badWwnOf: string | undefined;
+  /** Every login is refused with this code (a locked account, ...). */
+  loginError: number | undefined;
 }
 
 const CODE = {
@@ -101,8 +113,13 @@ const CODE = {
   SNAPSHOT_NOT_ACTIVATED: 1077937891,
   NAME_EXISTS: 1077948993,
   PARAMETER_INCORRECT: 50331651,
+  NAME_LENGTH: 1077949103,
+  NAME_INVALID: 1077949106,
   BUSY: 1073793588,
 };
+
+const MAX_NAME = 31;
+const MAX_DESCRIPTION = 255;
 
 const SECTOR = 512;
 const DEVICE_ID = '2102353GTD10L9000007';
@@ -120,7 +137,7 @@ export class DoradoFixture {
   readonly unexpected: string[] = [];
   /** `POST /snapshot/activate` calls, with the IDs each activated. */
   readonly activations: string[][] = [];
-  readonly faults: Faults = { failUnmap: 0, failActivate: false, unreadableDevices: false };
+  readonly faults: Faults = { failUnmap: 0, failActivate: false, unreadableDevices: false, badWwnOf: undefined, loginError: undefined };
   /** Called once after the next activation, before it is answered (a host writing just after the snapshot). */
   afterActivate: (() => void) | undefined;
   /** Live sessions (logins not yet logged out). */
@@ -322,6 +339,7 @@ export class DoradoFixture {
   }
 
   private login(body: Record<string, unknown>): { status: number; body: unknown; cookie?: string } {
+    if (this.faults.loginError !== undefined) return fail(this.faults.loginError, 'The login was refused.');
     if (body.username !== this.opts.user || body.password !== this.password || body.scope !== '0') {
       return fail(CODE.WRONG_PASSWORD, 'The user name or password is incorrect.');
     }
@@ -332,12 +350,15 @@ export class DoradoFixture {
 
   private createSnapshot(body: Record<string, unknown>): { status: number; body: unknown } {
     const name = String(body.NAME ?? '');
+    const description = String(body.DESCRIPTION ?? '');
     const lun = this.luns.get(String(body.PARENTID));
     if (String(body.PARENTTYPE) !== '11' || !lun) return fail(CODE.LUN_NOT_EXIST, 'The LUN does not exist.');
-    if (name.length < 1 || name.length > 255) return fail(CODE.PARAMETER_INCORRECT, 'The entered parameter is incorrect.');
-    if ([...this.snapshots.values()].some((s) => s.name === name && s.parentId === lun.id)) return fail(CODE.NAME_EXISTS, 'The name already exists.');
+    if (name.length < 1 || name.length > MAX_NAME) return fail(CODE.NAME_LENGTH, `The name must contain 1 to ${MAX_NAME} characters.`);
+    if (!/^[A-Za-z0-9_.-]+$/.test(name)) return fail(CODE.NAME_INVALID, 'The name contains invalid characters.');
+    if (description.length > MAX_DESCRIPTION) return fail(CODE.PARAMETER_INCORRECT, 'The entered parameter is incorrect.');
+    if ([...this.snapshots.values()].some((s) => s.name === name)) return fail(CODE.NAME_EXISTS, 'The name already exists.');
     const id = this.id();
-    const s: Snapshot = { id, name, parentId: lun.id, wwn: wwn('b', id), sectors: 0, active: false, timestamp: Math.floor(Date.now() / 1000), file: join(this.opts.dir, 'snaps', `${id}.img`) };
+    const s: Snapshot = { id, name, description, parentId: lun.id, wwn: wwn('b', id), sectors: 0, active: false, timestamp: Math.floor(Date.now() / 1000), file: join(this.opts.dir, 'snaps', `${id}.img`) };
     this.snapshots.set(id, s);
     return ok(this.snapshotRecord(s));
   }
@@ -422,9 +443,9 @@ export class DoradoFixture {
     const lun = this.luns.get(s.parentId);
     const sectors = s.active ? s.sectors : lun ? statSync(lun.file).size / SECTOR : 0;
     return {
-      ID: s.id, NAME: s.name, TYPE: 27, DESCRIPTION: '', PARENTID: s.parentId, PARENTNAME: lun?.name ?? '', PARENTTYPE: 11,
+      ID: s.id, NAME: s.name, TYPE: 27, DESCRIPTION: s.description, PARENTID: s.parentId, PARENTNAME: lun?.name ?? '', PARENTTYPE: 11,
       SOURCELUNID: s.parentId, SOURCELUNNAME: lun?.name ?? '', SOURCELUNCAPACITY: String(sectors), USERCAPACITY: String(sectors),
-      WWN: s.wwn, HEALTHSTATUS: '1', RUNNINGSTATUS: s.active ? '43' : '45', TIMESTAMP: String(s.timestamp),
+      WWN: this.faults.badWwnOf !== undefined && this.faults.badWwnOf === lun?.name ? `../../${s.wwn}` : s.wwn, HEALTHSTATUS: '1', RUNNINGSTATUS: s.active ? '43' : '45', TIMESTAMP: String(s.timestamp),
       EXPOSEDTOINITIATOR: String(this.mappedSnapshots().includes(s.id)), snapCgId: '4294967295', snapCgName: '--', vstoreId: '0',
     };
   }

@@ -8,6 +8,11 @@ export interface ArrayVolumeUrl {
   location: string;
   /** The volume's name or id on the array. */
   volume: string;
+  /**
+   * What the connection is made with besides the location (user, credentials file, options). One
+   * connection serves every volume of a location, so URLs of one location must agree on these.
+   */
+  connection?: Record<string, string>;
   /** Logs in to the array (called once per location and backup). */
   connect(): Promise<ArrayDriver>;
 }
@@ -30,7 +35,10 @@ export class ArrayGroup implements CaptureGroup {
   private superseded: { volume: ArrayVolume; snapshot: ArraySnapshot }[] = [];
   private aborting: Promise<void> | undefined;
 
-  private constructor(readonly driver: ArrayDriver) {}
+  private constructor(
+    readonly driver: ArrayDriver,
+    readonly connection: Record<string, string>,
+  ) {}
 
   /**
    * Opens each named volume, grouping them by array. On failure every connection made so far is closed.
@@ -49,7 +57,8 @@ export class ArrayGroup implements CaptureGroup {
   private static async openInto(urls: ArrayVolumeUrl[], groups: Map<string, ArrayGroup>, out: ArrayVolumeSource[]): Promise<void> {
     for (const u of urls) {
       let group = groups.get(u.location);
-      if (!group) groups.set(u.location, (group = new ArrayGroup(await u.connect())));
+      if (!group) groups.set(u.location, (group = new ArrayGroup(await u.connect(), u.connection ?? {})));
+      else sameConnection(group.connection, u);
       const volume = await group.driver.findVolume(u.volume).catch(async (err: unknown) => {
         if (group.disks.length === 0) {
           groups.delete(u.location);
@@ -215,6 +224,18 @@ export class ArrayVolumeSource implements BlockSource {
     if (!this.snapshot) throw new CairnError('INTERNAL', `${this.name} is planned before it was captured`);
     return this.snapshot;
   }
+}
+
+/** USAGE when a volume's URL names its array's connection differently from the first URL of that array. */
+function sameConnection(first: Record<string, string>, u: ArrayVolumeUrl): void {
+  const given = u.connection ?? {};
+  const keys = [...new Set([...Object.keys(first), ...Object.keys(given)])].filter((k) => first[k] !== given[k]);
+  if (keys.length === 0) return;
+  throw new CairnError(
+    'USAGE',
+    `volume '${u.volume}' of ${u.location} is given with other ${keys.join(', ')} than the first volume of that array; ` +
+      'one connection serves every volume of an array, so give the same parameters in every URL of one array',
+  );
 }
 
 function sum(ranges: ByteRange[]): number {

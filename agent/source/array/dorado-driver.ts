@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, readFile, readlink, realpath, readdir, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, readFile, realpath, readdir, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { CairnError, fromSystemError } from '../../../shared/errors.js';
 import { parseThumbprint } from '../../../shared/net/pinned-https.js';
@@ -22,12 +23,22 @@ import { DoradoCode, DoradoSession, exact, isArrayCode, listAll, type DoradoEndp
  * positional reads; it is unmapped when read. The array's published REST interface has no call that
  * lists the blocks changed between two snapshots, so `diff` and `allocated` answer undefined and an
  * incremental reads the snapshot and compares it with the parent (changeDetection 'compare').
+ *
+ * Snapshot names: the array's NAME of a Cairn snapshot is `cairn<hash>_<LUN ID>` (arraySnapshotName:
+ * unique on the array, at most 31 characters, letters, digits and '_' only, which every firmware
+ * takes); the Cairn name (`cairn-<vault>-<backup>`, the change token) is kept in its DESCRIPTION and
+ * is the ArraySnapshot's `name`. A snapshot counts as Cairn's only when both agree, so the user's
+ * snapshots are never listed, whatever their description says.
  */
 
 export const DEFAULT_PORT = 8088;
 export const DEFAULT_DEVICES = '/dev/disk/by-id';
 const DEFAULT_DEVICE_TIMEOUT_S = 60;
 const SECTOR = 512;
+/** The shortest limit on object names among Dorado / OceanStor firmware (V3/V5: 1 to 31 characters). */
+const MAX_NAME = 31;
+/** Pause before the one retry of a failed unmap (the array answers "busy" for a moment). */
+const UNMAP_RETRY_MS = 1000;
 /** Object types of the REST interface. */
 const TYPE = { LUN: '11', HOST: '21', HOSTGROUP: '14', SNAPSHOT: '27', LUNGROUP: '256', MAPPINGVIEW: '245' } as const;
 
@@ -40,18 +51,37 @@ interface DoradoUrlParts {
   deviceTimeoutMs: number;
 }
 
+/**
+ * The vStore is part of the location: LUNs of two vStores are two groups with their own logins.
+ * The other connection parameters (connectionOf) must be the same for every LUN of one location;
+ * the generic group refuses a URL that differs.
+ */
 export function parseDoradoUrl(url: string): ArrayVolumeUrl {
   const p = parseParts(url);
-  const location = `dorado://${hostPart(p.endpoint.host)}${p.endpoint.port === DEFAULT_PORT ? '' : `:${p.endpoint.port}`}`;
+  const vstore = p.endpoint.vstore ? `/${encodeURIComponent(p.endpoint.vstore)}` : '';
+  const location = `dorado://${hostPart(p.endpoint.host)}${p.endpoint.port === DEFAULT_PORT ? '' : `:${p.endpoint.port}`}${vstore}`;
   return {
     location,
     volume: p.lun,
+    connection: Object.fromEntries(connectionOf(p)),
     connect: async () => {
       const password = await readPassword(p, url);
       const session = await DoradoSession.login({ ...p.endpoint, password });
       return new DoradoDriver(session, location, p);
     },
   };
+}
+
+/** The parameters a connection is made with, besides address and vStore (which make the location). */
+function connectionOf(p: DoradoUrlParts): URLSearchParams {
+  return new URLSearchParams({
+    user: p.endpoint.user,
+    'password-file': p.passwordFile ?? '',
+    thumbprint: p.endpoint.thumbprint ?? '',
+    host: p.arrayHost,
+    devices: p.devices,
+    'device-timeout': String(p.deviceTimeoutMs / 1000),
+  });
 }
 
 const PARAMS = new Set(['password-file', 'thumbprint', 'host', 'vstore', 'devices', 'device-timeout']);
@@ -126,6 +156,7 @@ interface LunRecord {
 interface SnapshotRecord {
   ID: string;
   NAME: string;
+  DESCRIPTION?: string;
   PARENTID: string;
   WWN: string;
   USERCAPACITY: string;
@@ -139,10 +170,14 @@ interface Named {
 /** Where this agent's snapshots are mapped: lun group -> mapping view <- host group <- host. */
 interface MappingPath {
   lunGroupId: string;
+  lunGroupName: string;
 }
 
 export class DoradoDriver implements ArrayDriver {
   private mapping: Promise<MappingPath> | undefined;
+  /** Deletions under way, by snapshot ID: a second caller (an abort running twice) waits for the first. */
+  private readonly deleting = new Map<string, Promise<void>>();
+  private closed = false;
 
   constructor(
     private readonly session: DoradoSession,
@@ -154,21 +189,22 @@ export class DoradoDriver implements ArrayDriver {
     return (await listAll<LunRecord>(this.session, '/lun')).map(toVolume);
   }
 
-  async findVolume(nameOrId: string): Promise<ArrayVolume> {
-    if (/^\d+$/.test(nameOrId)) {
-      const byId = await this.session.get<LunRecord>(`/lun/${nameOrId}`).catch((err: unknown) => {
+  /** A LUN by name or ID. */
+  async findVolume(lunName: string): Promise<ArrayVolume> {
+    if (/^\d+$/.test(lunName)) {
+      const byId = await this.session.get<LunRecord>(`/lun/${lunName}`).catch((err: unknown) => {
         if (isArrayCode(err, DoradoCode.LUN_NOT_EXIST, DoradoCode.OBJECT_NOT_EXIST)) return undefined;
         throw err;
       });
       if (byId) return toVolume(byId);
     }
-    const found = (await this.session.get<LunRecord[] | undefined>(`/lun?${exact('NAME', nameOrId)}`)) ?? [];
-    const lun = found.find((l) => l.NAME === nameOrId);
+    const found = (await this.session.get<LunRecord[] | undefined>(`/lun?${exact('NAME', lunName)}`)) ?? [];
+    const lun = found.find((l) => l.NAME === lunName);
     if (lun) return toVolume(lun);
     const names = (await this.listVolumes()).map((v) => v.name);
     throw new CairnError(
       'NOT_FOUND',
-      `${this.location} has no LUN named '${nameOrId}'` +
+      `${this.location} has no LUN named '${lunName}'` +
         (names.length ? ` (LUNs this user sees: ${names.slice(0, 20).join(', ')}${names.length > 20 ? ', ...' : ''})` : ' (this user sees no LUN; check the vStore)'),
     );
   }
@@ -184,12 +220,13 @@ export class DoradoDriver implements ArrayDriver {
       for (const v of volumes) {
         const s = await this.session.post<SnapshotRecord>('/snapshot', {
           TYPE: TYPE.SNAPSHOT,
-          NAME: name,
+          NAME: arraySnapshotName(name, v.id),
           PARENTTYPE: TYPE.LUN,
           PARENTID: v.id,
-          DESCRIPTION: 'Cairn backup snapshot; deleted by the next backup of its chain',
+          // Huawei's Cinder driver keeps its own id of a snapshot here the same way (its NAME is a hash).
+          DESCRIPTION: name,
         });
-        created.push({ id: s.ID, name: s.NAME });
+        created.push({ id: s.ID, name });
       }
       await this.session.post('/snapshot/activate', { SNAPSHOTLIST: created.map((s) => s.id) });
       return { snapshots: created, atomic: true };
@@ -199,9 +236,10 @@ export class DoradoDriver implements ArrayDriver {
     }
   }
 
+  /** Cairn's snapshots of the volume, named by their Cairn name; the user's are left out. */
   async listSnapshots(volume: ArrayVolume): Promise<ArraySnapshot[]> {
     const all = await listAll<SnapshotRecord>(this.session, `/snapshot?${exact('PARENTID', volume.id)}`);
-    return all.filter((s) => s.PARENTID === volume.id).map((s) => ({ id: s.ID, name: s.NAME }));
+    return all.filter((s) => s.PARENTID === volume.id && isCairnSnapshot(s)).map((s) => ({ id: s.ID, name: s.DESCRIPTION! }));
   }
 
   diff(): Promise<ByteRange[] | undefined> {
@@ -212,21 +250,46 @@ export class DoradoDriver implements ArrayDriver {
     return Promise.resolve(undefined);
   }
 
+  /**
+   * Maps the snapshot to `host=` and opens its device. The reader's close() unmaps it (trying twice)
+   * and throws SOURCE_UNREADABLE naming the mapping when it stays; it may be called more than once.
+   */
   async openSnapshot(volume: ArrayVolume, snapshot: ArraySnapshot): Promise<SnapshotReader> {
     const snap = await this.session.get<SnapshotRecord>(`/snapshot/${snapshot.id}`);
+    const what = `snapshot ${snapshot.name} of ${this.location}/${volume.name}`;
+    // The WWN becomes part of a path: only hex digits, as SCSI shows them, get that far.
+    if (typeof snap.WWN !== 'string' || !/^[0-9a-f]{16,32}$/i.test(snap.WWN)) {
+      throw new CairnError('SOURCE_UNREADABLE', `${what}: the array gives its WWN as ${JSON.stringify(snap.WWN)}, not 16 to 32 hex digits; not mapping or reading it`);
+    }
+    const wwn = snap.WWN.toLowerCase();
     const size = Number(snap.USERCAPACITY) * SECTOR;
-    const device = join(this.parts.devices, `wwn-0x${snap.WWN.toLowerCase()}`);
-    const { lunGroupId } = await this.mappingPath();
-    await this.session.post('/lungroup/associate', { ID: lunGroupId, ASSOCIATEOBJTYPE: TYPE.SNAPSHOT, ASSOCIATEOBJID: snapshot.id });
+    const device = join(this.parts.devices, `wwn-0x${wwn}`);
+    const mapping = await this.mappingPath();
+    await this.session.post('/lungroup/associate', { ID: mapping.lunGroupId, ASSOCIATEOBJTYPE: TYPE.SNAPSHOT, ASSOCIATEOBJID: snapshot.id });
     let fh: FileHandle;
     try {
-      fh = await this.waitForDevice(device, snapshot, volume);
+      fh = await this.waitForDevice(device, wwn, what);
     } catch (err) {
       await this.unmap(snapshot.id).catch(() => undefined);
       throw err;
     }
     const where = `${this.location}/${volume.name}@${snapshot.name} (${device})`;
-    let closed = false;
+    let closing: Promise<void> | undefined;
+    const close = async (): Promise<void> => {
+      await fh.close().catch(() => undefined);
+      if (this.isSystemDevices()) await forgetScsiDevices(wwn);
+      await this.unmap(snapshot.id).catch(async () => {
+        await new Promise((r) => setTimeout(r, UNMAP_RETRY_MS));
+        await this.unmap(snapshot.id);
+      }).catch((err: unknown) => {
+        throw new CairnError(
+          'SOURCE_UNREADABLE',
+          `${what} stays mapped to host '${this.parts.arrayHost}' (in the array's LUN group ${mapping.lunGroupName}): unmapping it failed twice (${(err as Error).message}); ` +
+            'the next backup of this LUN removes it, or remove the snapshot from that LUN group on the array',
+          { cause: err },
+        );
+      });
+    };
     return {
       size,
       read: async (buffer, length, position) => {
@@ -242,28 +305,33 @@ export class DoradoDriver implements ArrayDriver {
           throw new CairnError('SOURCE_UNREADABLE', `reading ${where} at ${position} failed: ${(err as Error).message}`, { cause: err });
         }
       },
-      close: async () => {
-        if (closed) return;
-        closed = true;
-        await fh.close().catch(() => undefined);
-        if (this.isSystemDevices()) await forgetScsiDevice(device);
-        await this.unmap(snapshot.id);
-      },
+      close: () => (closing ??= close()),
     };
   }
 
-  /** Unmaps the snapshot if it is mapped, stops and deletes it; gone already is fine. */
-  async deleteSnapshot(_volume: ArrayVolume, snapshot: ArraySnapshot): Promise<void> {
+  /** Unmaps the snapshot if it is mapped, stops and deletes it; gone already is fine. Concurrent calls for one snapshot share the work. */
+  deleteSnapshot(_volume: ArrayVolume, snapshot: ArraySnapshot): Promise<void> {
+    let deleting = this.deleting.get(snapshot.id);
+    if (!deleting) {
+      deleting = this.delete(snapshot.id).finally(() => this.deleting.delete(snapshot.id));
+      this.deleting.set(snapshot.id, deleting);
+    }
+    return deleting;
+  }
+
+  private async delete(id: string): Promise<void> {
     const gone = (err: unknown): undefined => {
       if (isArrayCode(err, DoradoCode.SNAPSHOT_NOT_EXIST, DoradoCode.OBJECT_NOT_EXIST)) return undefined;
       throw err;
     };
-    await this.unmap(snapshot.id).catch(gone);
-    await this.session.put('/snapshot/stop', { ID: snapshot.id }).catch((err: unknown) => (isArrayCode(err, DoradoCode.SNAPSHOT_NOT_ACTIVATED) ? undefined : gone(err)));
-    await this.session.delete(`/snapshot/${snapshot.id}`).catch(gone);
+    await this.unmap(id).catch(gone);
+    await this.session.put('/snapshot/stop', { ID: id }).catch((err: unknown) => (isArrayCode(err, DoradoCode.SNAPSHOT_NOT_ACTIVATED) ? undefined : gone(err)));
+    await this.session.delete(`/snapshot/${id}`).catch(gone);
   }
 
+  /** Logs out; calls still under way then fail at once instead of logging in again. Safe to call more than once, also concurrently. */
   async close(): Promise<void> {
+    this.closed = true;
     await this.session.logout();
   }
 
@@ -271,7 +339,10 @@ export class DoradoDriver implements ArrayDriver {
   private async unmap(snapshotId: string): Promise<void> {
     const groups = (await this.session.get<Named[] | undefined>(`/lungroup/associate?TYPE=${TYPE.LUNGROUP}&ASSOCIATEOBJTYPE=${TYPE.SNAPSHOT}&ASSOCIATEOBJID=${snapshotId}`)) ?? [];
     for (const g of groups) {
-      await this.session.delete(`/lungroup/associate?ID=${g.ID}&ASSOCIATEOBJTYPE=${TYPE.SNAPSHOT}&ASSOCIATEOBJID=${snapshotId}`);
+      await this.session.delete(`/lungroup/associate?ID=${g.ID}&ASSOCIATEOBJTYPE=${TYPE.SNAPSHOT}&ASSOCIATEOBJID=${snapshotId}`).catch((err: unknown) => {
+        // Not (or no longer) in the group: someone else unmapped it meanwhile.
+        if (!isArrayCode(err, DoradoCode.OBJECT_NOT_EXIST)) throw err;
+      });
     }
   }
 
@@ -313,22 +384,32 @@ export class DoradoDriver implements ArrayDriver {
         await s.put('/mappingview/create_associate', { ID: viewId, TYPE: TYPE.MAPPINGVIEW, ASSOCIATEOBJTYPE: type, ASSOCIATEOBJID: id });
       }
     }
-    return { lunGroupId };
+    return { lunGroupId, lunGroupName: name };
   }
 
   private isSystemDevices(): boolean {
     return this.parts.devices === DEFAULT_DEVICES;
   }
 
-  /** Opens the device once it appears (asking the SCSI layer to rescan when it is this machine's); SOURCE_UNREADABLE after the timeout. */
-  private async waitForDevice(device: string, snapshot: ArraySnapshot, volume: ArrayVolume): Promise<FileHandle> {
+  /**
+   * Opens the device once it appears (asking the SCSI layer to rescan when it is this machine's);
+   * SOURCE_UNREADABLE after the timeout. For this machine's devices, only a device whose SCSI
+   * identity (sysfs wwid, or the multipath map's uuid) is the snapshot's WWN is opened.
+   */
+  private async waitForDevice(device: string, wwn: string, what: string): Promise<FileHandle> {
     const until = Date.now() + this.parts.deviceTimeoutMs;
     let rescanned = 0;
     for (;;) {
-      try {
-        return await open(device, constants.O_RDONLY);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `opening snapshot ${snapshot.name} of ${volume.name}`, device);
+      if (this.closed) throw new CairnError('SOURCE_UNREADABLE', `${what}: stopped waiting for ${device}: the session with the array was ended (the backup is being stopped)`);
+      const target = await realpath(device).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `opening ${what}`, device);
+        return undefined;
+      });
+      if (target !== undefined) {
+        if (this.isSystemDevices()) await checkDeviceIdentity(target, wwn, device, what);
+        return await open(target, constants.O_RDONLY).catch((err: unknown) => {
+          throw fromSystemError(err, `opening ${what}`, device);
+        });
       }
       if (this.isSystemDevices() && Date.now() - rescanned > 5000) {
         rescanned = Date.now();
@@ -337,12 +418,55 @@ export class DoradoDriver implements ArrayDriver {
       if (Date.now() > until) {
         throw new CairnError(
           'SOURCE_UNREADABLE',
-          `snapshot ${snapshot.name} of ${this.location}/${volume.name} was mapped to host '${this.parts.arrayHost}' but ${device} did not appear within ${this.parts.deviceTimeoutMs / 1000} s; ` +
-            "check that this machine's initiators belong to that host and are logged in to the array (iscsiadm -m session, or the FC zoning), or raise device-timeout=",
+          `${what} was mapped to the array's host object '${this.parts.arrayHost}' (host= in the URL) but ${device} did not appear within ${this.parts.deviceTimeoutMs / 1000} s; ` +
+            "check that this machine's initiators belong to that host object and are logged in to the array (iscsiadm -m session, or the FC zoning)" +
+            (this.isSystemDevices() ? '; Cairn asks the SCSI hosts to rescan, which needs root (CAP_SYS_ADMIN): run it as root or rescan yourself (rescan-scsi-bus.sh)' : '') +
+            ', or raise device-timeout=',
         );
       }
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+}
+
+/**
+ * The array's NAME for Cairn's snapshot `cairnName` of LUN `lunId`: `cairn<hash of cairnName>_<LUN ID>`.
+ * Unique on the array (a LUN ID is, and so is the Cairn name per LUN), at most 31 characters, and
+ * made only of letters, digits and '_', which every firmware accepts in a name.
+ */
+export function arraySnapshotName(cairnName: string, lunId: string): string {
+  const hashLength = Math.min(12, MAX_NAME - 'cairn_'.length - lunId.length);
+  return `cairn${createHash('sha256').update(cairnName).digest('hex').slice(0, hashLength)}_${lunId}`;
+}
+
+/** Made by Cairn: its DESCRIPTION holds a Cairn name that its NAME is derived from. */
+function isCairnSnapshot(s: SnapshotRecord): boolean {
+  return typeof s.DESCRIPTION === 'string' && s.DESCRIPTION.startsWith('cairn-') && s.NAME === arraySnapshotName(s.DESCRIPTION, s.PARENTID);
+}
+
+/**
+ * Whether a SCSI identity as Linux shows it is the LUN with this WWN: `/sys/block/sdX/device/wwid`
+ * ("naa.<WWN>") or a multipath map's `/sys/block/dm-N/dm/uuid` ("mpath-3<WWN>", 3 being the NAA
+ * designator type scsi_id puts in front).
+ */
+export function wwidMatches(wwid: string, wwn: string): boolean {
+  let id = wwid.trim().toLowerCase();
+  if (id.startsWith('mpath-')) id = id.slice('mpath-'.length + 1);
+  else if (id.startsWith('naa.')) id = id.slice('naa.'.length);
+  return id === wwn.toLowerCase();
+}
+
+/** SOURCE_UNREADABLE unless the block device `target` (what the by-id link resolves to) has the SCSI identity `wwn`. */
+async function checkDeviceIdentity(target: string, wwn: string, link: string, what: string): Promise<void> {
+  const dev = basename(target);
+  const idFile = /^dm-\d+$/.test(dev) ? join('/sys/block', dev, 'dm', 'uuid') : join('/sys/block', dev, 'device', 'wwid');
+  const id = await readFile(idFile, 'utf8').catch(() => undefined);
+  if (id === undefined || !wwidMatches(id, wwn)) {
+    throw new CairnError(
+      'SOURCE_UNREADABLE',
+      `${what}: ${link} leads to ${target}, whose SCSI identity ${id === undefined ? `cannot be read (${idFile})` : `is ${id.trim()}`}, not the snapshot's WWN ${wwn}; ` +
+        'not reading it (a stale udev link?); check the links in that folder (udevadm trigger) and run the backup again',
+    );
   }
 }
 
@@ -356,8 +480,15 @@ async function rescanScsiHosts(): Promise<void> {
   for (const h of hosts) await writeFile(join('/sys/class/scsi_host', h, 'scan'), '- - -').catch(() => undefined);
 }
 
-/** Removes this machine's SCSI device behind a by-id link before its LUN is unmapped, so no stale device stays; best effort. */
-async function forgetScsiDevice(link: string): Promise<void> {
-  const target = await readlink(link).then(() => realpath(link)).catch(() => undefined);
-  if (target) await writeFile(join('/sys/block', basename(target), 'device', 'delete'), '1').catch(() => undefined);
+/**
+ * Removes every SCSI device of this machine with the SCSI identity `wwn` (with multipath, one per
+ * path) before its LUN is unmapped, so no stale device stays; best effort. Multipath maps (dm-N) over
+ * them are left to multipathd.
+ */
+async function forgetScsiDevices(wwn: string): Promise<void> {
+  const devices = (await readdir('/sys/block').catch(() => [] as string[])).filter((d) => /^sd[a-z]+$/.test(d));
+  for (const dev of devices) {
+    const id = await readFile(join('/sys/block', dev, 'device', 'wwid'), 'utf8').catch(() => '');
+    if (wwidMatches(id, wwn)) await writeFile(join('/sys/block', dev, 'device', 'delete'), '1').catch(() => undefined);
+  }
 }

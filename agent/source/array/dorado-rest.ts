@@ -13,13 +13,13 @@ import { isTlsTrustError, trustedAgent, untrustedCertificate } from '../../../sh
  *   DELETE .../<deviceid>/sessions ends the session.
  *
  * Many numbers come back as strings ("CAPACITY": "2097152"); callers convert. A call answered with
- * -401 (session expired) logs in again once and repeats the call.
+ * -401 (session expired) logs in again once and repeats the call, unless the session was ended
+ * (`logout`): from then on every call fails at once and nothing logs in again.
  */
 
 /** Error codes of the array this layer and the driver act on (from Huawei's clients named above). */
 export const DoradoCode = {
   UNAUTHORIZED: -401,
-  WRONG_PASSWORD: 1077987870,
   IP_LOCKED: 1077949071,
   USER_OFFLINE: 1077949069,
   OBJECT_NOT_EXIST: 1077948996,
@@ -28,6 +28,15 @@ export const DoradoCode = {
   SNAPSHOT_NOT_ACTIVATED: 1077937891,
   NAME_ALREADY_EXISTS: 1077948993,
 } as const;
+
+/**
+ * Login refusals, as Huawei's CSI driver (eSDK_K8S_Plugin, the OceanStor base client) sorts them:
+ * WrongPasswordErrorCodes {1077987870, 1077949081, 1077949061} (user or password incorrect) and
+ * AccountBeenLocked {1077949070, 1077987871}; open-eBackup's StorageCommonErrorCode names the same
+ * codes (1077949081: user or password wrong, or an LDAP user named like a local one).
+ */
+const WRONG_CREDENTIALS = new Set([1077987870, 1077949081, 1077949061]);
+const ACCOUNT_LOCKED = new Set([1077949070, 1077987871]);
 
 /** account states of a login that must change the password first (Cinder's PWD_EXPIRED, PWD_RESET) */
 const PASSWORD_MUST_CHANGE = new Set([3, 4]);
@@ -70,6 +79,10 @@ export class DoradoSession {
   private deviceId = '';
   private token = '';
   private cookie = '';
+  /** Set by logout: no call is sent and no login made after it. */
+  private closed = false;
+  private ending: Promise<void> | undefined;
+  private relogin: Promise<void> | undefined;
   private readonly agent: Agent;
   readonly what: string;
 
@@ -105,9 +118,18 @@ export class DoradoSession {
 
   /** `path` is relative to the device, e.g. '/lun/12'; the answer's data (undefined when there is none). */
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    this.checkOpen(method, path);
+    const token = this.token;
     let env = await this.send<T>(method, `/deviceManager/rest/${this.deviceId}${path}`, body);
     if (codeOf(env) === DoradoCode.UNAUTHORIZED || codeOf(env) === DoradoCode.USER_OFFLINE) {
-      await this.logIn();
+      // A call still in flight when the session was ended must not open a new one.
+      this.checkOpen(method, path);
+      // Calls that failed together log in once.
+      if (this.token === token) {
+        this.relogin ??= this.logIn().finally(() => (this.relogin = undefined));
+        await this.relogin;
+      }
+      this.checkOpen(method, path);
       env = await this.send<T>(method, `/deviceManager/rest/${this.deviceId}${path}`, body);
     }
     const code = codeOf(env);
@@ -119,11 +141,23 @@ export class DoradoSession {
     return env.data as T;
   }
 
-  /** Ends the session. Never throws. */
-  async logout(): Promise<void> {
+  /** Ends the session; later calls fail at once and do not log in again. Never throws; a second call waits for the first. */
+  logout(): Promise<void> {
+    this.ending ??= this.end();
+    return this.ending;
+  }
+
+  private async end(): Promise<void> {
+    this.closed = true;
     if (this.deviceId) await this.send('DELETE', `/deviceManager/rest/${this.deviceId}/sessions`).catch(() => undefined);
     this.deviceId = '';
     this.agent.destroy();
+  }
+
+  private checkOpen(method: string, path: string): void {
+    if (this.closed) {
+      throw new CairnError('SOURCE_UNREADABLE', `${this.what}: ${method} ${stripQuery(path)} given up: the session with the array was ended (the backup is being stopped)`);
+    }
   }
 
   private async logIn(): Promise<void> {
@@ -133,19 +167,23 @@ export class DoradoSession {
     if (this.ep.vstore) body.vstorename = this.ep.vstore;
     const env = await this.send<{ deviceid?: string; iBaseToken?: string; accountstate?: number | string }>('POST', '/deviceManager/rest/xxxxx/sessions', body);
     const code = codeOf(env);
-    if (code === DoradoCode.WRONG_PASSWORD || code === DoradoCode.IP_LOCKED || code === DoradoCode.UNAUTHORIZED) {
-      throw new DoradoApiError(
-        'SOURCE_AUTH_FAILED',
-        `${this.what} refused the login of user '${this.ep.user}'${this.ep.vstore ? ` in vStore '${this.ep.vstore}'` : ''}: error ${code} (${env.error?.description ?? ''}); check the user name and the password (password-file= or CAIRN_DORADO_PASSWORD)`,
-        code,
-        env.error?.description ?? '',
-      );
-    }
+    const who = `${this.what} refused the login of user '${this.ep.user}'${this.ep.vstore ? ` in vStore '${this.ep.vstore}'` : ''}: error ${code} (${env.error?.description ?? ''})`;
+    const refused = (what: string): DoradoApiError => new DoradoApiError('SOURCE_AUTH_FAILED', `${who}; ${what}`, code, env.error?.description ?? '');
+    if (WRONG_CREDENTIALS.has(code) || code === DoradoCode.UNAUTHORIZED) throw refused('check the user and password (password-file= or CAIRN_DORADO_PASSWORD)');
+    if (ACCOUNT_LOCKED.has(code)) throw refused('the account is locked: unlock it on the array or wait until the lock ends');
+    if (code === DoradoCode.IP_LOCKED) throw refused("this machine's address is locked out after failed logins: unlock it on the array or wait until the lock ends");
     if (code !== 0 || !env.data?.deviceid || !env.data.iBaseToken) {
       throw new DoradoApiError('SOURCE_UNREADABLE', `${this.what}: login failed with error ${code} (${env.error?.description ?? 'no session in the answer'})`, code, env.error?.description ?? '');
     }
     this.deviceId = env.data.deviceid;
     this.token = env.data.iBaseToken;
+    if (this.closed) {
+      // logout ran while this login was on its way: end the session it made too.
+      await this.send('DELETE', `/deviceManager/rest/${this.deviceId}/sessions`).catch(() => undefined);
+      this.deviceId = '';
+      this.agent.destroy();
+      throw new CairnError('SOURCE_UNREADABLE', `${this.what}: the session was ended (the backup is being stopped) while logging in again`);
+    }
     if (PASSWORD_MUST_CHANGE.has(Number(env.data.accountstate))) {
       await this.logout();
       throw new DoradoApiError('SOURCE_AUTH_FAILED', `${this.what}: the password of user '${this.ep.user}' has expired or was reset; change it on the array first`, code, '');

@@ -82,7 +82,8 @@ export function parseRbdUrl(url: string): ArrayVolumeUrl {
     } else throw bad(`unknown parameter '${key}'`);
   }
   const driver = new RbdDriver(target);
-  return { location: driver.location, volume: image, connect: async () => driver };
+  const connection = { conf: target.conf ?? '', id: target.id ?? '', keyring: target.keyring ?? '', timeout: String(target.timeoutSeconds) };
+  return { location: driver.location, volume: image, connection, connect: async () => driver };
 }
 
 function decode(part: string, bad: (why: string) => CairnError): string {
