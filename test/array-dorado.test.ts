@@ -7,7 +7,7 @@ import { DoradoApiError, DoradoSession } from '../agent/source/array/dorado-rest
 import { isCairnError } from '../shared/errors.js';
 import { parseThumbprint } from '../shared/net/pinned-https.js';
 import { DoradoFixture } from './support/dorado-fixture.js';
-import { expectCliError, KiB, MiB, Sandbox } from './helpers.js';
+import { expectCliError, KiB, MiB, Sandbox, type BackupJson } from './helpers.js';
 
 /**
  * `cairn backup dorado://...` through the real CLI against an HTTPS stand-in of an OceanStor Dorado
@@ -18,20 +18,6 @@ import { expectCliError, KiB, MiB, Sandbox } from './helpers.js';
 const CHUNK = 64 * KiB; // the vault's default chunk size
 const USER = 'cairn-backup';
 const PASSWORD = 'S3cret!pw';
-
-interface DiskJson {
-  changeDetection: string;
-  changeToken?: string;
-  newChunks: number;
-  bytesRead: number;
-}
-interface BackupJson {
-  id: string;
-  kind: string;
-  consistency: string;
-  warnings: string[];
-  disks: DiskJson[];
-}
 
 let sb: Sandbox;
 let array: DoradoFixture;

@@ -1,8 +1,7 @@
-import { spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { expectCliError, MiB, s3Target, Sandbox, sha256File } from './helpers.js';
+import { expectCliError, MiB, s3Target, Sandbox, sha256File, type BackupJson } from './helpers.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { RbdPool } from './support/rbd-pool.js';
 
 /**
  * Ceph RBD images backed up through the real CLI (`cairn backup rbd://...`): Cairn snapshots the
@@ -13,48 +12,9 @@ import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
  */
 
 const OBJECT = 4 * MiB;
-const ceph = inject('ceph');
-const pool = `cairn-e2e-${randomBytes(3).toString('hex')}`;
-
-interface DiskJson {
-  source: string;
-  changeDetection: string;
-  bytesRead: number;
-  dirtyBytes?: number;
-  changeToken?: string;
-}
-interface BackupJson {
-  id: string;
-  kind: string;
-  parent: string | null;
-  warnings: string[];
-  disks: DiskJson[];
-}
-
-function run(command: string, args: string[]): Buffer {
-  const r = spawnSync(command, args, { maxBuffer: 256 * MiB });
-  if (r.error) throw new Error(`${command} cannot run (${r.error.message}); install ceph-common, qemu-utils and qemu-block-extra`);
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')} failed: ${r.stderr.toString()}`);
-  return r.stdout;
-}
-
-const rbd = (...args: string[]): Buffer => run('rbd', ['--conf', ceph.conf, '--id', ceph.id, ...args]);
-
-function qemuIo(image: string, ...commands: string[]): void {
-  run('qemu-io', ['-f', 'raw', `rbd:${pool}/${image}:conf=${ceph.conf}:id=${ceph.id}`, ...commands.flatMap((c) => ['-c', c])]);
-}
-
-function snapshots(image: string): string[] {
-  return (JSON.parse(rbd('snap', 'ls', '--format', 'json', '--pool', pool, '--image', image).toString()) as { name: string }[]).map((s) => s.name);
-}
-
-function exportSha(image: string, snap: string): string {
-  return createHash('sha256').update(rbd('export', '--pool', pool, '--image', image, '--snap', snap, '--no-progress', '-')).digest('hex');
-}
-
-function url(image: string, where = pool): string {
-  return `rbd://${where}/${image}?conf=${encodeURIComponent(ceph.conf)}&id=${ceph.id}`;
-}
+const cluster = new RbdPool(inject('ceph'), 'cairn-e2e');
+const pool = cluster.name;
+const { rbd, qemuIo, snapshots, exportSha, url } = cluster;
 
 describe('cairn backup rbd://POOL/IMAGE', () => {
   let sb: Sandbox;
@@ -62,10 +22,9 @@ describe('cairn backup rbd://POOL/IMAGE', () => {
   let vault: string;
 
   beforeAll(async () => {
-    run('ceph', ['--conf', ceph.conf, 'osd', 'pool', 'create', pool, '8']);
-    rbd('pool', 'init', pool);
-    rbd('create', '--pool', pool, '--image', 'vm1', '--size', '64M');
-    rbd('create', '--pool', pool, '--image', 'vm2', '--size', '32M');
+    cluster.create();
+    cluster.createImage('vm1', '64M');
+    cluster.createImage('vm2', '32M');
     sb = await Sandbox.create('rbd', { env: s3Target.env });
     proxy = await startFaultProxy(inject('s3').endpoint);
     vault = s3Target.url(await s3Target.newBucket(), 'vault', proxy.url);
@@ -77,7 +36,7 @@ describe('cairn backup rbd://POOL/IMAGE', () => {
     await proxy?.close();
     await s3Target.close();
     await sb?.cleanup();
-    run('ceph', ['--conf', ceph.conf, 'osd', 'pool', 'rm', pool, pool, '--yes-i-really-really-mean-it']);
+    cluster.remove();
   });
 
   const backup = async (...sources: string[]): Promise<BackupJson> => sb.cairnJson<BackupJson>(['backup', ...sources, '--vault', vault, '--json']);

@@ -5,7 +5,7 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath, expectCliError, KiB, listFiles, makeImage, MiB, Sandbox } from './helpers.js';
+import { cliPath, expectCliError, KiB, listFiles, makeImage, MiB, Sandbox, type BackupJson } from './helpers.js';
 
 /**
  * Changed-block tracking end to end, through the real CLI against real QEMU tools: offline qcow2
@@ -15,23 +15,6 @@ import { cliPath, expectCliError, KiB, listFiles, makeImage, MiB, Sandbox } from
 
 const DISK = 64 * MiB;
 const GRANULE = 64 * KiB;
-
-interface DiskJson {
-  changeDetection: string;
-  bytesRead: number;
-  dirtyBytes?: number;
-  changeToken?: string;
-  usedBytes: number;
-}
-interface BackupJson {
-  id: string;
-  name: string;
-  kind: string;
-  consistency: string;
-  bytesRead: number;
-  warnings: string[];
-  disks: DiskJson[];
-}
 
 function run(command: string, args: string[]): string {
   const r = spawnSync(command, args, { encoding: 'utf8' });

@@ -8,7 +8,7 @@ import { LocalStore } from '../shared/store/local-store.js';
 import { collectGarbage } from '../shared/vault/gc.js';
 import { LEASE_TTL_MS } from '../shared/vault/lease.js';
 import { Vault } from '../shared/vault/vault.js';
-import { cliPath, expectOk, MiB, PASSPHRASE, Sandbox, sha256File, type CliResult } from './helpers.js';
+import { cliPath, expectOk, MiB, PASSPHRASE, Sandbox, sha256File, type CliResult, type BackupJson } from './helpers.js';
 
 /**
  * SIGKILL during `cairn backup` and `cairn vault gc`, at points found by watching the vault folder
@@ -26,15 +26,6 @@ import { cliPath, expectOk, MiB, PASSPHRASE, Sandbox, sha256File, type CliResult
  */
 
 const IMAGE_MIB = 64;
-
-interface BackupJson {
-  id: string;
-  name: string;
-  kind: string;
-  parent: string | null;
-  bytesStored: number;
-  recoveredPacks: number;
-}
 
 interface SummaryJson {
   id: string;

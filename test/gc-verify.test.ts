@@ -15,6 +15,7 @@ import {
   sum,
   vaultTargets,
   writeAt,
+  type BackupJson,
   type VaultTarget,
 } from './helpers.js';
 import type { RequestCounts } from '../shared/store/object-store.js';
@@ -26,13 +27,6 @@ import type { RequestCounts } from '../shared/store/object-store.js';
  * runs twice: with the vault in a local folder and in a bucket on the test run's S3 server (see
  * VaultTarget in helpers.ts); the tests see and damage the vault's objects only through the target.
  */
-
-interface BackupJson {
-  id: string;
-  name: string;
-  kind: string;
-  requests: RequestCounts;
-}
 
 /** `vault gc --json` prints the GcResult of shared/vault/gc.ts, and the requests it made. */
 type GcJson = GcResult & { requests: RequestCounts };

@@ -17,8 +17,43 @@ import {
 } from '@aws-sdk/client-s3';
 import { describe, expect, inject } from 'vitest';
 import { errorCatalogue, type ErrorCode } from '../shared/errors.js';
+import type { RequestCounts } from '../shared/store/object-store.js';
 import { parseS3Url } from '../shared/store/s3-url.js';
 import type { S3Connection } from './support/s3-global-setup.js';
+
+/** A disk of `cairn backup --json`. */
+export interface BackupDiskJson {
+  index: number;
+  source: string;
+  size: number;
+  usedBytes: number;
+  newChunks: number;
+  newBytes: number;
+  changeDetection: 'full' | 'compare' | 'bitmap';
+  bytesRead: number;
+  dirtyBytes?: number;
+  changeToken?: string;
+}
+
+/** What `cairn backup --json` prints. */
+export interface BackupJson {
+  id: string;
+  name: string;
+  kind: 'full' | 'incremental';
+  parent: string | null;
+  vault: string;
+  consistency: 'crash_consistent' | 'app_consistent';
+  bytesRead: number;
+  bytesStored: number;
+  durationMs: number;
+  changedChunks: number;
+  recoveredPacks: number;
+  startedAt: string;
+  finishedAt: string;
+  warnings: string[];
+  disks: BackupDiskJson[];
+  requests: RequestCounts;
+}
 
 /**
  * Helpers for the integration tests under test/: they run the real `cairn` CLI (bin/cairn.js, which

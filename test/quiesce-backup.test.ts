@@ -2,7 +2,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectCliError, listFiles, makeImage, MiB, Sandbox, sha256File } from './helpers.js';
+import { expectCliError, listFiles, makeImage, MiB, Sandbox, sha256File, type BackupJson } from './helpers.js';
 
 /**
  * Quiesce through the real CLI: hooks that succeed, fail or hang, and fsfreeze of a loop-mounted
@@ -65,12 +65,6 @@ function processesRunning(text: string): number[] {
 function writable(): boolean {
   const r = spawnSync('touch', [`${mount}/probe`], { timeout: 2000 });
   return r.status === 0;
-}
-
-interface BackupJson {
-  name: string;
-  consistency: string;
-  warnings: string[];
 }
 
 describe('quiesce around the capture', () => {

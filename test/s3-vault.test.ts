@@ -11,22 +11,13 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, i
 
 import type { RequestCounts } from '../shared/store/object-store.js';
 import { randomFaults, startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { unusedPort, expectCliError, exitCode, makeImage, MiB, s3Target, Sandbox, sha256File, writeAt } from './helpers.js';
+import { unusedPort, expectCliError, exitCode, makeImage, MiB, s3Target, Sandbox, sha256File, writeAt, type BackupJson } from './helpers.js';
 
 const s3 = inject('s3');
 const awsEnv = s3Target.env;
 const client = s3Target.s3;
 const newBucket = (opts: { objectLock?: boolean } = {}) => s3Target.newBucket(opts);
 const vaultUrl = (bucket: string, prefix = 'vault', endpoint?: string) => s3Target.url(bucket, prefix, endpoint);
-
-interface BackupJson {
-  id: string;
-  name: string;
-  kind: string;
-  bytesStored: number;
-  recoveredPacks: number;
-  requests: RequestCounts;
-}
 
 /** Every object in the bucket under `prefix`, with its full key. */
 async function objects(bucket: string, prefix = ''): Promise<Map<string, number>> {

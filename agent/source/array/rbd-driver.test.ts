@@ -1,11 +1,11 @@
-import { spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CairnError } from '../../../shared/errors.js';
 import type { ArrayDriver, ArrayVolume, SnapshotReader } from './array-driver.js';
+import { RbdPool } from '../../../test/support/rbd-pool.js';
 import { parseRbdUrl } from './rbd-driver.js';
 
 /**
@@ -17,30 +17,9 @@ import { parseRbdUrl } from './rbd-driver.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const OBJECT = 4 * MiB;
-const ceph = inject('ceph');
-const pool = `cairn-drv-${randomBytes(3).toString('hex')}`;
-
-function run(command: string, args: string[]): Buffer {
-  const r = spawnSync(command, args, { maxBuffer: 256 * MiB });
-  if (r.error) throw new Error(`${command} cannot run (${r.error.message}); install ceph-common, qemu-utils and qemu-block-extra`);
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')} failed: ${r.stderr.toString()}`);
-  return r.stdout;
-}
-
-const rbd = (...args: string[]): Buffer => run('rbd', ['--conf', ceph.conf, '--id', ceph.id, ...args]);
-
-/** Runs qemu-io commands ('write -P 0xab 1M 64k', 'discard ...') on the image's head. */
-function qemuIo(image: string, ...commands: string[]): void {
-  run('qemu-io', ['-f', 'raw', `rbd:${pool}/${image}:conf=${ceph.conf}:id=${ceph.id}`, ...commands.flatMap((c) => ['-c', c])]);
-}
-
-function createImage(name: string, features?: string): void {
-  rbd('create', '--pool', pool, '--image', name, '--size', '64M', ...(features ? ['--image-feature', features] : []));
-}
-
-function exportSha(image: string, snap: string): string {
-  return createHash('sha256').update(rbd('export', '--pool', pool, '--image', image, '--snap', snap, '--no-progress', '-')).digest('hex');
-}
+const cluster = new RbdPool(inject('ceph'), 'cairn-drv');
+const { ceph, name: pool, rbd, qemuIo, exportSha } = cluster;
+const createImage = (name: string, features?: string): void => cluster.createImage(name, '64M', features);
 
 async function readerSha(reader: SnapshotReader): Promise<string> {
   const h = createHash('sha256');
@@ -68,12 +47,11 @@ async function caught(p: Promise<unknown>): Promise<CairnError> {
 }
 
 beforeAll(() => {
-  run('ceph', ['--conf', ceph.conf, 'osd', 'pool', 'create', pool, '8']);
-  rbd('pool', 'init', pool);
+  cluster.create();
 });
 
 afterAll(() => {
-  run('ceph', ['--conf', ceph.conf, 'osd', 'pool', 'rm', pool, pool, '--yes-i-really-really-mean-it']);
+  cluster.remove();
 });
 
 describe('RBD driver: snapshots, diffs, allocation', () => {
