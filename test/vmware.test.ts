@@ -1,10 +1,13 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseMoRef, type MoRef } from '../agent/source/vmware/soap-client.js';
 import { VsphereClient, type VmInfo } from '../agent/source/vmware/vsphere-client.js';
-import { escapeXml } from '../agent/source/vmware/xml.js';
-import { expectCliError, KiB, MiB, Sandbox, scanChunks, sha256File, waitFor, writeAt } from './helpers.js';
+import { child, childrenNamed, childText, escapeXml } from '../agent/source/vmware/xml.js';
+import { cliPath, expectCliError, KiB, MiB, PASSPHRASE, Sandbox, scanChunks, sha256File, waitFor, writeAt } from './helpers.js';
 import { startVcsim, type Vcsim, type VcsimVm } from './support/vcsim.js';
 
 /**
@@ -38,6 +41,7 @@ interface BackupJson {
 let sim: Vcsim;
 let sb: Sandbox;
 let vault: string;
+let vaultId: string;
 let api: VsphereClient;
 let passwordFile: string;
 
@@ -55,6 +59,84 @@ async function setExtraConfig(vm: VcsimVm, key: string, value: string): Promise<
     { type: 'VirtualMachine', value: vm.moref },
     `<extraConfig><key>${escapeXml(key)}</key><value xsi:type="xsd:string">${escapeXml(value)}</value></extraConfig>`,
   );
+}
+
+function vmRef(vm: VcsimVm): MoRef {
+  return { type: 'VirtualMachine', value: vm.moref };
+}
+
+/** Calls a vSphere method that returns a task, and waits for the task. */
+async function runTask(method: string, self: MoRef, params = ''): Promise<void> {
+  const task = parseMoRef(child(await api.invoke(method, self, params), 'returnval'))!;
+  await waitFor(`${method} to finish`, async () => {
+    const state = childText((await api.properties(task, ['info'])).get('info'), 'state');
+    if (state === 'error') throw new Error(`${method} failed`);
+    return state === 'success' ? true : undefined;
+  }, 10_000, () => '', 50);
+}
+
+/** Ends every session on the simulator but the test's own (what vCenter does to an idle session). */
+async function dropOtherSessions(): Promise<number> {
+  const sm = { type: 'SessionManager', value: 'SessionManager' };
+  const p = await api.properties(sm, ['sessionList', 'currentSession']);
+  const mine = childText(p.get('currentSession'), 'key');
+  const others = childrenNamed(p.get('sessionList'), 'UserSession').map((u) => childText(u, 'key')!).filter((k) => k !== mine);
+  if (others.length > 0) await api.invoke('TerminateSession', sm, others.map((k) => `<sessionId>${k}</sessionId>`).join(''));
+  return others.length;
+}
+
+/**
+ * An NBD helper that serves the snapshot disk Cairn names, read-only, as nbdkit-vddk would: here the
+ * frozen flat file in the simulator's datastore folder. It records its environment and pid in `log`
+ * and waits for the file `hold` before serving. (Cairn gives a helper only an allow-listed
+ * environment, so the script carries its own settings.)
+ */
+async function nbdHelper(label: string, hold: string): Promise<{ path: string; log: string }> {
+  const log = sb.path(`${label}-log`);
+  await mkdir(log, { recursive: true });
+  const path = sb.path(`${label}.sh`);
+  await writeFile(
+    path,
+    [
+      '#!/bin/sh',
+      'set -e',
+      `log='${log}'`,
+      `hold='${hold}'`,
+      `datastore='${sim.datastoreDir}'`,
+      'rel="${CAIRN_VSPHERE_FILE#\\[*\\] }"',
+      'name=$(basename "$rel")',
+      'echo $$ > "$log/$name.pid"',
+      'env > "$log/$name.env.tmp"',
+      'mv "$log/$name.env.tmp" "$log/$name.env"',
+      'while [ ! -e "$hold" ]; do sleep 0.05; done',
+      'exec qemu-nbd --read-only --format=raw --socket="$CAIRN_VSPHERE_SOCKET" "$datastore/${rel%.vmdk}-flat.vmdk"',
+      '',
+    ].join('\n'),
+  );
+  await chmod(path, 0o755);
+  return { path, log };
+}
+
+/** The environment the first helper of `log` was started with, once it has written it. */
+async function helperStarted(log: string): Promise<{ env: Record<string, string>; pid: number }> {
+  const envFile = await waitFor('the NBD helper to start', async () => (await readdir(log)).find((f) => f.endsWith('.env')), 30_000, () => '', 50);
+  const env = Object.fromEntries(
+    (await readFile(`${log}/${envFile}`, 'utf8'))
+      .split('\n')
+      .filter((l) => l.includes('='))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
+  const pid = Number(await readFile(`${log}/${envFile.replace(/\.env$/, '.pid')}`, 'utf8'));
+  return { env, pid };
+}
+
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function setChangeTracking(vm: VcsimVm, on: boolean): Promise<void> {
@@ -102,7 +184,8 @@ async function expectNoSnapshots(vm: VcsimVm): Promise<void> {
 beforeAll(async () => {
   sim = await startVcsim();
   sb = await Sandbox.create('vmware');
-  vault = await sb.initVault('vault');
+  vault = sb.path('vault');
+  vaultId = (await sb.cairnJson<{ id: string }>(['vault', 'init', vault, '--json'])).id;
   passwordFile = sb.path('vcenter.password');
   await writeFile(passwordFile, `${sim.password}\n`, { mode: 0o600 });
   api = await VsphereClient.login({ host: sim.host, port: sim.port, thumbprint: sim.thumbprint }, { user: sim.user, password: sim.password });
@@ -150,7 +233,15 @@ describe('vmware source (vcsim)', () => {
     ]);
     const dirty1 = await guestWrites(d1!.flat, [[23 * MiB, 64 * KiB]]);
     const second = await freeze(vm, 'second');
-    const incr = await backup(vsphereUrl(vm.instanceUuid), 'vm0-incr');
+    // The guest writes again after the snapshot was made, before Cairn reads: not in the backup.
+    const readsGo = sb.path('vm0-reads-go');
+    await setExtraConfig(vm, 'vcsim.read.holdUntil', readsGo);
+    const incrRun = backup(vsphereUrl(vm.instanceUuid), 'vm0-incr');
+    await waitFor('the snapshot of vm0-incr', async () => ((await vmInfo(vm)).snapshots.length > 0 ? true : undefined), 30_000, () => '', 50);
+    await writeAt(d0!.flat, 2 * MiB, randomBytes(64 * KiB));
+    await writeFile(readsGo, '');
+    const incr = await incrRun;
+    await setExtraConfig(vm, 'vcsim.read.holdUntil', '');
     expect(incr.kind).toBe('incremental');
     expect(incr.consistency).toBe('app_consistent');
     expect(incr.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
@@ -158,8 +249,6 @@ describe('vmware source (vcsim)', () => {
     expect(incr.bytesRead).toBeLessThan(full.bytesRead);
     await expectNoSnapshots(vm);
 
-    // Written after the snapshot: not in the backup.
-    await writeAt(d0!.flat, 2 * MiB, randomBytes(64 * KiB));
     expect(await sha256File(d0!.flat)).not.toBe(await sha256File(second[0]!));
     await expectRestores('vm0-incr', second);
 
@@ -182,36 +271,13 @@ describe('vmware source (vcsim)', () => {
     await writeAt(d0!.flat, 3 * MiB, randomBytes(5 * MiB));
     await writeAt(d1!.flat, 0, randomBytes(1 * MiB));
     const first = await freeze(vm, 'first');
-    const helper = sb.path('nbd-helper.sh');
-    await writeFile(
-      helper,
-      [
-        '#!/bin/sh',
-        '# Serves the snapshot disk Cairn names, read-only, as nbdkit-vddk would: here the flat file in the simulator\'s datastore folder.',
-        'set -e',
-        'rel="${CAIRN_VSPHERE_FILE#\\[*\\] }"',
-        'env | grep "^CAIRN_VSPHERE_" > "$HELPER_LOG/$(basename "$rel").env"',
-        'if [ -n "$HELPER_HOLD" ]; then while [ ! -e "$HELPER_HOLD" ]; do sleep 0.05; done; fi',
-        'exec qemu-nbd --read-only --format=raw --socket="$CAIRN_VSPHERE_SOCKET" "$DATASTORE_DIR/${rel%.vmdk}-flat.vmdk"',
-        '',
-      ].join('\n'),
-    );
-    await chmod(helper, 0o755);
-    const logDir = sb.path('helper-log');
-    await mkdir(logDir, { recursive: true });
     const hold = sb.path('helper-go');
-    const env = { HELPER_LOG: logDir, HELPER_HOLD: hold, DATASTORE_DIR: sim.datastoreDir };
-    const url = vsphereUrl(vm.moref, { transport: 'nbd', 'nbd-helper': helper });
+    const helper = await nbdHelper('nbd-helper', hold);
+    const url = vsphereUrl(vm.moref, { transport: 'nbd', 'nbd-helper': helper.path });
 
-    const running = sb.cairn(['backup', url, '--vault', vault, '--name', 'vm1-full', '--json'], { env });
+    const backupRun = sb.cairn(['backup', url, '--vault', vault, '--name', 'vm1-full', '--json'], { env: { AWS_SECRET_ACCESS_KEY: 'not-for-helpers' } });
     // While the helper waits: the VM has Cairn's snapshot, quiesced, and the helper was told about it.
-    const envFile = await waitFor('the NBD helper to start', async () => (await readdir(logDir)).find((f) => f.endsWith('.env')), 30_000);
-    const told = Object.fromEntries(
-      (await readFile(`${logDir}/${envFile}`, 'utf8'))
-        .trim()
-        .split('\n')
-        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-    );
+    const { env: told } = await helperStarted(helper.log);
     const during = await vmInfo(vm);
     expect(during.snapshots).toHaveLength(1);
     expect(during.snapshots[0]!.name).toMatch(/^cairn-[0-9a-f]{8}-/);
@@ -222,20 +288,28 @@ describe('vmware source (vcsim)', () => {
     expect(told['CAIRN_VSPHERE_USER']).toBe(sim.user);
     expect(told['CAIRN_VSPHERE_FILE']).toMatch(/^\[LocalDS_0\] DC0_H0_VM1\/disk[12]-\d+\.vmdk$/);
     expect(existsSync(told['CAIRN_VSPHERE_PASSWORD_FILE']!)).toBe(true);
+    // Only an allow-listed environment: no vault passphrase, no cloud credentials.
+    expect(told['PATH']).toBeTruthy();
+    expect(Object.keys(told).filter((k) => k === 'CAIRN_PASSPHRASE' || k.startsWith('AWS_') || k === 'CAIRN_VSPHERE_PASSWORD')).toEqual([]);
+    // The guest writes after the snapshot: not in this backup (the next one has it).
+    const late = await guestWrites(d0!.flat, [[4 * MiB, 256 * KiB]]);
+    // vCenter drops Cairn's session (idle timeout): Cairn logs in again for the calls still to come and removes its snapshot.
+    expect(await dropOtherSessions()).toBeGreaterThan(0);
     await writeFile(hold, '');
-    const r = await running;
+    const r = await backupRun;
     expect(r.code, r.stderr).toBe(0);
     const full = JSON.parse(r.stdout) as BackupJson;
     expect(full.consistency).toBe('app_consistent');
     expect(full.disks.map((d) => d.changeDetection)).toEqual(['full', 'full']);
     await expectNoSnapshots(vm);
     await expectRestores('vm1-full', first);
+    expect(await sha256File(d0!.flat)).not.toBe(await sha256File(first[0]!));
 
     const dirty = await guestWrites(d1!.flat, [[7 * MiB, 300 * KiB]]);
     const second = await freeze(vm, 'second');
-    const incr = await backup(url, 'vm1-incr', { HELPER_LOG: logDir, DATASTORE_DIR: sim.datastoreDir });
+    const incr = await backup(url, 'vm1-incr');
     expect(incr.disks.map((d) => d.changeDetection)).toEqual(['bitmap', 'bitmap']);
-    expect(incr.disks.map((d) => d.dirtyBytes)).toEqual([0, dirty]);
+    expect(incr.disks.map((d) => d.dirtyBytes)).toEqual([late, dirty]);
     await expectNoSnapshots(vm);
     await expectRestores('vm1-incr', second);
   });
@@ -264,6 +338,29 @@ describe('vmware source (vcsim)', () => {
     const off = await backup(vsphereUrl(vm.name, { quiesce: 'off' }), 'vm2-off');
     expect(off.consistency).toBe('crash_consistent');
     await setExtraConfig(vm, 'SET.guest.toolsRunningStatus', 'guestToolsRunning');
+
+    // A snapshot that fails for another reason (a full datastore) is not a quiesce failure: no crash-consistent retry.
+    await setExtraConfig(vm, 'vcsim.snapshot.fault', 'NoDiskSpace');
+    const full = await sb.cairn(['backup', vsphereUrl(vm.name), '--vault', vault, '--name', 'vm2-nospace']);
+    expectCliError(full, 'SOURCE_UNREADABLE', 'NoDiskSpace', 'free space');
+    expect(full.stderr).not.toContain('crash-consistent');
+    await setExtraConfig(vm, 'vcsim.snapshot.fault', '');
+    await expectNoSnapshots(vm);
+  });
+
+  it('a powered-off VM: its disks are consistent as they are, so quiesce=require succeeds, app-consistent, with no warning', async () => {
+    const vm = sim.vm('DC0_H0_VM2');
+    await runTask('PowerOffVM_Task', vmRef(vm));
+    expect((await vmInfo(vm)).powerState).toBe('poweredOff');
+    await writeAt(vm.disks[1]!.flat, 5 * MiB, randomBytes(1 * MiB));
+    const disks = await freeze(vm, 'off');
+    const r = await backup(vsphereUrl(vm.name, { quiesce: 'require' }), 'vm2-poweredoff');
+    expect(r.consistency).toBe('app_consistent');
+    expect(r.warnings).toEqual([]);
+    await expectNoSnapshots(vm);
+    const to = sb.path('restored-vm2-poweredoff-1.img');
+    expect((await sb.cairn(['restore', 'vm2-poweredoff', '--vault', vault, '--to', to, '--disk', '1'])).code).toBe(0);
+    expect(await sha256File(to)).toBe(await sha256File(disks[1]!));
   });
 
   it('a read failure mid-backup fails the backup with SOURCE_UNREADABLE and removes the snapshot', async () => {
@@ -306,5 +403,58 @@ describe('vmware source (vcsim)', () => {
     expect(after.snapshots).toEqual([]);
     expect(after.changeTracking).toBe(false);
     await expectNoSnapshots(vm);
+  });
+
+  it('leftover snapshots of this vault: a dead backup\'s is removed with a warning, a running one\'s is left alone', async () => {
+    const vm = sim.vm('DC0_C0_RP0_VM1');
+    const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+    const dead = await new Promise<number>((resolve) => {
+      const c = spawn('true');
+      c.once('exit', () => resolve(c.pid!));
+    });
+    const prefix = `cairn-${vaultId.slice(0, 8)}-`;
+    const owner = (pid: number) => `Cairn backup x; removed when the backup ends; owner host=${hostname()} pid=${pid} boot=${boot}`;
+    const leftover = (name: string, description: string) =>
+      runTask('CreateSnapshot_Task', vmRef(vm), `<name>${name}</name><description>${escapeXml(description)}</description><memory>false</memory><quiesce>false</quiesce>`);
+    await leftover(`${prefix}killed`, owner(dead));
+    await leftover(`${prefix}running`, owner(process.pid));
+    await leftover('cairn-00000000-other-vault', owner(dead));
+
+    const r = await backup(vsphereUrl(vm.name), 'vm4-sweep');
+    const warnings = r.warnings.join('\n');
+    expect(warnings).toContain(`removed snapshot '${prefix}killed'`);
+    expect(warnings).toContain(`process ${dead} on this host`);
+    expect(warnings).toMatch(new RegExp(`snapshot '${prefix}running' .*another backup of this vault seems to be running`));
+    expect(warnings).not.toContain('other-vault');
+    const left = (await vmInfo(vm)).snapshots;
+    const names = (nodes: VmInfo['snapshots']): string[] => nodes.flatMap((n) => [n.name, ...names(n.children)]);
+    expect(names(left).sort()).toEqual(['cairn-00000000-other-vault', `${prefix}running`]);
+    for (const n of left.flatMap((t) => [t, ...t.children])) await api.removeSnapshot(n.snapshot);
+    await expectNoSnapshots(vm);
+  });
+
+  it('Ctrl-C while the snapshot\'s helper starts: the snapshot is removed, the helper stopped and its password file gone', async () => {
+    const vm = sim.vm('DC0_H0_VM1');
+    const helper = await nbdHelper('sigint-helper', sb.path('never'));
+    // The password from the environment: Cairn writes it to a private file for the helper.
+    const url = `vsphere://${sim.user}@${sim.host}:${sim.port}/${vm.name}?${new URLSearchParams({ thumbprint: sim.thumbprint, transport: 'nbd', 'nbd-helper': helper.path }).toString()}`;
+    const cli = spawn(process.execPath, [cliPath, 'backup', url, '--vault', vault], {
+      cwd: sb.dir,
+      env: { PATH: process.env['PATH'], CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: sb.stateDir, CAIRN_VSPHERE_PASSWORD: sim.password },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    cli.stderr!.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+    const exited = new Promise<number | null>((resolve) => cli.once('exit', (code) => resolve(code)));
+    const { env, pid } = await helperStarted(helper.log);
+    expect(running(pid)).toBe(true);
+    expect(existsSync(env['CAIRN_VSPHERE_PASSWORD_FILE']!)).toBe(true);
+    expect((await vmInfo(vm)).snapshots).toHaveLength(1);
+    cli.kill('SIGINT');
+    expect(await exited, stderr).toBe(130);
+    await expectNoSnapshots(vm);
+    expect(running(pid)).toBe(false);
+    expect(existsSync(env['CAIRN_VSPHERE_PASSWORD_FILE']!)).toBe(false);
+    expect(existsSync(env['CAIRN_VSPHERE_SOCKET']!.replace(/\/nbd\.sock$/, ''))).toBe(false);
   });
 });

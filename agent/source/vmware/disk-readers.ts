@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CairnError } from '../../../shared/errors.js';
+import { CairnError, fromSystemError } from '../../../shared/errors.js';
 import { NbdClient } from '../nbd/nbd-client.js';
 import type { MoRef, SoapClient } from './soap-client.js';
 import { parseDatastorePath } from './vsphere-client.js';
@@ -130,54 +130,102 @@ export interface NbdHelperJob {
 }
 
 const HELPER_START_MS = 60_000;
+/** How long a helper has after SIGTERM before SIGKILL: a read-only NBD server has nothing to flush. */
+const HELPER_STOP_MS = 300;
+
+/** Variables of Cairn's environment a helper gets; nothing else (no passphrase, no cloud credentials). */
+const HELPER_ENV = /^(PATH|HOME|LANG|LC_[A-Z_]+|TZ|TMPDIR|LD_LIBRARY_PATH|CAIRN_VSPHERE_[A-Z0-9_]+)$/;
+
+/**
+ * One helper process and its private temp folder (its socket, the password file). Tracked from the
+ * moment the folder exists, so a backup interrupted while the helper starts still stops it and removes
+ * the folder. `stop` is idempotent and never throws.
+ */
+export class NbdHelperProcess {
+  child: ChildProcess | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(readonly dir: string) {}
+
+  get stopped(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  /** SIGTERM, SIGKILL shortly after, then the temp folder goes. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const c = this.child;
+      if (c && c.pid !== undefined && c.exitCode === null && c.signalCode === null) {
+        const gone = new Promise((resolve) => c.once('exit', resolve));
+        c.kill('SIGTERM');
+        const timer = setTimeout(() => c.kill('SIGKILL'), HELPER_STOP_MS);
+        await Promise.race([gone, sleep(HELPER_STOP_MS + 1000, undefined, { ref: false })]);
+        clearTimeout(timer);
+      }
+      await rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
+    })();
+    return this.stopping;
+  }
+}
+
+/** The helper's environment: the allowed part of Cairn's, and the job (README.md lists the variables). */
+export function helperEnv(job: NbdHelperJob, passwordFile: string, socket: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (HELPER_ENV.test(k) && k !== 'CAIRN_VSPHERE_PASSWORD') env[k] = v;
+  return {
+    ...env,
+    CAIRN_VSPHERE_SERVER: job.host,
+    CAIRN_VSPHERE_PORT: String(job.port),
+    CAIRN_VSPHERE_USER: job.user,
+    CAIRN_VSPHERE_PASSWORD_FILE: passwordFile,
+    CAIRN_VSPHERE_VM: job.vm.value,
+    CAIRN_VSPHERE_SNAPSHOT: job.snapshot.value,
+    CAIRN_VSPHERE_FILE: job.fileName,
+    CAIRN_VSPHERE_SOCKET: socket,
+    ...(job.thumbprint ? { CAIRN_VSPHERE_THUMBPRINT: job.thumbprint.match(/../g)!.join(':').toUpperCase() } : {}),
+  };
+}
 
 /**
  * Runs the helper for one disk (it must serve the disk read-only over NBD on the Unix socket it is
- * given, default export) and reads from it with Cairn's NBD client; closing kills the helper.
+ * given, default export) and reads from it with Cairn's NBD client; closing stops the helper. The
+ * helper is in `helpers` from before it is spawned until it is stopped, so its owner can stop every
+ * helper at once, including one still starting.
  */
 export class NbdHelperReader implements DiskReader {
   private constructor(
     private readonly client: NbdClient,
-    private readonly child: ChildProcess,
-    private readonly dir: string,
+    private readonly helper: NbdHelperProcess,
+    private readonly helpers: Set<NbdHelperProcess>,
   ) {}
 
-  static async start(job: NbdHelperJob): Promise<NbdHelperReader> {
-    const dir = await mkdtemp(join(tmpdir(), 'cairn-vsphere-nbd-'));
-    const socket = join(dir, 'nbd.sock');
+  static async start(job: NbdHelperJob, helpers: Set<NbdHelperProcess>): Promise<NbdHelperReader> {
+    const what = `the NBD helper ${job.helper} for ${job.fileName}`;
+    const helper = new NbdHelperProcess(await mkdtemp(join(tmpdir(), 'cairn-vsphere-nbd-')));
+    helpers.add(helper);
+    const fail = async (err: unknown): Promise<never> => {
+      await helper.stop();
+      helpers.delete(helper);
+      throw err;
+    };
+    const socket = join(helper.dir, 'nbd.sock');
     let passwordFile = job.passwordFile;
     if (passwordFile === undefined) {
-      passwordFile = join(dir, 'password');
-      await writeFile(passwordFile, job.password, { mode: 0o600 });
+      passwordFile = join(helper.dir, 'password');
+      await writeFile(passwordFile, job.password, { mode: 0o600 }).catch((err: unknown) => fail(fromSystemError(err, `writing the password file for ${what}`, passwordFile!)));
     }
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      CAIRN_VSPHERE_SERVER: job.host,
-      CAIRN_VSPHERE_PORT: String(job.port),
-      CAIRN_VSPHERE_USER: job.user,
-      CAIRN_VSPHERE_PASSWORD_FILE: passwordFile,
-      CAIRN_VSPHERE_VM: job.vm.value,
-      CAIRN_VSPHERE_SNAPSHOT: job.snapshot.value,
-      CAIRN_VSPHERE_FILE: job.fileName,
-      CAIRN_VSPHERE_SOCKET: socket,
-      ...(job.thumbprint ? { CAIRN_VSPHERE_THUMBPRINT: job.thumbprint.match(/../g)!.join(':').toUpperCase() } : {}),
-    };
-    delete env['CAIRN_VSPHERE_PASSWORD'];
-    const child = spawn(job.helper, [], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    if (helper.stopped) return fail(new CairnError('SOURCE_UNREADABLE', `${what} was not started: the backup is being stopped`));
+    const child = spawn(job.helper, [], { env: helperEnv(job, passwordFile, socket), stdio: ['ignore', 'ignore', 'pipe'] });
+    helper.child = child;
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-2000)));
     let exited: string | undefined;
     let spawnError: Error | undefined;
     child.on('error', (err) => (spawnError = err));
     child.on('exit', (code, signal) => (exited = signal ? `was killed by ${signal}` : `exited with status ${code}`));
-    const fail = async (err: CairnError): Promise<never> => {
-      child.kill('SIGKILL');
-      await rm(dir, { recursive: true, force: true });
-      throw err;
-    };
-    const what = `the NBD helper ${job.helper} for ${job.fileName}`;
     const until = Date.now() + HELPER_START_MS;
     while (!existsSync(socket)) {
+      if (helper.stopped) return fail(new CairnError('SOURCE_UNREADABLE', `${what} was stopped before it served the disk: the backup is being stopped`));
       if (spawnError) return fail(new CairnError('SOURCE_UNREADABLE', `cannot run ${what}: ${spawnError.message}; check nbd-helper= in the vsphere:// URL`, { cause: spawnError }));
       if (exited) return fail(new CairnError('SOURCE_UNREADABLE', `${what} ${exited} before serving the disk${stderr.trim() ? `: ${stderr.trim()}` : ''}`));
       if (Date.now() > until) return fail(new CairnError('SOURCE_UNREADABLE', `${what} did not create its socket within ${HELPER_START_MS / 1000} s`));
@@ -188,7 +236,7 @@ export class NbdHelperReader implements DiskReader {
       try {
         client = await NbdClient.connect({ unix: socket }, { exportName: '', requestSize: 64 * 1024 });
       } catch (err) {
-        if (attempt >= 20 || exited) return fail(err instanceof CairnError ? err : new CairnError('SOURCE_UNREADABLE', `${what}: ${(err as Error).message}`));
+        if (attempt >= 20 || exited || helper.stopped) return fail(err instanceof CairnError ? err : new CairnError('SOURCE_UNREADABLE', `${what}: ${(err as Error).message}`));
         await sleep(100);
       }
     }
@@ -196,7 +244,7 @@ export class NbdHelperReader implements DiskReader {
       await client.close();
       return fail(new CairnError('SOURCE_UNREADABLE', `${what} serves ${client.size} bytes, less than the disk's capacity of ${job.capacity} bytes`));
     }
-    return new NbdHelperReader(client, child, dir);
+    return new NbdHelperReader(client, helper, helpers);
   }
 
   async read(buffer: Buffer, length: number, position: number): Promise<number> {
@@ -207,13 +255,7 @@ export class NbdHelperReader implements DiskReader {
 
   async close(): Promise<void> {
     await this.client.close().catch(() => undefined);
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      const gone = new Promise((resolve) => this.child.once('exit', resolve));
-      this.child.kill('SIGTERM');
-      const timer = setTimeout(() => this.child.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(timer);
-    }
-    await rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
+    await this.helper.stop();
+    this.helpers.delete(this.helper);
   }
 }

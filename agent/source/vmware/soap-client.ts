@@ -109,15 +109,23 @@ export class SoapClient {
 
   /**
    * GETs a datastore file (`/folder/PATH?dcPath=DC&dsName=DS`), `length` bytes at `offset` (HTTP Range),
-   * into `target`; returns the bytes received (fewer only at the end of the file).
+   * into `target`; returns the bytes received (fewer only at the end of the file). At most `target.length`
+   * bytes of a body are ever held: a server that ignores Range (HTTP 200) is read only that far, and
+   * at a non-zero offset is an error, never a whole multi-gigabyte extent in memory.
    */
   async readDatastoreFile(path: string, offset: number, target: Buffer): Promise<number> {
-    const res = await this.send('GET', path, { range: `bytes=${offset}-${offset + target.length - 1}` });
+    const res = await this.send('GET', path, { range: `bytes=${offset}-${offset + target.length - 1}` }, undefined, target.length);
+    const where = `${decodeURIComponent(path.split('?')[0]!)} at ${this.what}, bytes ${offset}-${offset + target.length - 1}`;
     if (res.status === 206 || (res.status === 200 && offset === 0)) {
       return res.body.copy(target, 0, 0, Math.min(res.body.length, target.length));
     }
+    if (res.status === 200) {
+      throw new CairnError(
+        'SOURCE_UNREADABLE',
+        `reading ${where}: the server ignored the byte range and sent the whole file (HTTP 200 instead of 206); is a proxy in between that drops Range headers? Connect to vCenter directly, or use transport=nbd`,
+      );
+    }
     if (res.status === 416) return 0;
-    const where = `${decodeURIComponent(path.split('?')[0]!)} at ${this.what}, bytes ${offset}-${offset + target.length - 1}`;
     if (res.status === 401 || res.status === 403) {
       throw new CairnError('SOURCE_AUTH_FAILED', `reading ${where}: HTTP ${res.status}; the user needs the privilege Datastore > Browse datastore`);
     }
@@ -131,7 +139,8 @@ export class SoapClient {
     this.agent.destroy();
   }
 
-  private send(method: string, path: string, headers: Record<string, string>, body?: Buffer): Promise<RawResponse> {
+  /** One request; the response body is cut off (and its connection dropped) after `maxBody` bytes. */
+  private send(method: string, path: string, headers: Record<string, string>, body?: Buffer, maxBody = Infinity): Promise<RawResponse> {
     const { host, port } = this.endpoint;
     return new Promise<RawResponse>((resolve, reject) => {
       const req = request(
@@ -147,8 +156,18 @@ export class SoapClient {
         },
         (res) => {
           const parts: Buffer[] = [];
-          res.on('data', (d: Buffer) => parts.push(d));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) }));
+          let held = 0;
+          const done = () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts) });
+          res.on('data', (d: Buffer) => {
+            parts.push(d);
+            held += d.length;
+            // A 206 ends by itself at the range's end (keeping the connection); anything longer is cut off.
+            if (held > maxBody || (held === maxBody && res.statusCode !== 206)) {
+              done();
+              res.destroy();
+            }
+          });
+          res.on('end', done);
           res.on('error', reject);
         },
       );

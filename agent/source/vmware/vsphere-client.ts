@@ -8,7 +8,13 @@ import { child, childrenNamed, childText, escapeXml, type XmlElement } from './x
  * a VM, reading its properties with the PropertyCollector, reconfiguring it (change tracking), its
  * snapshots (create, remove, wait for the task), QueryChangedDiskAreas, and reading datastore files.
  *
- * Faults are translated here, at the edge: InvalidLogin and NotAuthenticated -> SOURCE_AUTH_FAILED,
+ * The session: vCenter ends a session idle for 30 minutes (by default), and a backup can spend hours
+ * reading without a SOAP call; `keepAlive` asks the time now and then while a snapshot is held, and a
+ * call refused with NotAuthenticated logs in again once (same credentials) and is retried, so the
+ * snapshot can still be removed after the session was dropped.
+ *
+ * Faults are translated here, at the edge: InvalidLogin -> SOURCE_AUTH_FAILED, NotAuthenticated (after
+ * the one new login) -> SOURCE_AUTH_FAILED saying the session ended,
  * NoPermission -> SOURCE_AUTH_FAILED naming the privilege, ManagedObjectNotFound -> NOT_FOUND; the rest
  * becomes SOURCE_UNREADABLE naming the method and the fault. Callers that act on particular faults
  * (QueryChangedDiskAreas on a reset tracker, a quiesce that failed) get the VimFault itself from the
@@ -35,6 +41,9 @@ export interface VmDisk {
 export interface SnapshotNode {
   snapshot: MoRef;
   name: string;
+  description: string;
+  /** When the snapshot was made (ms since the epoch); NaN when the server did not say. */
+  createTime: number;
   quiesced: boolean;
   children: SnapshotNode[];
 }
@@ -44,6 +53,8 @@ export interface VmInfo {
   name: string;
   instanceUuid: string;
   changeTracking: boolean;
+  /** runtime.powerState: poweredOn, poweredOff or suspended. */
+  powerState: string;
   disks: VmDisk[];
   snapshots: SnapshotNode[];
 }
@@ -69,12 +80,18 @@ interface ServiceContent {
 
 const SERVICE_INSTANCE: MoRef = { type: 'ServiceInstance', value: 'ServiceInstance' };
 
+/** How often a held session is used while nothing else talks to vCenter (its default idle timeout is 30 min). */
+const KEEPALIVE_MS = 10 * 60_000;
+
 export class VsphereClient {
   private loggedIn = false;
+  private keepAliveTimer: NodeJS.Timeout | undefined;
+  private reloginPending: Promise<void> | undefined;
 
   private constructor(
     readonly soap: SoapClient,
     private readonly content: ServiceContent,
+    private readonly creds: Credentials,
   ) {}
 
   get what(): string {
@@ -95,16 +112,8 @@ export class VsphereClient {
         return r;
       };
       const content = { propertyCollector: ref('propertyCollector'), sessionManager: ref('sessionManager'), searchIndex: ref('searchIndex'), viewManager: ref('viewManager'), rootFolder: ref('rootFolder') };
-      const client = new VsphereClient(soap, content);
-      await soap
-        .call('Login', content.sessionManager, `<userName>${escapeXml(creds.user)}</userName><password>${escapeXml(creds.password)}</password>`)
-        .catch((err: unknown) => {
-          if (err instanceof VimFault && err.faultType === 'InvalidLogin') {
-            throw new CairnError('SOURCE_AUTH_FAILED', `${soap.what} refused the login of '${creds.user}' (InvalidLogin): check the user name and the password in password-file= or CAIRN_VSPHERE_PASSWORD`);
-          }
-          throw translate(err, soap.what, 'Login');
-        });
-      client.loggedIn = true;
+      const client = new VsphereClient(soap, content, creds);
+      await client.sessionLogin();
       return client;
     } catch (err) {
       soap.close();
@@ -112,8 +121,33 @@ export class VsphereClient {
     }
   }
 
+  private async sessionLogin(): Promise<void> {
+    const { user, password } = this.creds;
+    await this.soap.call('Login', this.content.sessionManager, `<userName>${escapeXml(user)}</userName><password>${escapeXml(password)}</password>`).catch((err: unknown) => {
+      if (err instanceof VimFault && err.faultType === 'InvalidLogin') {
+        throw new CairnError('SOURCE_AUTH_FAILED', `${this.what} refused the login of '${user}' (InvalidLogin): check the user name and the password in password-file= or CAIRN_VSPHERE_PASSWORD`);
+      }
+      throw translate(err, this.what, 'Login');
+    });
+    this.loggedIn = true;
+  }
+
+  /**
+   * Keeps the session from expiring while `on` (CurrentTime every 10 minutes; failures are ignored, the
+   * next call logs in again). Idempotent; logout stops it.
+   */
+  keepAlive(on: boolean): void {
+    if (!on || !this.loggedIn) {
+      clearInterval(this.keepAliveTimer);
+      this.keepAliveTimer = undefined;
+      return;
+    }
+    this.keepAliveTimer ??= setInterval(() => void this.call('CurrentTime', SERVICE_INSTANCE).catch(() => undefined), KEEPALIVE_MS).unref();
+  }
+
   /** Ends the session and closes the connections. Never throws. */
   async logout(): Promise<void> {
+    this.keepAlive(false);
     if (this.loggedIn) {
       this.loggedIn = false;
       await this.soap.call('Logout', this.content.sessionManager).catch(() => undefined);
@@ -140,7 +174,7 @@ export class VsphereClient {
     }
     const matches = (await this.listVms()).filter((v) => v.name === spec);
     if (matches.length === 0) {
-      throw new CairnError('NOT_FOUND', `${this.what} has no virtual machine named '${spec}' that user can see; name it by its name, its id (vm-NN) or its instance UUID`);
+      throw new CairnError('NOT_FOUND', `${this.what} has no virtual machine named '${spec}' that ${this.creds.user} can see; name it by its name, its id (vm-NN) or its instance UUID`);
     }
     if (matches.length > 1) {
       throw new CairnError('USAGE', `${this.what} has ${matches.length} virtual machines named '${spec}' (${matches.map((m) => m.ref.value).join(', ')}); name the one to back up by its id (vm-NN) or instance UUID`);
@@ -173,7 +207,7 @@ export class VsphereClient {
       }
       return out;
     } finally {
-      await this.soap.call('DestroyView', view).catch(() => undefined);
+      await this.call('DestroyView', view).catch(() => undefined);
     }
   }
 
@@ -182,29 +216,38 @@ export class VsphereClient {
     const spec =
       `<specSet><propSet><type>${escapeXml(obj.type)}</type>${paths.map((p) => `<pathSet>${escapeXml(p)}</pathSet>`).join('')}</propSet>` +
       `<objectSet>${moRefXml('obj', obj)}<skip>false</skip></objectSet></specSet><options/>`;
-    const res = await this.invoke('RetrievePropertiesEx', this.content.propertyCollector, spec);
+    let res = await this.invoke('RetrievePropertiesEx', this.content.propertyCollector, spec);
+    // A property collector may answer a dropped session per property (missingSet) instead of with a fault.
+    const notAuthenticated = (r: XmlElement): boolean =>
+      childrenNamed(child(r, 'returnval'), 'objects').some((o) => childrenNamed(o, 'missingSet').some((m) => child(child(m, 'fault'), 'fault')?.type === 'NotAuthenticated'));
+    if (notAuthenticated(res) && this.loggedIn) {
+      await this.relogin();
+      res = await this.invoke('RetrievePropertiesEx', this.content.propertyCollector, spec);
+    }
     const out = new Map<string, XmlElement>();
     for (const o of childrenNamed(child(res, 'returnval'), 'objects')) {
       for (const p of childrenNamed(o, 'propSet')) {
         const val = child(p, 'val');
         if (val) out.set(childText(p, 'name') ?? '', val);
       }
-      const missing = child(o, 'missingSet');
-      if (missing && child(child(missing, 'fault'), 'fault')?.type === 'ManagedObjectNotFound') {
-        throw new CairnError('NOT_FOUND', `${obj.type} ${obj.value} does not exist on ${this.what}`);
+      for (const missing of childrenNamed(o, 'missingSet')) {
+        const fault = child(child(missing, 'fault'), 'fault');
+        if (fault?.type === 'ManagedObjectNotFound') throw new CairnError('NOT_FOUND', `${obj.type} ${obj.value} does not exist on ${this.what}`);
+        if (fault?.type === 'NotAuthenticated') throw translate(new VimFault('RetrievePropertiesEx', 'NotAuthenticated', '', fault), this.what, 'RetrievePropertiesEx');
       }
     }
     return out;
   }
 
   async vmInfo(vm: MoRef): Promise<VmInfo> {
-    const p = await this.properties(vm, ['name', 'config.instanceUuid', 'config.changeTrackingEnabled', 'config.hardware.device', 'snapshot']);
+    const p = await this.properties(vm, ['name', 'config.instanceUuid', 'config.changeTrackingEnabled', 'config.hardware.device', 'runtime.powerState', 'snapshot']);
     if (!p.has('name')) throw new CairnError('NOT_FOUND', `virtual machine ${vm.value} does not exist on ${this.what}`);
     return {
       ref: vm,
       name: p.get('name')!.text,
       instanceUuid: p.get('config.instanceUuid')?.text.trim() ?? '',
       changeTracking: p.get('config.changeTrackingEnabled')?.text.trim() === 'true',
+      powerState: p.get('runtime.powerState')?.text.trim() ?? 'poweredOn',
       disks: parseDisks(p.get('config.hardware.device')),
       snapshots: childrenNamed(p.get('snapshot'), 'rootSnapshotList').map(parseSnapshotTree),
     };
@@ -248,7 +291,7 @@ export class VsphereClient {
    * the changeId (FileFault, InvalidArgument: tracking was reset).
    */
   async queryChangedDiskAreas(vm: MoRef, snapshot: MoRef, deviceKey: number, startOffset: number, changeId: string): Promise<DiskChangeInfo> {
-    const res = await this.soap.call(
+    const res = await this.call(
       'QueryChangedDiskAreas',
       vm,
       `${moRefXml('snapshot', snapshot)}<deviceKey>${deviceKey}</deviceKey><startOffset>${startOffset}</startOffset><changeId>${escapeXml(changeId)}</changeId>`,
@@ -261,16 +304,20 @@ export class VsphereClient {
     };
   }
 
-  /** The inventory path of the VM's datacenter (folders and name), as dcPath= of datastore file access wants it. */
+  /**
+   * The inventory path of the VM's datacenter (folders and name), as dcPath= of datastore file access
+   * wants it. A VM in a vApp has no parent folder: its parentVApp leads up (through resource pools and
+   * its cluster or host) to the datacenter.
+   */
   async datacenterPath(vm: MoRef): Promise<string> {
     const names: string[] = [];
     let at: MoRef | undefined = vm;
     let inDatacenter = false;
     while (at && at.value !== this.content.rootFolder.value) {
-      const p = await this.properties(at, ['parent', 'name']);
+      const p = await this.properties(at, at.type === 'VirtualMachine' ? ['parent', 'parentVApp', 'name'] : ['parent', 'name']);
       if (at.type === 'Datacenter') inDatacenter = true;
       if (inDatacenter) names.unshift(p.get('name')?.text ?? '');
-      at = parseMoRef(p.get('parent'));
+      at = parseMoRef(p.get('parent') ?? p.get('parentVApp'));
     }
     if (!inDatacenter) throw new CairnError('SOURCE_UNREADABLE', `virtual machine ${vm.value} on ${this.what} is in no datacenter`);
     return names.join('/');
@@ -278,9 +325,32 @@ export class VsphereClient {
 
   /** Calls a method, translating faults (see the class comment). */
   async invoke(method: string, self: MoRef, params = ''): Promise<XmlElement> {
-    return this.soap.call(method, self, params).catch((err: unknown) => {
+    return this.call(method, self, params).catch((err: unknown) => {
       throw translate(err, this.what, method);
     });
+  }
+
+  /**
+   * soap.call, except that a session vCenter dropped (NotAuthenticated) is logged in again once and
+   * the call retried; faults are thrown as VimFault.
+   */
+  private async call(method: string, self: MoRef, params = ''): Promise<XmlElement> {
+    try {
+      return await this.soap.call(method, self, params);
+    } catch (err) {
+      if (!(err instanceof VimFault && err.faultType === 'NotAuthenticated' && (this.loggedIn || this.reloginPending))) throw err;
+      await this.relogin().catch(() => {
+        throw err;
+      });
+      return this.soap.call(method, self, params);
+    }
+  }
+
+  /** One new Login for calls that found the session gone at the same time. */
+  private relogin(): Promise<void> {
+    this.loggedIn = false;
+    this.reloginPending ??= this.sessionLogin().finally(() => (this.reloginPending = undefined));
+    return this.reloginPending;
   }
 
   private async invokeTask(method: string, self: MoRef, params: string): Promise<MoRef> {
@@ -310,8 +380,9 @@ export function translate(err: unknown, what: string, method: string): unknown {
   if (!(err instanceof VimFault)) return err;
   switch (err.faultType) {
     case 'InvalidLogin':
+      return new CairnError('SOURCE_AUTH_FAILED', `${what}: ${method} was refused (InvalidLogin): check the user name and the password`, { cause: err });
     case 'NotAuthenticated':
-      return new CairnError('SOURCE_AUTH_FAILED', `${what}: ${method} was refused (${err.faultType}): the session is not logged in; check the user and password`, { cause: err });
+      return new CairnError('SOURCE_AUTH_FAILED', `${what}: ${method} was refused (${err.faultType}): the session ended (vCenter ends sessions idle for 30 minutes, or an administrator ended it) and logging in again failed`, { cause: err });
     case 'NoPermission':
       return new CairnError(
         'SOURCE_AUTH_FAILED',
@@ -350,6 +421,8 @@ function parseSnapshotTree(el: XmlElement): SnapshotNode {
   return {
     snapshot: parseMoRef(child(el, 'snapshot'))!,
     name: childText(el, 'name') ?? '',
+    description: childText(el, 'description') ?? '',
+    createTime: Date.parse(childText(el, 'createTime') ?? ''),
     quiesced: childText(el, 'quiesced') === 'true',
     children: childrenNamed(el, 'childSnapshotList').map(parseSnapshotTree),
   };

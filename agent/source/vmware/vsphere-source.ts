@@ -1,7 +1,10 @@
 import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, fromSystemError } from '../../../shared/errors.js';
+import { onInterrupt } from '../../../shared/interrupt.js';
 import type { BlockSource, ByteRange, CaptureContext, CaptureGroup, CaptureResult, ParentDisk, ReadPlan } from '../block-source.js';
-import { HttpsDiskReader, NbdHelperReader, type DiskReader } from './disk-readers.js';
+import { HttpsDiskReader, NbdHelperReader, type DiskReader, type NbdHelperProcess } from './disk-readers.js';
 import { VimFault, type MoRef } from './soap-client.js';
 import { allSnapshots, translate, VsphereClient, type VmDisk, type VmInfo } from './vsphere-client.js';
 import { isVsphereUrl, parseVsphereUrl, type VsphereUrl } from './vsphere-url.js';
@@ -72,9 +75,57 @@ function checkDisks(info: VmInfo, what: string): void {
   }
 }
 
+/** A Cairn snapshot older than this is removed by the next backup of its vault, whoever made it. */
+const STALE_SNAPSHOT_MS = 24 * 3600_000;
+/** How long abort() waits for a capture still running (the CLI exits 3 s after Ctrl-C). */
+const CAPTURE_SETTLE_MS = 2500;
+
+/** Who makes a snapshot, written into its description so a later backup can tell a dead backup's snapshot from a running one's. */
+interface SnapshotOwner {
+  host: string;
+  pid: number;
+  /** /proc/sys/kernel/random/boot_id: a pid is meaningful only within one boot; '' where there is none. */
+  boot: string;
+}
+
+async function thisProcess(): Promise<SnapshotOwner> {
+  const boot = await readFile('/proc/sys/kernel/random/boot_id', 'utf8').then((t) => t.trim(), () => '');
+  return { host: hostname(), pid: process.pid, boot };
+}
+
+function ownerText(o: SnapshotOwner): string {
+  return `owner host=${o.host} pid=${o.pid} boot=${o.boot || '-'}`;
+}
+
+function parseOwner(description: string): SnapshotOwner | undefined {
+  const m = /owner host=(\S+) pid=(\d+) boot=(\S+)/.exec(description);
+  return m ? { host: m[1]!, pid: Number(m[2]), boot: m[3] === '-' ? '' : m[3]! } : undefined;
+}
+
+function processRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Faults of a quiesced snapshot that mean the quiescing failed (retry without it), not the snapshot. */
+function isQuiesceFault(err: VimFault): boolean {
+  if (err.faultType === 'ApplicationQuiesceFault') return true;
+  // A quiesce that timed out: vSphere reports it as Timedout (or a generic fault) whose message names the quiescing.
+  return ['Timedout', 'SystemError', 'SnapshotFault'].includes(err.faultType) && /quiesc/i.test(err.text);
+}
+
 class VsphereVmGroup implements CaptureGroup {
   readonly disks: VsphereDiskSource[];
+  /** NBD helpers running or starting (transport=nbd). */
+  private readonly helpers = new Set<NbdHelperProcess>();
   private snapshot: MoRef | undefined;
+  private capturing: Promise<unknown> | undefined;
+  /** abort() or commit() was called: a capture still running stops at its next step. */
+  private ending = false;
   private finished = false;
 
   constructor(
@@ -91,26 +142,54 @@ class VsphereVmGroup implements CaptureGroup {
     return `virtual machine '${this.info.name}' (${this.info.ref.value}) on ${this.client.what}`;
   }
 
-  async capture(ctx: CaptureContext): Promise<CaptureResult> {
+  capture(ctx: CaptureContext): Promise<CaptureResult> {
+    const run = this.captureOnce(ctx);
+    this.capturing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async captureOnce(ctx: CaptureContext): Promise<CaptureResult> {
+    // Ctrl-C: stop at the next step, and stop helpers at once (one still starting would hold the capture
+    // up for a minute), whether the engine calls abort() now or after the capture has settled.
+    const unregister = onInterrupt(() => {
+      this.ending = true;
+      return this.stopHelpers();
+    });
+    try {
+      return await this.takeSnapshot(ctx);
+    } catch (err) {
+      await this.finish((e) => warnNow(this.leftSnapshot(e)));
+      throw err;
+    } finally {
+      unregister();
+    }
+  }
+
+  /** Throws once the group is being ended, so that a capture interrupted by abort() starts nothing new. */
+  private checkNotEnding(): void {
+    if (this.ending) throw new CairnError('SOURCE_UNREADABLE', `${this.vmName}: the backup was stopped while the snapshot was being made`);
+  }
+
+  private async takeSnapshot(ctx: CaptureContext): Promise<CaptureResult> {
     const warnings: string[] = [];
     const vm = this.info.ref;
+    this.client.keepAlive(true);
     if (!this.info.changeTracking) {
       await this.client.reconfigure(vm, '<changeTrackingEnabled>true</changeTrackingEnabled>');
       warnings.push(`${this.vmName}: changed block tracking was off; Cairn turned it on, so later backups read only changed blocks`);
     }
-    // Snapshots of this vault's chain left by a backup that was killed: the vault's lease says none is running.
     const prefix = `cairn-${ctx.vaultId.slice(0, 8)}-`;
-    for (const stale of allSnapshots(this.info.snapshots).filter((s) => s.name.startsWith(prefix))) {
-      await this.client.removeSnapshot(stale.snapshot).then(
-        () => warnings.push(`${this.vmName}: removed snapshot '${stale.name}' left by an interrupted backup`),
-        (err: Error) => warnings.push(`${this.vmName}: snapshot '${stale.name}' left by an interrupted backup was not removed (${err.message})`),
-      );
-    }
+    const me = await thisProcess();
+    await this.sweep(prefix, me, warnings);
+    this.checkNotEnding();
 
     const name = prefix + ctx.backupId;
-    const description = `Cairn backup ${ctx.backupId}; removed when the backup ends`;
+    const description = `Cairn backup ${ctx.backupId}; removed when the backup ends; ${ownerText(me)}`;
     let consistency: 'app_consistent' | 'crash_consistent' = 'crash_consistent';
-    if (this.url.quiesce !== 'off') {
+    if (this.info.powerState === 'poweredOff') {
+      // Nothing runs in the guest: the disks are as consistent as they get (vSphere would ignore quiesce anyway).
+      consistency = 'app_consistent';
+    } else if (this.url.quiesce !== 'off') {
       let why: string | undefined;
       try {
         this.snapshot = await this.client.createSnapshot(vm, name, description, true);
@@ -122,6 +201,7 @@ class VsphereVmGroup implements CaptureGroup {
         }
       } catch (err) {
         if (!(err instanceof VimFault)) throw err;
+        if (!isQuiesceFault(err)) throw this.snapshotFailed(err);
         why = `quiescing the guest with VMware Tools failed (${err.faultType}${err.text && err.text !== err.faultType ? `: ${err.text}` : ''})`;
       }
       if (why !== undefined) {
@@ -131,57 +211,120 @@ class VsphereVmGroup implements CaptureGroup {
         warnings.push(`${this.vmName}: ${why}; the backup is crash-consistent`);
       }
     }
+    this.checkNotEnding();
     if (!this.snapshot) {
       this.snapshot = await this.client.createSnapshot(vm, name, description, false).catch((err: unknown) => {
-        throw translate(err, this.client.what, 'CreateSnapshot_Task');
+        throw err instanceof VimFault ? this.snapshotFailed(err) : err;
       });
     }
-    try {
-      const frozen = await this.client.snapshotDisks(this.snapshot);
-      for (const disk of this.disks) {
-        const d = frozen.find((f) => f.key === disk.disk.key);
-        if (!d) throw new CairnError('SOURCE_UNREADABLE', `${this.vmName}: the snapshot has no disk with key ${disk.disk.key} ('${disk.disk.label}'); was the disk removed?`);
-        await disk.attach(d, this.snapshot, await this.openReader(d, this.snapshot));
-      }
-    } catch (err) {
-      await this.abort();
-      throw err;
+    this.checkNotEnding();
+    const frozen = await this.client.snapshotDisks(this.snapshot);
+    for (const disk of this.disks) {
+      const d = frozen.find((f) => f.key === disk.disk.key);
+      if (!d) throw new CairnError('SOURCE_UNREADABLE', `${this.vmName}: the snapshot has no disk with key ${disk.disk.key} ('${disk.disk.label}'); was the disk removed?`);
+      this.checkNotEnding();
+      await disk.attach(d, this.snapshot, await this.openReader(d, this.snapshot));
     }
     return { consistency, warnings };
   }
 
+  /**
+   * Removes Cairn snapshots of this vault whose backup is known to be over: made on this host in this
+   * boot by a process that is gone, or older than a day. Any other is another backup's that may still
+   * be running (vault leases do not exclude each other): left alone, with a warning.
+   */
+  private async sweep(prefix: string, me: SnapshotOwner, warnings: string[]): Promise<void> {
+    for (const s of allSnapshots(this.info.snapshots).filter((x) => x.name.startsWith(prefix))) {
+      const owner = parseOwner(s.description);
+      const age = Date.now() - s.createTime;
+      const ownerGone = owner !== undefined && me.boot !== '' && owner.host === me.host && owner.boot === me.boot && !processRunning(owner.pid);
+      const made = `${owner ? `made by process ${owner.pid} on ${owner.host}` : 'made by an unknown process'}${Number.isNaN(s.createTime) ? '' : ` at ${new Date(s.createTime).toISOString()}`}`;
+      if (!ownerGone && !(age > STALE_SNAPSHOT_MS)) {
+        warnings.push(`${this.vmName}: snapshot '${s.name}' (${made}) is on the VM: another backup of this vault seems to be running, so it was left alone; if none is, remove it in vSphere (a later backup removes it once it is a day old)`);
+        continue;
+      }
+      const why = ownerGone ? `its backup (process ${owner!.pid} on this host) is gone` : 'it is more than a day old';
+      await this.client.removeSnapshot(s.snapshot).then(
+        () => warnings.push(`${this.vmName}: removed snapshot '${s.name}' (${made}) left by an interrupted backup: ${why}`),
+        (err: Error) => warnings.push(`${this.vmName}: snapshot '${s.name}' (${made}) left by an interrupted backup was not removed (${err.message})`),
+      );
+    }
+  }
+
+  /** A snapshot vSphere would not make, as an error saying why (a quiesce failure is not handled here). */
+  private snapshotFailed(err: VimFault): unknown {
+    const t = translate(err, this.client.what, 'CreateSnapshot_Task');
+    if (t instanceof CairnError && t.code !== 'SOURCE_UNREADABLE') return t;
+    const fault = `${err.faultType}${err.text && err.text !== err.faultType ? `: ${err.text}` : ''}`;
+    if (['TooManySnapshotLevels', 'SnapshotDisabled', 'SnapshotIncompatibleDeviceInVm', 'NotSupported', 'MemorySnapshotOnIndependentDisk'].includes(err.faultType)) {
+      return new CairnError(
+        'SOURCE_UNSUPPORTED',
+        `${this.vmName}: vSphere cannot snapshot this VM (${fault}); remove or consolidate its older snapshots, or the device that prevents snapshots (passthrough, shared bus, fault tolerance), then back it up again`,
+        { cause: err },
+      );
+    }
+    return new CairnError(
+      'SOURCE_UNREADABLE',
+      `${this.vmName}: vSphere could not make the snapshot (${fault}); no backup was made. Check the free space of the VM's datastore and the task's events in vSphere`,
+      { cause: err },
+    );
+  }
+
   private openReader(d: VmDisk, snapshot: MoRef): Promise<DiskReader> {
     if (this.url.transport === 'https') return HttpsDiskReader.open(this.client.soap, d.fileName, this.dcPath, d.capacity);
-    return NbdHelperReader.start({
-      helper: this.url.nbdHelper!,
-      host: this.url.host,
-      port: this.url.port,
-      thumbprint: this.url.thumbprint,
-      user: this.url.user,
-      passwordFile: this.url.passwordFile,
-      password: this.password,
-      vm: this.info.ref,
-      snapshot,
-      fileName: d.fileName,
-      capacity: d.capacity,
-    });
+    return NbdHelperReader.start(
+      {
+        helper: this.url.nbdHelper!,
+        host: this.url.host,
+        port: this.url.port,
+        thumbprint: this.url.thumbprint,
+        user: this.url.user,
+        passwordFile: this.url.passwordFile,
+        password: this.password,
+        vm: this.info.ref,
+        snapshot,
+        fileName: d.fileName,
+        capacity: d.capacity,
+      },
+      this.helpers,
+    );
   }
 
   async commit(): Promise<string[]> {
     const warnings: string[] = [];
-    await this.finish((err) => warnings.push(`${this.vmName}: snapshot ${this.snapshot?.value} was not removed (${err.message}); remove it in vSphere, the next backup of this vault also removes it`));
+    await this.finish((err) => warnings.push(this.leftSnapshot(err)));
     return warnings;
   }
 
+  /**
+   * Safe while capture() runs (Ctrl-C): helpers are stopped at once (one still starting would hold the
+   * capture up), the capture is given CAPTURE_SETTLE_MS to stop at its next step, then whatever it made
+   * is removed. A snapshot that could not be removed is reported on stderr; it says who made it, so
+   * the next backup of the vault removes it.
+   */
   async abort(): Promise<void> {
-    await this.finish(() => undefined);
+    this.ending = true;
+    await this.stopHelpers();
+    if (this.capturing) await Promise.race([this.capturing, sleep(CAPTURE_SETTLE_MS, undefined, { ref: false })]);
+    await this.finish((err) => warnNow(this.leftSnapshot(err)));
   }
 
-  /** Closes the readers, removes the snapshot, logs out. Once; never throws. */
+  private leftSnapshot(err: Error): string {
+    return `${this.vmName}: snapshot ${this.snapshot?.value} was not removed (${err.message}); remove it in vSphere, the next backup of this vault also removes it`;
+  }
+
+  private async stopHelpers(): Promise<void> {
+    await Promise.all([...this.helpers].map((h) => h.stop()));
+    this.helpers.clear();
+  }
+
+  /** Closes the readers and helpers, removes the snapshot, logs out. Once; never throws. */
   private async finish(onRemoveError: (err: Error) => void): Promise<void> {
+    this.ending = true;
     if (this.finished) return;
     this.finished = true;
-    for (const d of this.disks) await d.detach();
+    await Promise.all(this.disks.map((d) => d.detach()));
+    await this.stopHelpers();
     await this.removeSnapshot().catch(onRemoveError);
     await this.client.logout();
   }
@@ -192,6 +335,11 @@ class VsphereVmGroup implements CaptureGroup {
     await this.client.removeSnapshot(s);
     this.snapshot = undefined;
   }
+}
+
+/** A warning that cannot be stored in a backup (abort has no result): the user sees it on stderr. */
+function warnNow(message: string): void {
+  process.stderr.write(`cairn: warning: ${message}\n`);
 }
 
 /** One disk of a VM; readable once its group is captured. */
@@ -242,7 +390,9 @@ class VsphereDiskSource implements BlockSource {
             ? 'the parent backup has no change id'
             : cbtId(parent.changeToken) !== cbtId(changeId)
               ? `changed block tracking of the disk was reset since the parent backup (change id ${parent.changeToken} is not in the disk's history, now ${changeId})`
-              : undefined;
+              : cbtSequence(changeId) <= cbtSequence(parent.changeToken)
+                ? `the disk's change id went back from ${parent.changeToken} to ${changeId} since the parent backup (was the VM reverted to an older snapshot?)`
+                : undefined;
       if (why === undefined) {
         try {
           const ranges = await this.changedAreas(parent.changeToken!);
@@ -307,4 +457,10 @@ class VsphereDiskSource implements BlockSource {
 function cbtId(changeId: string): string {
   const slash = changeId.lastIndexOf('/');
   return slash < 0 ? changeId : changeId.slice(0, slash);
+}
+
+/** The sequence number in a changeId (`<uuid>/<sequence>`); it grows with every snapshot of the tracked disk. */
+function cbtSequence(changeId: string): number {
+  const slash = changeId.lastIndexOf('/');
+  return slash < 0 ? NaN : Number(changeId.slice(slash + 1));
 }
