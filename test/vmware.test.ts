@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMoRef, type MoRef } from '../agent/source/vmware/soap-client.js';
 import { VsphereClient, type VmInfo } from '../agent/source/vmware/vsphere-client.js';
 import { child, childrenNamed, childText, escapeXml } from '../agent/source/vmware/xml.js';
-import { cliPath, expectCliError, KiB, MiB, PASSPHRASE, Sandbox, scanChunks, sha256File, waitFor, writeAt } from './helpers.js';
+import { cliPath, expectCliError, KiB, MiB, PASSPHRASE, Sandbox, scanChunks, sha256File, waitFor, writeAt, type BackupJson } from './helpers.js';
 import { startVcsim, type Vcsim, type VcsimVm } from './support/vcsim.js';
 
 /**
@@ -18,25 +18,6 @@ import { startVcsim, type Vcsim, type VcsimVm } from './support/vcsim.js';
  */
 
 const GRANULE = 64 * KiB;
-
-interface DiskJson {
-  source: string;
-  size: number;
-  changeDetection: string;
-  bytesRead: number;
-  dirtyBytes?: number;
-  changeToken?: string;
-  usedBytes: number;
-}
-interface BackupJson {
-  id: string;
-  name: string;
-  kind: string;
-  consistency: string;
-  bytesRead: number;
-  warnings: string[];
-  disks: DiskJson[];
-}
 
 let sim: Vcsim;
 let sb: Sandbox;
