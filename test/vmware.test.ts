@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseMoRef, type MoRef } from '../agent/source/vmware/soap-client.js';
@@ -342,6 +342,18 @@ describe('vmware source (vcsim)', () => {
     const to = sb.path('restored-vm2-poweredoff-1.img');
     expect((await sb.cairn(['restore', 'vm2-poweredoff', '--vault', vault, '--to', to, '--disk', '1'])).code).toBe(0);
     expect(await sha256File(to)).toBe(await sha256File(disks[1]!));
+
+    // Suspended: vSphere cannot quiesce it, so quiesce=require refuses and leaves nothing behind.
+    await runTask('PowerOnVM_Task', vmRef(vm));
+    await runTask('SuspendVM_Task', vmRef(vm));
+    expect((await vmInfo(vm)).powerState).toBe('suspended');
+    const refused = await sb.cairn(['backup', vsphereUrl(vm.name, { quiesce: 'require' }), '--vault', vault]);
+    expectCliError(refused, 'QUIESCE_FAILED', 'the VM is suspended', 'Resume or power off the VM');
+    await expectNoSnapshots(vm);
+    const suspended = await backup(vsphereUrl(vm.name), 'vm2-suspended');
+    expect(suspended.consistency).toBe('crash_consistent');
+    expect(suspended.warnings.join('\n')).toContain('the VM is suspended');
+    await expectNoSnapshots(vm);
   });
 
   it('a read failure mid-backup fails the backup with SOURCE_UNREADABLE and removes the snapshot', async () => {
@@ -394,11 +406,19 @@ describe('vmware source (vcsim)', () => {
       c.once('exit', () => resolve(c.pid!));
     });
     const prefix = `cairn-${vaultId.slice(0, 8)}-`;
-    const owner = (pid: number) => `Cairn backup x; removed when the backup ends; owner host=${hostname()} pid=${pid} boot=${boot}`;
+    const stat = await readFile('/proc/self/stat', 'utf8');
+    const myStart = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+    const myNs = await readlink('/proc/self/ns/pid');
+    const owner = (pid: number, start = myStart, ns = myNs) =>
+      `Cairn backup x; removed when the backup ends; owner host=${hostname()} pid=${pid} start=${start} ns=${ns} boot=${boot} backup=x`;
     const leftover = (name: string, description: string) =>
       runTask('CreateSnapshot_Task', vmRef(vm), `<name>${name}</name><description>${escapeXml(description)}</description><memory>false</memory><quiesce>false</quiesce>`);
     await leftover(`${prefix}killed`, owner(dead));
     await leftover(`${prefix}running`, owner(process.pid));
+    // The pid now names a process started later than the snapshot's maker: the maker is gone.
+    await leftover(`${prefix}reused`, owner(process.pid, '1'));
+    // Made in another pid namespace (a container sharing the host name): its pids say nothing here.
+    await leftover(`${prefix}container`, owner(dead, myStart, 'pid:[1]'));
     await leftover('cairn-00000000-other-vault', owner(dead));
 
     const r = await backup(vsphereUrl(vm.name), 'vm4-sweep');
@@ -406,11 +426,14 @@ describe('vmware source (vcsim)', () => {
     expect(warnings).toContain(`removed snapshot '${prefix}killed'`);
     expect(warnings).toContain(`process ${dead} on this host`);
     expect(warnings).toMatch(new RegExp(`snapshot '${prefix}running' .*another backup of this vault seems to be running`));
+    expect(warnings).toContain(`removed snapshot '${prefix}reused'`);
+    expect(warnings).toMatch(new RegExp(`snapshot '${prefix}container' .*another backup of this vault seems to be running`));
     expect(warnings).not.toContain('other-vault');
     const left = (await vmInfo(vm)).snapshots;
     const names = (nodes: VmInfo['snapshots']): string[] => nodes.flatMap((n) => [n.name, ...names(n.children)]);
-    expect(names(left).sort()).toEqual(['cairn-00000000-other-vault', `${prefix}running`]);
-    for (const n of left.flatMap((t) => [t, ...t.children])) await api.removeSnapshot(n.snapshot);
+    expect(names(left).sort()).toEqual(['cairn-00000000-other-vault', `${prefix}container`, `${prefix}running`].sort());
+    const all = (nodes: VmInfo['snapshots']): VmInfo['snapshots'] => nodes.flatMap((n) => [n, ...all(n.children)]);
+    for (const n of all(left)) await api.removeSnapshot(n.snapshot);
     await expectNoSnapshots(vm);
   });
 

@@ -199,7 +199,8 @@ export class NbdHelperReader implements DiskReader {
     private readonly helpers: Set<NbdHelperProcess>,
   ) {}
 
-  static async start(job: NbdHelperJob, helpers: Set<NbdHelperProcess>): Promise<NbdHelperReader> {
+  /** `ending`: the backup is being stopped; a helper not spawned yet is not. */
+  static async start(job: NbdHelperJob, helpers: Set<NbdHelperProcess>, ending: () => boolean = () => false): Promise<NbdHelperReader> {
     const what = `the NBD helper ${job.helper} for ${job.fileName}`;
     const helper = new NbdHelperProcess(await mkdtemp(join(tmpdir(), 'cairn-vsphere-nbd-')));
     helpers.add(helper);
@@ -214,7 +215,7 @@ export class NbdHelperReader implements DiskReader {
       passwordFile = join(helper.dir, 'password');
       await writeFile(passwordFile, job.password, { mode: 0o600 }).catch((err: unknown) => fail(fromSystemError(err, `writing the password file for ${what}`, passwordFile!)));
     }
-    if (helper.stopped) return fail(new CairnError('SOURCE_UNREADABLE', `${what} was not started: the backup is being stopped`));
+    if (helper.stopped || ending()) return fail(new CairnError('SOURCE_UNREADABLE', `${what} was not started: the backup is being stopped`));
     const child = spawn(job.helper, [], { env: helperEnv(job, passwordFile, socket), stdio: ['ignore', 'ignore', 'pipe'] });
     helper.child = child;
     let stderr = '';

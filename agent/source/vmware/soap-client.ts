@@ -116,6 +116,13 @@ export class SoapClient {
   async readDatastoreFile(path: string, offset: number, target: Buffer): Promise<number> {
     const res = await this.send('GET', path, { range: `bytes=${offset}-${offset + target.length - 1}` }, undefined, target.length);
     const where = `${decodeURIComponent(path.split('?')[0]!)} at ${this.what}, bytes ${offset}-${offset + target.length - 1}`;
+    if (res.status === 206) {
+      // The part must start where it was asked to: a proxy answering another range would give wrong data.
+      const range = /^bytes (\d+)-\d+\/(?:\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
+      if (!range || Number(range[1]) !== offset) {
+        throw new CairnError('SOURCE_UNREADABLE', `reading ${where}: the server answered another byte range (Content-Range: ${String(res.headers['content-range'] ?? 'none')}); is a proxy in between? Connect to vCenter directly, or use transport=nbd`);
+      }
+    }
     if (res.status === 206 || (res.status === 200 && offset === 0)) {
       return res.body.copy(target, 0, 0, Math.min(res.body.length, target.length));
     }
@@ -127,7 +134,7 @@ export class SoapClient {
     }
     if (res.status === 416) return 0;
     if (res.status === 401 || res.status === 403) {
-      throw new CairnError('SOURCE_AUTH_FAILED', `reading ${where}: HTTP ${res.status}; the user needs the privilege Datastore > Browse datastore`);
+      throw new CairnError('SOURCE_AUTH_FAILED', `reading ${where}: HTTP ${res.status}; the user needs the privilege Datastore > Browse datastore (or the session ended: vCenter drops idle sessions after 30 minutes by default)`);
     }
     if (res.status === 404) throw new CairnError('NOT_FOUND', `reading ${where}: the file does not exist (HTTP 404)`);
     const text = res.body.toString('utf8', 0, Math.min(res.body.length, 200)).trim();

@@ -85,6 +85,8 @@ const KEEPALIVE_MS = 10 * 60_000;
 
 export class VsphereClient {
   private loggedIn = false;
+  /** logout() was called: a session vCenter dropped is not logged in again (nor one that came back during logout). */
+  private closed = false;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private reloginPending: Promise<void> | undefined;
 
@@ -130,6 +132,7 @@ export class VsphereClient {
       throw translate(err, this.what, 'Login');
     });
     this.loggedIn = true;
+    if (this.closed) await this.logout(); // logout() ran while this Login was under way
   }
 
   /**
@@ -147,6 +150,7 @@ export class VsphereClient {
 
   /** Ends the session and closes the connections. Never throws. */
   async logout(): Promise<void> {
+    this.closed = true;
     this.keepAlive(false);
     if (this.loggedIn) {
       this.loggedIn = false;
@@ -220,7 +224,7 @@ export class VsphereClient {
     // A property collector may answer a dropped session per property (missingSet) instead of with a fault.
     const notAuthenticated = (r: XmlElement): boolean =>
       childrenNamed(child(r, 'returnval'), 'objects').some((o) => childrenNamed(o, 'missingSet').some((m) => child(child(m, 'fault'), 'fault')?.type === 'NotAuthenticated'));
-    if (notAuthenticated(res) && this.loggedIn) {
+    if (notAuthenticated(res) && !this.closed) {
       await this.relogin();
       res = await this.invoke('RetrievePropertiesEx', this.content.propertyCollector, spec);
     }
@@ -338,7 +342,7 @@ export class VsphereClient {
     try {
       return await this.soap.call(method, self, params);
     } catch (err) {
-      if (!(err instanceof VimFault && err.faultType === 'NotAuthenticated' && (this.loggedIn || this.reloginPending))) throw err;
+      if (!(err instanceof VimFault && err.faultType === 'NotAuthenticated' && !this.closed)) throw err;
       await this.relogin().catch(() => {
         throw err;
       });
@@ -348,6 +352,7 @@ export class VsphereClient {
 
   /** One new Login for calls that found the session gone at the same time. */
   private relogin(): Promise<void> {
+    if (this.closed) return Promise.reject(new CairnError('SOURCE_UNREADABLE', `${this.what}: the session was ended`));
     this.loggedIn = false;
     this.reloginPending ??= this.sessionLogin().finally(() => (this.reloginPending = undefined));
     return this.reloginPending;

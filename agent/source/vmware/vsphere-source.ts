@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, readlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CairnError, fromSystemError } from '../../../shared/errors.js';
@@ -77,38 +77,67 @@ function checkDisks(info: VmInfo, what: string): void {
 
 /** A Cairn snapshot older than this is removed by the next backup of its vault, whoever made it. */
 const STALE_SNAPSHOT_MS = 24 * 3600_000;
-/** How long abort() waits for a capture still running (the CLI exits 3 s after Ctrl-C). */
-const CAPTURE_SETTLE_MS = 2500;
+/**
+ * How long abort() waits for a capture still running. The engine has waited 2 s already on Ctrl-C,
+ * and the CLI exits 3 s after the signal.
+ */
+const CAPTURE_SETTLE_MS = 500;
 
-/** Who makes a snapshot, written into its description so a later backup can tell a dead backup's snapshot from a running one's. */
+/** Backups this process is making right now: a snapshot this process made for another one is a leftover. */
+const backupsInProgress = new Set<string>();
+
+/**
+ * Who makes a snapshot, written into its description so that a later backup can tell a dead backup's
+ * snapshot from a running one's. A process is named by its pid within its pid namespace and boot,
+ * with its start time (a pid is reused; containers on one host share hostname and boot id).
+ */
 interface SnapshotOwner {
   host: string;
   pid: number;
-  /** /proc/sys/kernel/random/boot_id: a pid is meaningful only within one boot; '' where there is none. */
+  /** Start time of the process (/proc/PID/stat field 22, clock ticks since boot). */
+  start: string;
+  /** /proc/self/ns/pid, e.g. pid:[4026531836]. */
+  ns: string;
+  /** /proc/sys/kernel/random/boot_id. */
   boot: string;
+  /** The backup the snapshot is for. */
+  backup: string;
 }
 
-async function thisProcess(): Promise<SnapshotOwner> {
-  const boot = await readFile('/proc/sys/kernel/random/boot_id', 'utf8').then((t) => t.trim(), () => '');
-  return { host: hostname(), pid: process.pid, boot };
+async function processStart(pid: number | 'self'): Promise<string | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  // Field 22, counted after the command name (which is in parentheses and may hold spaces).
+  return stat?.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
 }
 
-function ownerText(o: SnapshotOwner): string {
-  return `owner host=${o.host} pid=${o.pid} boot=${o.boot || '-'}`;
+async function thisProcess(backup: string): Promise<SnapshotOwner | undefined> {
+  const [boot, ns, start] = await Promise.all([
+    readFile('/proc/sys/kernel/random/boot_id', 'utf8').then((t) => t.trim(), () => undefined),
+    readlink('/proc/self/ns/pid').catch(() => undefined),
+    processStart('self'),
+  ]);
+  return boot && ns && start ? { host: hostname(), pid: process.pid, start, ns, boot, backup } : undefined;
+}
+
+function ownerText(o: SnapshotOwner | undefined): string {
+  return o ? `owner host=${o.host} pid=${o.pid} start=${o.start} ns=${o.ns} boot=${o.boot} backup=${o.backup}` : 'owner unknown';
 }
 
 function parseOwner(description: string): SnapshotOwner | undefined {
-  const m = /owner host=(\S+) pid=(\d+) boot=(\S+)/.exec(description);
-  return m ? { host: m[1]!, pid: Number(m[2]), boot: m[3] === '-' ? '' : m[3]! } : undefined;
+  const m = /owner host=(\S+) pid=(\d+) start=(\d+) ns=(\S+) boot=(\S+) backup=(\S+)/.exec(description);
+  return m ? { host: m[1]!, pid: Number(m[2]), start: m[3]!, ns: m[4]!, boot: m[5]!, backup: m[6]! } : undefined;
 }
 
-function processRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/**
+ * True when the snapshot's maker is known to be gone: it ran on this host, in this boot and pid
+ * namespace, and its process has ended (the pid is gone or now names a process started later), or it
+ * is this very process, which is no longer making that backup.
+ */
+async function ownerGone(owner: SnapshotOwner | undefined, me: SnapshotOwner | undefined): Promise<boolean> {
+  if (!owner || !me || owner.host !== me.host || owner.boot !== me.boot || owner.ns !== me.ns) return false;
+  if (owner.pid === me.pid && owner.start === me.start) return !backupsInProgress.has(owner.backup);
+  const start = await processStart(owner.pid);
+  return start === undefined || start !== owner.start;
 }
 
 /** Faults of a quiesced snapshot that mean the quiescing failed (retry without it), not the snapshot. */
@@ -126,7 +155,8 @@ class VsphereVmGroup implements CaptureGroup {
   private capturing: Promise<unknown> | undefined;
   /** abort() or commit() was called: a capture still running stops at its next step. */
   private ending = false;
-  private finished = false;
+  private finishing: Promise<void> = Promise.resolve();
+  private backupId: string | undefined;
 
   constructor(
     readonly client: VsphereClient,
@@ -179,16 +209,28 @@ class VsphereVmGroup implements CaptureGroup {
       warnings.push(`${this.vmName}: changed block tracking was off; Cairn turned it on, so later backups read only changed blocks`);
     }
     const prefix = `cairn-${ctx.vaultId.slice(0, 8)}-`;
-    const me = await thisProcess();
+    this.backupId = ctx.backupId;
+    backupsInProgress.add(ctx.backupId);
+    const me = await thisProcess(ctx.backupId);
     await this.sweep(prefix, me, warnings);
     this.checkNotEnding();
 
     const name = prefix + ctx.backupId;
     const description = `Cairn backup ${ctx.backupId}; removed when the backup ends; ${ownerText(me)}`;
     let consistency: 'app_consistent' | 'crash_consistent' = 'crash_consistent';
-    if (this.info.powerState === 'poweredOff') {
+    // The power state now, not when the VM was opened: the vault's index may have taken a while to load.
+    const power = (await this.client.vmInfo(vm)).powerState;
+    if (power === 'poweredOff') {
       // Nothing runs in the guest: the disks are as consistent as they get (vSphere would ignore quiesce anyway).
       consistency = 'app_consistent';
+    } else if (power === 'suspended') {
+      // vSphere cannot quiesce a suspended guest; its disks are as they were when it was suspended,
+      // its memory (which the backup does not hold) belongs with them.
+      const why = 'the VM is suspended, so VMware Tools cannot quiesce it; its disks are backed up as they are, without its memory state';
+      if (this.url.quiesce === 'require') {
+        throw new CairnError('QUIESCE_FAILED', `${this.vmName}: ${why}; no backup was made (quiesce=require). Resume or power off the VM, or use quiesce=auto`);
+      }
+      if (this.url.quiesce !== 'off') warnings.push(`${this.vmName}: ${why}; the backup is crash-consistent`);
     } else if (this.url.quiesce !== 'off') {
       let why: string | undefined;
       try {
@@ -225,6 +267,7 @@ class VsphereVmGroup implements CaptureGroup {
       this.checkNotEnding();
       await disk.attach(d, this.snapshot, await this.openReader(d, this.snapshot));
     }
+    this.checkNotEnding();
     return { consistency, warnings };
   }
 
@@ -233,17 +276,17 @@ class VsphereVmGroup implements CaptureGroup {
    * boot by a process that is gone, or older than a day. Any other is another backup's that may still
    * be running (vault leases do not exclude each other): left alone, with a warning.
    */
-  private async sweep(prefix: string, me: SnapshotOwner, warnings: string[]): Promise<void> {
+  private async sweep(prefix: string, me: SnapshotOwner | undefined, warnings: string[]): Promise<void> {
     for (const s of allSnapshots(this.info.snapshots).filter((x) => x.name.startsWith(prefix))) {
       const owner = parseOwner(s.description);
       const age = Date.now() - s.createTime;
-      const ownerGone = owner !== undefined && me.boot !== '' && owner.host === me.host && owner.boot === me.boot && !processRunning(owner.pid);
+      const gone = await ownerGone(owner, me);
       const made = `${owner ? `made by process ${owner.pid} on ${owner.host}` : 'made by an unknown process'}${Number.isNaN(s.createTime) ? '' : ` at ${new Date(s.createTime).toISOString()}`}`;
-      if (!ownerGone && !(age > STALE_SNAPSHOT_MS)) {
+      if (!gone && !(age > STALE_SNAPSHOT_MS)) {
         warnings.push(`${this.vmName}: snapshot '${s.name}' (${made}) is on the VM: another backup of this vault seems to be running, so it was left alone; if none is, remove it in vSphere (a later backup removes it once it is a day old)`);
         continue;
       }
-      const why = ownerGone ? `its backup (process ${owner!.pid} on this host) is gone` : 'it is more than a day old';
+      const why = gone ? `its backup (process ${owner!.pid} on this host) is over` : 'it is more than a day old';
       await this.client.removeSnapshot(s.snapshot).then(
         () => warnings.push(`${this.vmName}: removed snapshot '${s.name}' (${made}) left by an interrupted backup: ${why}`),
         (err: Error) => warnings.push(`${this.vmName}: snapshot '${s.name}' (${made}) left by an interrupted backup was not removed (${err.message})`),
@@ -287,6 +330,7 @@ class VsphereVmGroup implements CaptureGroup {
         capacity: d.capacity,
       },
       this.helpers,
+      () => this.ending,
     );
   }
 
@@ -313,20 +357,27 @@ class VsphereVmGroup implements CaptureGroup {
     return `${this.vmName}: snapshot ${this.snapshot?.value} was not removed (${err.message}); remove it in vSphere, the next backup of this vault also removes it`;
   }
 
+  /** Stops the helpers running or starting now; one that registers meanwhile sees `ending` and does not start. */
   private async stopHelpers(): Promise<void> {
-    await Promise.all([...this.helpers].map((h) => h.stop()));
-    this.helpers.clear();
+    const stopping = [...this.helpers];
+    await Promise.all(stopping.map((h) => h.stop()));
+    for (const h of stopping) this.helpers.delete(h);
   }
 
-  /** Closes the readers and helpers, removes the snapshot, logs out. Once; never throws. */
-  private async finish(onRemoveError: (err: Error) => void): Promise<void> {
+  /**
+   * Closes the readers and helpers, removes the snapshot, logs out. Calls run one after another, and a
+   * later one cleans up what a capture still under way made after the earlier one; never throws.
+   */
+  private finish(onRemoveError: (err: Error) => void): Promise<void> {
     this.ending = true;
-    if (this.finished) return;
-    this.finished = true;
-    await Promise.all(this.disks.map((d) => d.detach()));
-    await this.stopHelpers();
-    await this.removeSnapshot().catch(onRemoveError);
-    await this.client.logout();
+    this.finishing = this.finishing.then(async () => {
+      await Promise.all(this.disks.map((d) => d.detach()));
+      await this.stopHelpers();
+      await this.removeSnapshot().catch(onRemoveError);
+      await this.client.logout();
+      if (this.backupId !== undefined) backupsInProgress.delete(this.backupId);
+    });
+    return this.finishing;
   }
 
   private async removeSnapshot(): Promise<void> {
