@@ -4,11 +4,12 @@ import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CairnError } from '../errors.js';
 import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
+import { cdcMasks, checkParams, cutPoint, gearTable } from './cdc.js';
 import { ChunkHasher, ID_BYTES } from './crypto.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './worker-protocol.js';
 
 /**
- * Worker thread for the CPU-heavy steps: zero detection and hashing, then compression and
+ * Worker thread for the CPU-heavy steps: content-defined cutting (file data), zero detection and hashing, then compression and
  * encryption of the chunks the main thread asks for (backup); decryption, decompression and id
  * checks (restore, verify). Backup data lives in shared slots (worker-protocol.ts, BatchSlot) and
  * never crosses the thread boundary.
@@ -22,7 +23,9 @@ const encoder = new ChunkEncoder(encKey, init.compressionLevel);
 const decoder = new ChunkDecoder(encKey, idKey);
 let slots: { input: Buffer; output: Buffer }[] = [];
 let jobBuffer = Buffer.alloc(0);
-const held = new Map<number, { slot: number; data: Buffer; chunkSize: number; ids: Buffer }>();
+const gear = gearTable(idKey);
+/** A hashed or cut batch waiting for its 'encode': chunk i is data[starts[i], starts[i] + lengths[i]). */
+const held = new Map<number, { slot: number; data: Buffer; starts: number[]; lengths: number[]; ids: Buffer }>();
 let zeros = Buffer.alloc(0);
 
 function isZero(b: Buffer): boolean {
@@ -39,13 +42,54 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       const data = slots[req.slot].input.subarray(0, req.length);
       const count = Math.ceil(req.length / req.chunkSize);
       const ids = Buffer.alloc(count * ID_BYTES);
+      const starts: number[] = [];
+      const lengths: number[] = [];
       for (let i = 0; i < count; i++) {
-        const chunk = data.subarray(i * req.chunkSize, Math.min((i + 1) * req.chunkSize, req.length));
+        const start = i * req.chunkSize;
+        starts.push(start);
+        lengths.push(Math.min(req.chunkSize, req.length - start));
+        const chunk = data.subarray(start, start + lengths[i]);
         if (!isZero(chunk)) hasher.id(chunk).copy(ids, i * ID_BYTES);
       }
-      held.set(req.batch, { slot: req.slot, data, chunkSize: req.chunkSize, ids });
+      held.set(req.batch, { slot: req.slot, data, starts, lengths, ids });
       const copy = new Uint8Array(ids).buffer;
       return { reply: { type: 'hashed', batch: req.batch, ids: copy }, transfer: [copy] };
+    }
+    case 'cut': {
+      const input = slots[req.slot].input;
+      checkParams(req.params);
+      const { min, avg, max } = req.params;
+      const { strict, loose } = cdcMasks(req.params);
+      const starts: number[] = [];
+      const lengths: number[] = [];
+      const chunks: number[] = [];
+      const consumed: number[] = [];
+      let at = 0;
+      for (const seg of req.segments) {
+        const end = at + seg.length;
+        if (end > input.length) throw new CairnError('INTERNAL', `cut segments pass the end of slot ${req.slot}`);
+        let pos = at;
+        let n = 0;
+        while (pos < end) {
+          const len = cutPoint(input, pos, end, min, avg, max, strict, loose, gear);
+          if (!seg.final && len === end - pos && len < max) break;
+          starts.push(pos);
+          lengths.push(len);
+          pos += len;
+          n++;
+        }
+        chunks.push(n);
+        consumed.push(pos - at);
+        at = end;
+      }
+      const ids = Buffer.alloc(starts.length * ID_BYTES);
+      for (let i = 0; i < starts.length; i++) {
+        const chunk = input.subarray(starts[i], starts[i] + lengths[i]);
+        if (!isZero(chunk)) hasher.id(chunk).copy(ids, i * ID_BYTES);
+      }
+      held.set(req.batch, { slot: req.slot, data: input, starts, lengths, ids });
+      const copy = new Uint8Array(ids).buffer;
+      return { reply: { type: 'chunked', batch: req.batch, ids: copy, lengths, chunks, consumed }, transfer: [copy] };
     }
     case 'encode': {
       const batch = held.get(req.batch);
@@ -55,8 +99,11 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       const items: number[] = [];
       let at = 0;
       for (const i of req.which) {
-        const chunk = batch.data.subarray(i * batch.chunkSize, Math.min((i + 1) * batch.chunkSize, batch.data.length));
+        const chunk = batch.data.subarray(batch.starts[i], batch.starts[i] + batch.lengths[i]);
         const enc = encoder.encode(batch.ids.subarray(i * ID_BYTES, (i + 1) * ID_BYTES), chunk);
+        if (at + enc.length > out.length) {
+          throw new CairnError('INTERNAL', `the output of slot ${batch.slot} (${out.length} bytes) is too small for the batch's blobs`);
+        }
         items.push(i, enc.codec, at, enc.length, chunk.length);
         for (const p of enc.parts) at += p.copy(out, at);
       }
@@ -66,14 +113,14 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       const data = req.slot !== undefined ? slots[req.slot].input.subarray(0, req.length) : Buffer.from(req.data!);
       const ids = Buffer.from(req.ids);
       const errors: { index: number; message: string }[] = [];
-      const writing = req.fd !== undefined;
+      const writing = req.fd !== undefined || req.items.some((it) => it.fds !== undefined);
       // Decode the whole job into one buffer first, then write it under the pool's write lock:
       // concurrent writers to one file contend on its inode lock and burn CPU spinning.
       if (writing) {
         const need = req.items.reduce((s, it) => s + it.rawLength, 0) + 1;
         if (jobBuffer.length < need) jobBuffer = Buffer.allocUnsafeSlow(need);
       }
-      const writes: { position: number; at: number; length: number }[] = [];
+      const writes: Write[] = [];
       let at = 0;
       req.items.forEach((it, n) => {
         let plain: Buffer;
@@ -91,29 +138,43 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
           return;
         }
         if (!writing) return;
-        for (const p of it.positions ?? []) writes.push({ position: p * req.chunkSize!, at, length: plain.length });
+        for (const p of it.positions ?? []) writes.push({ fd: req.fd!, position: p * req.chunkSize!, at, length: plain.length });
+        const offsets = it.offsets ?? [];
+        for (let k = 0; k < offsets.length; k++) {
+          const fd = it.fds ? it.fds[k] : req.fd;
+          if (fd === undefined) throw new CairnError('INTERNAL', 'a decode item has offsets but no file to write them to');
+          writes.push({ fd, position: offsets[k], at, length: plain.length });
+        }
         at += plain.length;
       });
-      const bytesWritten = writing ? writeRuns(req.fd!, writes) : 0;
+      const bytesWritten = writing ? writeRuns(writes) : 0;
       return { reply: { type: 'decoded', job: req.job, bytesWritten, errors }, transfer: [] };
     }
   }
 }
 
+interface Write {
+  fd: number;
+  position: number;
+  at: number;
+  length: number;
+}
+
 /**
  * Writes decoded chunks (views of jobBuffer) at their positions, holding the pool-wide write lock;
- * adjacent positions go out in one pwritev.
+ * adjacent positions of one file go out in one pwritev.
  */
-function writeRuns(fd: number, writes: { position: number; at: number; length: number }[]): number {
-  writes.sort((a, b) => a.position - b.position);
+function writeRuns(writes: Write[]): number {
+  writes.sort((a, b) => a.fd - b.fd || a.position - b.position);
   let total = 0;
   lockWrites();
   try {
     for (let i = 0; i < writes.length; ) {
+      const fd = writes[i].fd;
       const start = writes[i].position;
       const parts: Buffer[] = [];
       let end = start;
-      while (i < writes.length && writes[i].position === end && parts.length < 256) {
+      while (i < writes.length && writes[i].fd === fd && writes[i].position === end && parts.length < 256) {
         parts.push(jobBuffer.subarray(writes[i].at, writes[i].at + writes[i].length));
         end += writes[i].length;
         i++;

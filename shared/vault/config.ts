@@ -1,4 +1,5 @@
 import { CairnError } from '../errors.js';
+import { DEFAULT_CDC, validCdcParams, type CdcParams } from './cdc.js';
 
 /**
  * The vault's `config` object (FORMAT.md, "config"): plaintext JSON, written once by `vault init`
@@ -22,6 +23,11 @@ export interface VaultConfig {
   /** Target pack size; packs close when they reach it. */
   packSize: number;
   compression: { algorithm: 'zstd'; level: number };
+  /**
+   * Content-defined chunking of file data (cdc.ts): min, average and max chunk size. Written by
+   * `vault init` since file-system backups exist; a config without it uses DEFAULT_CDC.
+   */
+  cdc?: CdcParams;
   /** Set on vaults in Object Lock buckets: every backup is kept `days` at least (retention.ts). */
   immutability?: { days: number; generationDays: number };
 }
@@ -55,5 +61,13 @@ export function parseConfig(raw: Buffer, location: string): VaultConfig {
   if (!validChunkSize(cfg.chunkSize) || !(cfg.packSize > 0) || cfg.compression?.algorithm !== 'zstd') {
     throw new CairnError('VAULT_CORRUPT', `the config of the vault at ${location} has invalid parameters`);
   }
+  if (cfg.cdc !== undefined && !validCdcParams(cfg.cdc)) {
+    throw new CairnError('VAULT_CORRUPT', `the config of the vault at ${location} has invalid content-defined chunking parameters`);
+  }
   return cfg;
+}
+
+/** The chunking parameters of file data in a vault: its config's `cdc`, or DEFAULT_CDC for configs written before it. */
+export function cdcParams(cfg: VaultConfig): CdcParams {
+  return cfg.cdc ?? DEFAULT_CDC;
 }

@@ -5,6 +5,7 @@ import type { IndexedPack } from './index-file.js';
 import { Lease, liveLeases } from './lease.js';
 import { packKey, type PackEntry } from './pack.js';
 import { PackWriter } from './pack-writer.js';
+import type { Manifest } from './manifest.js';
 import { collectReferences } from './references.js';
 import { deleteUnlessRetained, packRetention, pruneLedger } from './retention.js';
 import type { Vault } from './vault.js';
@@ -26,6 +27,8 @@ export interface GcResult {
   /** Bytes copied into new packs by repacking. */
   bytesRepacked: number;
   blockMapsDeleted: number;
+  /** Parts of trees (file-system backups) whose backup has no manifest. */
+  treePartsDeleted: number;
   indexObjectsBefore: number;
   indexObjectsAfter: number;
   /** Packs kept because they are younger than the grace period or a running backup. */
@@ -38,7 +41,8 @@ export interface GcResult {
 
 /**
  * Garbage collection without a lock that stops backups (FORMAT.md, "Garbage collection"):
- * 1. mark: every chunk referenced by a manifest's block maps;
+ * 1. mark: every chunk referenced by a manifest's block maps or tree; refused (VAULT_CORRUPT) when
+ *    one cannot be read, since its chunks would look dead;
  * 2. plan: packs with no live chunk, and packs worth repacking (live chunks copied first), older
  *    than the grace period and than every live lease, are condemned in `gc/plan`; from then on
  *    backups do not reuse chunks from condemned packs;
@@ -75,7 +79,7 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   const indexKeysNow = await vault.listIndexKeys();
   const perPack = await readPerPack(vault, indexKeysNow);
   const manifests = await vault.listBackups();
-  const { refs } = await collectReferences(vault, manifests);
+  const { refs } = await marked(vault, manifests);
   const packs = await vault.listPacks();
   const others = (await liveLeases(vault)).filter((l) => l.id !== lease.record.id);
   const now = vault.clock.now().getTime();
@@ -136,6 +140,7 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
     bytesFreed: 0,
     bytesRepacked,
     blockMapsDeleted: 0,
+    treePartsDeleted: 0,
     indexObjectsBefore: indexKeys.length,
     indexObjectsAfter: indexKeysNow.length,
     packsTooYoung,
@@ -143,7 +148,8 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
     deferred: null,
   };
   if (condemned.size === 0 && !previous) {
-    result.blockMapsDeleted = await deleteOrphanBlockMaps(vault, manifests.map((m) => m.id), cutoff);
+    result.blockMapsDeleted = await deleteOrphans(vault, 'blockmaps/', manifests.map((m) => m.id), cutoff);
+    result.treePartsDeleted = await deleteOrphans(vault, 'trees/', manifests.map((m) => m.id), cutoff);
     return result;
   }
   await writeGcPlan(vault, plan);
@@ -159,7 +165,7 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   const finalKeys = await vault.listIndexKeys();
   const finalPerPack = await readPerPack(vault, finalKeys);
   const finalManifests = await vault.listBackups();
-  const finalRefs = (await collectReferences(vault, finalManifests)).refs;
+  const finalRefs = (await marked(vault, finalManifests)).refs;
   const heldElsewhere = new Set<string>();
   for (const [packId, entries] of finalPerPack) {
     if (condemned.has(packId)) continue;
@@ -188,7 +194,8 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   }
   await vault.store.delete(GC_PLAN_KEY);
   result.packsAfter = (await vault.listPacks()).size;
-  result.blockMapsDeleted = await deleteOrphanBlockMaps(vault, finalManifests.map((m) => m.id), cutoff);
+  result.blockMapsDeleted = await deleteOrphans(vault, 'blockmaps/', finalManifests.map((m) => m.id), cutoff);
+  result.treePartsDeleted = await deleteOrphans(vault, 'trees/', finalManifests.map((m) => m.id), cutoff);
   await deleteExpiredLeases(vault);
   if (vault.config.immutability) await pruneLedger(vault);
   return result;
@@ -207,11 +214,31 @@ async function readPerPack(vault: Vault, keys: string[]): Promise<Map<string, Pa
   return out;
 }
 
-/** Block maps whose backup has no manifest (deleted, or never committed) and that are old enough. */
-async function deleteOrphanBlockMaps(vault: Vault, backupIds: string[], cutoff: number): Promise<number> {
+/**
+ * The references of every backup; VAULT_CORRUPT when a block map or tree part cannot be read: the
+ * chunks it names would look dead and be deleted.
+ */
+async function marked(vault: Vault, manifests: Manifest[]): Promise<{ refs: Map<string, Set<string>> }> {
+  const { refs, unreadable } = await collectReferences(vault, manifests);
+  if (unreadable.length) {
+    const u = unreadable[0];
+    throw new CairnError(
+      'VAULT_CORRUPT',
+      `gc stopped before deleting anything: ${u.key} of backup ${u.backup.name} (${u.backup.id}) cannot be read (${u.message}); ` +
+        `run 'cairn vault verify', and delete that backup if it cannot be repaired`,
+    );
+  }
+  return { refs };
+}
+
+/**
+ * Block maps (`blockmaps/<backup id>/<disk>`) or tree parts (`trees/<backup id>/<part>`) whose backup
+ * has no manifest (deleted, or never committed) and that are old enough.
+ */
+async function deleteOrphans(vault: Vault, prefix: 'blockmaps/' | 'trees/', backupIds: string[], cutoff: number): Promise<number> {
   const live = new Set(backupIds);
   let n = 0;
-  for await (const o of vault.store.list('blockmaps/')) {
+  for await (const o of vault.store.list(prefix)) {
     const backupId = o.key.split('/')[1];
     if (live.has(backupId) || o.modified.getTime() >= cutoff) continue;
     if (!(await deleteUnlessRetained(vault, o.key))) continue;

@@ -1,5 +1,6 @@
 import { CairnError } from '../errors.js';
 import { open, seal } from './crypto.js';
+import type { TreeRecord } from './tree.js';
 
 /**
  * Backup manifests (FORMAT.md, "Backup manifests"): `backups/<id>`, sealed JSON, written last. A
@@ -56,6 +57,10 @@ export interface Manifest {
   host: string;
   consistency: Consistency;
   disks: DiskRecord[];
+  /** 'filesystem' for a `dir` backup (its data in `tree`, `disks` empty); absent or 'disk' for disk backups. */
+  type?: 'disk' | 'filesystem';
+  /** The tree of a file-system backup (tree.ts). */
+  tree?: TreeRecord;
   bytesRead: number;
   bytesStored: number;
   /** What did not go as asked but did not fail the backup: a lost bitmap (compare used), a failed quiesce hook. */

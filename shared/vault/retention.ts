@@ -80,11 +80,7 @@ export async function packRetention(
  * Returns how many objects got a later date.
  */
 export async function protectBackup(vault: Vault, index: ChunkIndex, maps: BlockMap[]): Promise<number> {
-  const im = vault.config.immutability;
-  if (!im || !vault.store.extendRetention) return 0;
-  const now = vault.clock.now();
-  const until = retentionDate(im, now);
-  const needFrom = now.getTime() + im.days * DAY;
+  if (!vault.config.immutability || !vault.store.extendRetention) return 0;
   const used = new Set<string>();
   for (const map of maps) {
     for (let p = 0; p < map.count; p++) {
@@ -93,6 +89,16 @@ export async function protectBackup(vault: Vault, index: ChunkIndex, maps: Block
       if (loc) used.add(loc.packId);
     }
   }
+  return protectPacks(vault, used);
+}
+
+/** protectBackup for a backup whose chunks the caller has mapped to packs already (a file-system backup's tree). */
+export async function protectPacks(vault: Vault, used: Set<string>): Promise<number> {
+  const im = vault.config.immutability;
+  if (!im || !vault.store.extendRetention) return 0;
+  const now = vault.clock.now();
+  const until = retentionDate(im, now);
+  const needFrom = now.getTime() + im.days * DAY;
   const ledger = await readLedger(vault);
   const current = await packRetention(vault, await vault.listPacks(), ledger);
   const extend = [...used].filter((id) => (current.get(id)?.getTime() ?? 0) < needFrom);

@@ -13,6 +13,7 @@ import {
   type VaultConfig,
   type VaultType,
 } from './config.js';
+import { DEFAULT_CDC, validCdcParams, type CdcParams } from './cdc.js';
 import { defaultScrypt, newMasterKey, type MasterKey } from './crypto.js';
 import { unwrapMasterKey, wrapMasterKey } from './keys.js';
 import { ChunkIndex } from './chunk-index.js';
@@ -29,6 +30,8 @@ export interface InitOptions {
   chunkSize?: number;
   packSize?: number;
   compressionLevel?: number;
+  /** Content-defined chunking of file data (default DEFAULT_CDC: 256 KiB / 1 MiB / 4 MiB). */
+  cdc?: CdcParams;
   /** Keep every backup this many days under Object Lock (the store must support it). */
   immutableDays?: number;
   /**
@@ -77,6 +80,13 @@ export class Vault {
     if (!validChunkSize(chunkSize)) {
       throw new CairnError('USAGE', `chunk size ${chunkSize} is invalid: use a power of two from 4K to 4M, e.g. 64K`);
     }
+    const cdc = opts.cdc ?? DEFAULT_CDC;
+    if (!validCdcParams(cdc)) {
+      throw new CairnError(
+        'USAGE',
+        `chunking parameters ${JSON.stringify(cdc)} are invalid: use 1K <= min < avg < max <= 64M with avg a power of two, e.g. 256K/1M/4M`,
+      );
+    }
     if (await store.stat('config')) {
       throw new CairnError('VAULT_EXISTS', `a vault exists already at ${store.location}; use it, or choose an empty location`);
     }
@@ -113,6 +123,7 @@ export class Vault {
       chunkSize,
       packSize: opts.packSize ?? DEFAULT_PACK,
       compression: { algorithm: 'zstd', level: opts.compressionLevel ?? DEFAULT_ZSTD_LEVEL },
+      cdc: { min: cdc.min, avg: cdc.avg, max: cdc.max },
       ...(immutability ? { immutability } : {}),
     };
     const retainUntil = immutability && retentionDate(immutability, clock.now());

@@ -10,7 +10,7 @@ import type { WorkerPool } from './worker-pool.js';
 
 export interface VerifyProblem {
   /** What kind of damage: a missing or unreadable object, or a chunk missing or corrupt. */
-  kind: 'missing-pack' | 'bad-pack' | 'missing-chunk' | 'corrupt-chunk' | 'bad-block-map' | 'bad-index';
+  kind: 'missing-pack' | 'bad-pack' | 'missing-chunk' | 'corrupt-chunk' | 'bad-block-map' | 'bad-tree' | 'bad-index';
   object: string;
   message: string;
 }
@@ -34,7 +34,7 @@ export interface VerifyResult {
 }
 
 /**
- * Checks a vault. Always: every manifest and block map decodes, every chunk a backup needs is in an
+ * Checks a vault. Always: every manifest, block map and tree part decodes, every chunk a backup needs (its block maps' or its files') is in an
  * index, every indexed pack exists with the size its index implies. With readData: every pack is
  * read whole, its header authenticated, and every chunk decrypted, decompressed and hashed in the
  * workers. Every problem is listed, and every backup that needs a missing or corrupt chunk is named.
@@ -58,7 +58,7 @@ export async function verifyVault(
     }
   };
   for (const u of unreadable) {
-    problems.push({ kind: 'bad-block-map', object: u.key, message: u.message });
+    problems.push({ kind: u.key.startsWith('trees/') ? 'bad-tree' : 'bad-block-map', object: u.key, message: u.message });
     affected.set(u.backup.id, affected.get(u.backup.id) ?? { id: u.backup.id, name: u.backup.name, missingChunks: 0, corruptChunks: 0 });
   }
 

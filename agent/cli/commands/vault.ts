@@ -11,7 +11,7 @@ import { formatBytes } from '../format.js';
 import { ProgressBar } from '../progress.js';
 
 export const vaultHelp = `Usage:
-  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE]
+  cairn vault init <vault> [--type disk|server|filesystem|hybrid] [--chunk-size SIZE] [--file-chunk-avg SIZE]
                    [--pack-size SIZE] [--compression-level N] [--immutable-days N] [--kdf-log-n N] [--json]
   cairn vault gc --vault <vault> [--grace DURATION] [--upload-concurrency N] [--json]
   cairn vault verify --vault <vault> [--read-data] [--json]
@@ -22,6 +22,8 @@ standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws
 from CAIRN_PASSPHRASE or --passphrase-file FILE. --limit-upload / --limit-download R cap transfers to
 R MiB/s.
   init     create a vault; --chunk-size is the fixed chunk size of disk block maps (default 64K);
+           --file-chunk-avg the average content-defined chunk of file data (default 1M; chunks are
+           from a quarter to four times it);
            packs are 16M in a folder and 32M in S3 by default; --immutable-days N (S3 buckets with
            Object Lock) keeps every backup N days so that nobody can delete it earlier; --kdf-log-n N
            (12-20, default 16) sets the passphrase's scrypt cost to 2^N: lower for small hosts or
@@ -55,6 +57,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
     ...vaultOptions,
     type: { type: 'string' },
     'chunk-size': { type: 'string' },
+    'file-chunk-avg': { type: 'string' },
     'compression-level': { type: 'string' },
     'pack-size': { type: 'string' },
     'immutable-days': { type: 'string' },
@@ -70,6 +73,10 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
     throw new CairnError('USAGE', `vault init: --type must be one of ${vaultTypes.join(', ')}, not '${values.type}'`);
   }
   const chunkSize = values['chunk-size'] ? parseSize(values['chunk-size'], '--chunk-size') : undefined;
+  const fileAvg = values['file-chunk-avg'] ? parseSize(values['file-chunk-avg'], '--file-chunk-avg') : undefined;
+  if (fileAvg !== undefined && (fileAvg < 16 * 1024 || fileAvg > 16 * 1024 * 1024 || (fileAvg & (fileAvg - 1)) !== 0)) {
+    throw new CairnError('USAGE', `vault init: --file-chunk-avg must be a power of two from 16K to 16M, e.g. 1M`);
+  }
   const level = values['compression-level'] !== undefined ? Number(values['compression-level']) : undefined;
   if (level !== undefined && (!Number.isInteger(level) || level < -7 || level > 19)) {
     throw new CairnError('USAGE', `vault init: --compression-level must be an integer from -7 to 19`);
@@ -96,6 +103,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   const vault = await Vault.init(store, passphrase, {
     type,
     chunkSize,
+    ...(fileAvg !== undefined ? { cdc: { min: fileAvg / 4, avg: fileAvg, max: fileAvg * 4 } } : {}),
     compressionLevel: level,
     packSize,
     immutableDays: days === undefined ? undefined : Number(days),
@@ -106,6 +114,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   else {
     out(`created ${c.type} vault ${c.id} at ${vault.store.location}`);
     out(`chunk size ${formatBytes(c.chunkSize)}, packs of ${formatBytes(c.packSize)}, zstd level ${c.compression.level}`);
+    if (c.cdc) out(`file data in chunks of ${formatBytes(c.cdc.min)} to ${formatBytes(c.cdc.max)}, ${formatBytes(c.cdc.avg)} on average`);
     if (c.immutability) {
       out(`immutable: Object Lock (compliance mode) keeps every backup ${c.immutability.days} days; retention is extended in ${c.immutability.generationDays}-day generations`);
     }
@@ -126,6 +135,7 @@ async function gc(argv: string[], out: (s: string) => void): Promise<number> {
     out(`${r.backups} backups keep ${r.packsAfter} of ${r.packsBefore} packs`);
     out(`deleted ${r.packsDeleted} packs (${formatBytes(r.bytesFreed)} freed), repacked ${r.packsRepacked} (${formatBytes(r.bytesRepacked)} copied)`);
     if (r.blockMapsDeleted) out(`deleted ${r.blockMapsDeleted} block maps of deleted backups`);
+    if (r.treePartsDeleted) out(`deleted ${r.treePartsDeleted} tree parts of deleted backups`);
     if (r.packsRetained) out(`kept ${r.packsRetained} packs with dead data that Object Lock still protects`);
     if (r.packsTooYoung) out(`kept ${r.packsTooYoung} unreferenced packs younger than the grace period or a running backup`);
     if (r.deferred) {

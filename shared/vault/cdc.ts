@@ -1,0 +1,150 @@
+import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { CairnError } from '../errors.js';
+
+/**
+ * Content-defined chunking for file data (FORMAT.md, "Content-defined chunks"): FastCDC with
+ * normalized chunking (Xia et al., USENIX ATC 2016), a gear table derived from the vault's chunk-id
+ * key (so chunk boundaries say nothing across vaults), sizes from the vault config.
+ *
+ * A boundary depends only on the bytes since the previous boundary, so an insertion or deletion
+ * moves the boundaries of the chunk it falls in (and rarely the next one); every later chunk is
+ * found again and deduplicates.
+ */
+export interface CdcParams {
+  /** No cut before this many bytes of a chunk. */
+  min: number;
+  /** Target average chunk size (a power of two). */
+  avg: number;
+  /** A cut is forced here. */
+  max: number;
+}
+
+export const DEFAULT_CDC: CdcParams = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
+
+/** Limits a vault config's `cdc` must keep (config.ts validates with `validCdcParams`). */
+export const CDC_MIN_BYTES = 1024;
+export const CDC_MAX_BYTES = 64 * 1024 * 1024;
+
+/** Normalization level: the strict mask has NORMALIZATION more bits than log2(avg), the loose one as many fewer. */
+const NORMALIZATION = 2;
+
+/** 256 gear values, one per byte value, as 32-bit integers. */
+export type GearTable = Int32Array;
+
+const GEAR_CONTEXT = 'cairn/cdc-gear/v1';
+
+/**
+ * The vault's gear table: 1024 bytes of keyed BLAKE3 (the chunk-id key) in counter mode, block i
+ * (0..31) = BLAKE3_keyed(chunkIdKey, "cairn/cdc-gear/v1" | u8 i), read as 256 little-endian u32.
+ * Deterministic per vault and secret without the key, like restic's per-repository polynomial.
+ */
+export function gearTable(chunkIdKey: Uint8Array): GearTable {
+  if (chunkIdKey.length !== 32) throw new CairnError('INTERNAL', `the chunk-id key has ${chunkIdKey.length} bytes, not 32`);
+  const hasher = Blake3Hasher.newKeyed(Buffer.from(chunkIdKey));
+  const bytes = Buffer.alloc(1024);
+  for (let i = 0; i < 32; i++) {
+    hasher.reset();
+    hasher.update(Buffer.concat([Buffer.from(GEAR_CONTEXT, 'ascii'), Buffer.from([i])]));
+    hasher.digestBuffer().copy(bytes, i * 32);
+  }
+  const gear = new Int32Array(256);
+  for (let i = 0; i < 256; i++) gear[i] = bytes.readInt32LE(i * 4);
+  return gear;
+}
+
+/** Whether params are usable: whole numbers, CDC_MIN_BYTES <= min < avg < max <= CDC_MAX_BYTES, avg a power of two. */
+export function validCdcParams(p: CdcParams | undefined): p is CdcParams {
+  if (!p || typeof p !== 'object') return false;
+  const { min, avg, max } = p;
+  return (
+    [min, avg, max].every((n) => Number.isInteger(n)) &&
+    min >= CDC_MIN_BYTES &&
+    min < avg &&
+    avg < max &&
+    max <= CDC_MAX_BYTES &&
+    (avg & (avg - 1)) === 0
+  );
+}
+
+/** INTERNAL unless validCdcParams: a max of 0 would never end, callers validate configs before this. */
+export function checkParams(p: CdcParams): void {
+  if (!validCdcParams(p)) throw new CairnError('INTERNAL', `invalid chunking parameters ${JSON.stringify(p)}`);
+}
+
+/**
+ * The two masks of normalized chunking: before `avg` bytes a cut needs log2(avg) + 2 zero bits (the
+ * strict mask), after it log2(avg) - 2 (the loose mask), which pulls chunk sizes towards avg. The
+ * bits are the high ones of the 32-bit fingerprint, from bit 30 down: bit k depends on the last
+ * k + 1 bytes, so the masks see a window of up to 31 bytes. Bit 31 is left out so that a loop may
+ * add two bytes per step (FastCDC's "rolling two bytes") with the masks shifted left by one.
+ */
+export function cdcMasks(p: CdcParams): { strict: number; loose: number } {
+  const bits = Math.round(Math.log2(p.avg));
+  const mask = (n: number) => ((2 ** Math.min(n, 31) - 1) * 2 ** (31 - Math.min(n, 31))) | 0;
+  return { strict: mask(bits + NORMALIZATION), loose: mask(Math.max(1, bits - NORMALIZATION)) };
+}
+
+/**
+ * Cuts `data`, which starts at a chunk boundary, into chunks; returns their lengths in order.
+ * With `final` (the data ends where the file does), the lengths sum to data.length: the tail after
+ * the last boundary is the last chunk (a file shorter than `min` is one chunk; empty data gives none).
+ * Without `final`, only chunks whose boundary is certain whatever follows are returned: the tail
+ * after them (shorter than `max`, possibly all of `data`) is left for the caller, who passes it again
+ * at the start of the next call, followed by more of the file. The same bytes always give the same
+ * cuts, however the file is split into calls.
+ *
+ * Pure and allocation-free per byte: a tight loop over the bytes (the bytes of the first `min` of
+ * each chunk are skipped, as in FastCDC).
+ */
+export function cut(data: Uint8Array, params: CdcParams, gear: GearTable, final: boolean): number[] {
+  checkParams(params);
+  const { min, avg, max } = params;
+  const { strict, loose } = cdcMasks(params);
+  const lengths: number[] = [];
+  let pos = 0;
+  const end = data.length;
+  while (pos < end) {
+    const rest = end - pos;
+    const n = cutPoint(data, pos, end, min, avg, max, strict, loose, gear);
+    // Not final: a chunk that runs to the end of the data might grow with more of the file.
+    if (!final && n === rest && rest < max) break;
+    lengths.push(n);
+    pos += n;
+  }
+  return lengths;
+}
+
+/**
+ * Length of the chunk starting at `start` in data[start, end): FastCDC's normalized cut (the gear
+ * fingerprint fp = (fp << 1) + gear[byte], from byte `min` of the chunk on; a cut after the byte
+ * where fp & mask == 0), or end - start when no cut comes first, or max.
+ */
+export function cutPoint(
+  data: Uint8Array,
+  start: number,
+  end: number,
+  min: number,
+  avg: number,
+  max: number,
+  strict: number,
+  loose: number,
+  gear: GearTable,
+): number {
+  const n = end - start;
+  if (n <= min) return n;
+  const limit = n < max ? n : max;
+  const normal = avg < limit ? avg : limit;
+  let fp = 0;
+  let i = start + min;
+  const normalEnd = start + normal;
+  for (; i < normalEnd; i++) {
+    fp = ((fp << 1) + gear[data[i]]) | 0;
+    if ((fp & strict) === 0) return i + 1 - start;
+  }
+  const limitEnd = start + limit;
+  for (; i < limitEnd; i++) {
+    fp = ((fp << 1) + gear[data[i]]) | 0;
+    if ((fp & loose) === 0) return i + 1 - start;
+  }
+  return limit;
+}

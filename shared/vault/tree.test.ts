@@ -1,0 +1,420 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { compress } from 'zstd-napi';
+
+import { deleteBackup } from '../../agent/backup/delete-backup.js';
+import { LocalStore } from '../store/local-store.js';
+import { ZERO_ID } from './block-map.js';
+import { cut, gearTable } from './cdc.js';
+import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
+import { ChunkHasher, seal } from './crypto.js';
+import { collectGarbage } from './gc.js';
+import { manifestKey, type Manifest } from './manifest.js';
+import { packKey } from './pack.js';
+import { PackWriter } from './pack-writer.js';
+import { collectReferences } from './references.js';
+import { decodeTreeEntries, encodeTreeEntries, readTree, treeKey, treePartKey, TreeWriter, TREE_MAGIC, type EntryType, type FileChunk, type TreeEntry } from './tree.js';
+import { Vault } from './vault.js';
+import { verifyVault } from './verify.js';
+import { WorkerPool } from './worker-pool.js';
+
+// The verify test needs `npm run build` first: it decodes chunks in the compiled worker.
+
+const TYPES: EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
+
+/** Names with bytes that are not UTF-8, control characters, spaces, backslashes. */
+const ODD = [Buffer.from([0xff, 0xfe]), Buffer.from('\n\t'), Buffer.from([0xc3, 0x28]), Buffer.from(' \\ "x"'), Buffer.from('ü€😀'), Buffer.from([1])];
+
+/** A canonical text of an entry (keys sorted, bytes in hex), for comparing many entries quickly. */
+function canon(e: TreeEntry): string {
+  const text = (v: unknown): string => {
+    if (Buffer.isBuffer(v)) return `<${v.toString('hex')}>`;
+    if (typeof v === 'bigint') return `${v}n`;
+    if (Array.isArray(v)) return `[${v.map(text).join(',')}]`;
+    if (v && typeof v === 'object') {
+      const o = v as Record<string, unknown>;
+      return `{${Object.keys(o)
+        .filter((k) => o[k] !== undefined)
+        .sort()
+        .map((k) => `${k}:${text(o[k])}`)
+        .join(',')}}`;
+    }
+    return JSON.stringify(v);
+  };
+  return text(e);
+}
+
+/** `n` entries of every type, sorted by path bytes: dirs d000.., each with entries of odd names. */
+function makeEntries(n: number): TreeEntry[] {
+  const out: TreeEntry[] = [];
+  const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 2049, ino: 2 };
+  out.push({ ...base, path: Buffer.alloc(0), type: 'dir' });
+  let i = 0;
+  for (let d = 0; out.length < n; d++) {
+    const dir = Buffer.from(`d${String(d).padStart(4, '0')}`);
+    out.push({ ...base, path: dir, type: 'dir', ino: 1000 + d, xattrs: [['user.dir', Buffer.from([d & 0xff])]] });
+    for (let k = 0; k < 1000 && out.length < n; k++, i++) {
+      const name = Buffer.concat([Buffer.from(`f${String(k).padStart(4, '0')}`), ODD[k % ODD.length]]);
+      const path = Buffer.concat([dir, Buffer.from('/'), name]);
+      const type = TYPES[i % TYPES.length];
+      const e: TreeEntry = {
+        path,
+        type,
+        mode: (i * 37) & 0o7777,
+        uid: i % 3 === 0 ? 4294967294 : 1000,
+        gid: i % 5,
+        size: 0,
+        mtimeNs: BigInt(i) * 1_000_000_007n - (i % 7 === 0 ? 10n ** 18n : 0n),
+        atimeNs: 2n ** 62n + BigInt(i),
+        ctimeNs: 1_764_000_000_123_456_789n + BigInt(i),
+        dev: i % 11 === 0 ? 2 ** 40 + 3 : 2049,
+        ino: i % 13 === 0 ? Number.MAX_SAFE_INTEGER - i : 5000 + i,
+      };
+      if (type === 'file') {
+        const chunks: FileChunk[] = [];
+        for (let c = 0; c < (i >> 3) % 4; c++) chunks.push({ id: c === 1 ? Buffer.from(ZERO_ID) : randomBytes(32), length: 1 + ((i * 7919 + c) % 4_000_000) });
+        e.chunks = chunks;
+        e.size = chunks.reduce((s, c) => s + c.length, 0);
+        if (i % 3 === 0) e.xattrs = [['security.selinux', Buffer.from('system_u:object_r:etc_t:s0\0')], ['user.bin', Buffer.from([0, 255, 10])]];
+      }
+      if (type === 'symlink') e.target = Buffer.concat([Buffer.from('../'), ODD[i % ODD.length]]);
+      if (type === 'hardlink') {
+        e.link = Buffer.from('d0000/f0001');
+        e.size = 12345;
+      }
+      if (type === 'chardev' || type === 'blockdev') e.rdev = (8 << 8) | (i & 0xff);
+      if (i % 17 === 0) e.warning = `unreadable: EACCES ${i} ü`;
+      out.push(e);
+    }
+  }
+  return out.sort((a, b) => Buffer.compare(a.path, b.path));
+}
+
+describe('tree', () => {
+  let dir: string;
+  let vault: Vault;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cairn-tree-'));
+    vault = await Vault.init(new LocalStore(dir), 'tree test', { kdfLogN: 12, chunkSize: 4096, packSize: 64 * 1024 });
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('round-trips 100k entries of every type, odd-byte paths and xattrs across several parts', async () => {
+    const entries = makeEntries(100_000);
+    const writer = new TreeWriter(vault, 'B1', { partBytes: 512 * 1024 });
+    for (const e of entries) await writer.add(e);
+    const record = await writer.finish();
+    expect(record.key).toBe(treeKey('B1'));
+    expect(record.parts).toBeGreaterThan(3);
+    expect(record.entries).toBe(entries.length);
+    expect(record.files).toBe(entries.filter((e) => e.type === 'file').length);
+    expect(record.dirs).toBe(entries.filter((e) => e.type === 'dir').length);
+    expect(record.bytes).toBe(entries.filter((e) => e.type === 'file').reduce((s, e) => s + e.size, 0));
+    expect(record.partial).toBe(entries.filter((e) => e.warning).length);
+    const stored: string[] = [];
+    for await (const o of vault.store.list(`${record.key}/`)) stored.push(o.key);
+    expect(stored.sort()).toEqual(Array.from({ length: record.parts }, (_, n) => treePartKey(record.key, n)));
+
+    let n = 0;
+    for await (const e of readTree(vault, record)) {
+      const want = entries[n++];
+      if (canon(e) !== canon(want)) expect(e).toEqual(want);
+    }
+    expect(n).toBe(entries.length);
+    // Every type and flag occurred.
+    expect(new Set(entries.map((e) => e.type))).toEqual(new Set(TYPES));
+  });
+
+  it('has the layout FORMAT.md gives (a golden part plaintext)', () => {
+    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 2 };
+    const entries: TreeEntry[] = [
+      { ...base, path: Buffer.alloc(0), type: 'dir' },
+      {
+        path: Buffer.from('a'),
+        type: 'file',
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        size: 5,
+        mtimeNs: 1_700_000_000_123_456_789n,
+        atimeNs: -1n,
+        ctimeNs: 0n,
+        dev: 1,
+        ino: 3,
+        xattrs: [['user.k', Buffer.from('v')]],
+        chunks: [{ id: Buffer.alloc(32, 0xab), length: 5 }],
+      },
+      { ...base, path: Buffer.from('a/l'), type: 'symlink', mode: 0o777, target: Buffer.from([0x78, 0xff]), warning: 'w' },
+    ];
+    const golden = [
+      '43524e5452454531 03000000', // magic, count
+      '00 00 00 00 ed03 00 00 00 0000000000000000 0000000000000000 0000000000000000 01 02', // root dir
+      '00 01 61 01 18 a403 e807 e807 05 15cd853dfe9c9717 ffffffffffffffff 0000000000000000 01 03', // file 'a'
+      `01 06 757365722e6b 01 76 01 ${'ab'.repeat(32)} 05`, // its xattr and chunk
+      '01 02 2f6c 02 21 ff03 00 00 00 0000000000000000 0000000000000000 0000000000000000 01 02 02 78ff 01 77', // 'a/l' symlink, warning
+    ]
+      .join('')
+      .replace(/ /g, '');
+    expect(encodeTreeEntries(entries).toString('hex')).toBe(golden);
+    expect(decodeTreeEntries(Buffer.from(golden, 'hex'), 'golden').map(canon)).toEqual(entries.map(canon));
+  });
+
+  it('refuses entries out of order, duplicates and chunks that do not cover the size (INTERNAL)', async () => {
+    const w = new TreeWriter(vault, 'B2');
+    const e = (path: string, extra: Partial<TreeEntry> = {}): TreeEntry => ({
+      path: Buffer.from(path),
+      type: 'dir',
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      size: 0,
+      mtimeNs: 0n,
+      atimeNs: 0n,
+      ctimeNs: 0n,
+      dev: 1,
+      ino: 1,
+      ...extra,
+    });
+    await w.add(e(''));
+    await w.add(e('a'));
+    await expect(w.add(e('a'))).rejects.toMatchObject({ code: 'INTERNAL' });
+    await expect(w.add(e('0'))).rejects.toMatchObject({ code: 'INTERNAL' });
+    await expect(w.add(e('b', { type: 'file', size: 10, chunks: [{ id: randomBytes(32), length: 9 }] }))).rejects.toMatchObject({
+      code: 'INTERNAL',
+    });
+    // Byte order: '.' (0x2e) sorts before '/' (0x2f), and 0xff after everything.
+    await w.add(e('a.b'));
+    await w.add(e('a/b'));
+    await w.add(e('a\xff', {}));
+    const record = await w.finish();
+    const paths: string[] = [];
+    for await (const x of readTree(vault, record)) paths.push(x.path.toString('latin1'));
+    expect(paths).toEqual(['', 'a', 'a.b', 'a/b', Buffer.from('a\xff').toString('latin1')]);
+  });
+
+  it('reports a missing or damaged part as VAULT_CORRUPT naming it, an unknown layout as VAULT_VERSION', async () => {
+    const w = new TreeWriter(vault, 'B3', { partBytes: 4096 });
+    for (const e of makeEntries(500)) await w.add(e);
+    const record = await w.finish();
+    expect(record.parts).toBeGreaterThan(2);
+    const part1 = treePartKey(record.key, 1);
+    const body = await vault.store.get(part1);
+    const damaged = Buffer.from(body);
+    damaged[40] ^= 1;
+    await vault.store.put(part1, () => damaged);
+    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringContaining(part1) });
+    await vault.store.delete(part1);
+    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringContaining(part1) });
+    const future = Buffer.concat([Buffer.from('CRNTREE9'), Buffer.alloc(4)]);
+    expect(TREE_MAGIC.toString()).toBe('CRNTREE1');
+    await vault.store.put(part1, () => seal(vault.key.encryption, compress(future), Buffer.from(`cairn/tree/v1/${part1}`)));
+    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_VERSION' });
+    // A part moved under another name does not authenticate.
+    await vault.store.put(part1, () => body);
+    await vault.store.put(treePartKey(record.key, 2), () => body);
+    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
+  });
+});
+
+async function drain<T>(it: AsyncIterable<T>): Promise<number> {
+  let n = 0;
+  for await (const _ of it) n++;
+  return n;
+}
+
+const HOUR = 3600_000;
+
+/**
+ * Stores files as a file-system backup the way a `dir` backup does (chunks by cdc into packs, index,
+ * tree parts, manifest), on the main thread.
+ */
+async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Promise<Manifest> {
+  const params = { min: 2048, avg: 8192, max: 32768 };
+  const gear = gearTable(vault.key.chunkId);
+  const { index } = await vault.loadIndex();
+  const writer = new PackWriter(vault, index);
+  const hasher = new ChunkHasher(vault.key.chunkId);
+  const encoder = new ChunkEncoder(vault.key.encryption, 1);
+  const id = vault.newBackupId();
+  const tree = new TreeWriter(vault, id, { partBytes: 200 });
+  const base = { mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1 };
+  await tree.add({ ...base, path: Buffer.alloc(0), type: 'dir', size: 0 });
+  for (const [n, data] of files.entries()) {
+    const chunks: FileChunk[] = [];
+    let at = 0;
+    for (const len of cut(data, params, gear, true)) {
+      const chunk = data.subarray(at, at + len);
+      at += len;
+      if (chunk.every((b) => b === 0)) {
+        chunks.push({ id: Buffer.from(ZERO_ID), length: len });
+        continue;
+      }
+      const cid = hasher.id(chunk);
+      chunks.push({ id: cid, length: len });
+      if (index.has(cid)) continue;
+      const enc = encoder.encode(cid, chunk);
+      await writer.waitForCapacity();
+      writer.add(cid, Buffer.concat(enc.parts), enc.codec, len);
+    }
+    await tree.add({ ...base, path: Buffer.from(`file${n}`), type: 'file', size: data.length, chunks });
+  }
+  await writer.flush();
+  const record = await tree.finish();
+  const now = vault.clock.now().toISOString();
+  const manifest: Manifest = {
+    version: 1,
+    id,
+    name,
+    kind: 'full',
+    resource: 'dir:///test',
+    parent: null,
+    startedAt: now,
+    finishedAt: now,
+    host: 'test',
+    consistency: 'crash_consistent',
+    disks: [],
+    type: 'filesystem',
+    tree: record,
+    bytesRead: 0,
+    bytesStored: writer.bytesWritten,
+  };
+  await vault.writeManifest(manifest);
+  return manifest;
+}
+
+/** Reads a file of a backup back from the vault, checking every chunk. */
+async function readFile(vault: Vault, m: Manifest, path: string): Promise<Buffer> {
+  const { index } = await vault.loadIndex({ includeCondemned: true });
+  const decoder = new ChunkDecoder(vault.key.encryption, vault.key.chunkId);
+  for await (const e of readTree(vault, m.tree!)) {
+    if (e.path.toString() !== path) continue;
+    const parts: Buffer[] = [];
+    for (const c of e.chunks!) {
+      if (c.id.equals(ZERO_ID)) {
+        parts.push(Buffer.alloc(c.length));
+        continue;
+      }
+      const loc = index.get(c.id);
+      if (!loc) throw new Error(`chunk of ${path} is in no index`);
+      const blob = await vault.store.get(packKey(loc.packId), { offset: loc.offset, length: loc.length });
+      parts.push(Buffer.from(decoder.decode(c.id, blob, loc.codec, loc.rawLength, loc.packId)));
+    }
+    return Buffer.concat(parts);
+  }
+  throw new Error(`${path} is not in the backup`);
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe('trees in gc, verify and delete', () => {
+  let dir: string;
+  let vault: Vault;
+  let now: number;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cairn-tree-gc-'));
+    now = Date.now() - 10 * HOUR;
+    const clock = { now: () => new Date(now) };
+    vault = await Vault.init(new LocalStore(dir), 'tree gc test', { kdfLogN: 12, chunkSize: 4096, packSize: 32 * 1024 }, { clock });
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('gc keeps the chunks trees reference and deletes orphan tree parts; delete removes the parts', async () => {
+    const keep = [randomBytes(100_000), Buffer.alloc(50_000), Buffer.concat([randomBytes(30_000), Buffer.alloc(70_000), randomBytes(5)])];
+    const gone = [randomBytes(120_000)];
+    const kept = await storeFileBackup(vault, keep, 'kept');
+    const dropped = await storeFileBackup(vault, gone, 'dropped');
+    expect(kept.tree!.parts).toBeGreaterThan(1);
+    const refs = (await collectReferences(vault, [kept])).refs;
+    expect(refs.size).toBeGreaterThan(10);
+
+    // Deleting a backup removes its manifest and every tree part.
+    await deleteBackup(vault, dropped);
+    expect(await vault.store.stat(manifestKey(dropped.id))).toBeUndefined();
+    const left: string[] = [];
+    for await (const o of vault.store.list('trees/')) left.push(o.key);
+    expect(left.every((k) => k.startsWith(`${kept.tree!.key}/`))).toBe(true);
+    expect(left).toHaveLength(kept.tree!.parts);
+
+    // An interrupted backup's tree parts (no manifest) and an interrupted delete's.
+    await vault.store.put(treePartKey(treeKey('20261125T000000Z-deadbeef'), 0), () => Buffer.from('x'));
+    await vault.store.put(treePartKey(treeKey('20261125T000000Z-deadbeef'), 1), () => Buffer.from('x'));
+
+    now = Date.now() + HOUR;
+    const r = await collectGarbage(vault, { graceMs: 15 * 60_000 });
+    expect(r.packsDeleted).toBeGreaterThan(0);
+    expect(r.treePartsDeleted).toBe(2);
+    const after: string[] = [];
+    for await (const o of vault.store.list('trees/')) after.push(o.key);
+    expect(after.sort()).toEqual(left.sort());
+    for (const [n, data] of keep.entries()) expect(sha(await readFile(vault, kept, `file${n}`))).toBe(sha(data));
+    const v = await verifyVault(vault, { readData: false });
+    expect(v.problems).toEqual([]);
+  });
+
+  it('gc stops when a tree part cannot be read, before deleting anything', async () => {
+    const m = await storeFileBackup(vault, [randomBytes(60_000)], 'b');
+    await storeFileBackup(vault, [randomBytes(60_000)], 'c').then((c) => deleteBackup(vault, c));
+    await vault.store.delete(treePartKey(m.tree!.key, 0));
+    const packs = (await vault.listPacks()).size;
+    now = Date.now() + HOUR;
+    await expect(collectGarbage(vault, { graceMs: 0 })).rejects.toMatchObject({
+      code: 'VAULT_CORRUPT',
+      message: expect.stringContaining(treePartKey(m.tree!.key, 0)),
+    });
+    expect((await vault.listPacks()).size).toBe(packs);
+  });
+
+  it('verify reads tree chunks: missing chunks, a damaged part and corrupt data name the backup', async () => {
+    const m = await storeFileBackup(vault, [randomBytes(80_000), randomBytes(40_000)], 'files');
+    const pool = new WorkerPool(vault.key, 1, 1);
+    try {
+      const ok = await verifyVault(vault, { readData: true, pool });
+      expect(ok.ok).toBe(true);
+      expect(ok.chunksChecked).toBeGreaterThan(10);
+
+      // Corrupt one blob of a pack: verify --read-data finds it and names the backup.
+      const { index } = await vault.loadIndex();
+      const someChunk = (await drainEntries(vault, m)).flatMap((e) => e.chunks ?? []).find((c) => !c.id.equals(ZERO_ID))!;
+      const loc = index.get(someChunk.id)!;
+      const pack = await vault.store.get(packKey(loc.packId));
+      const bad = Buffer.from(pack);
+      bad[loc.offset + 20] ^= 1;
+      await vault.store.put(packKey(loc.packId), () => bad);
+      const corrupt = await verifyVault(vault, { readData: true, pool });
+      expect(corrupt.problems.some((p) => p.kind === 'corrupt-chunk')).toBe(true);
+      expect(corrupt.affected).toEqual([expect.objectContaining({ id: m.id, corruptChunks: expect.any(Number) })]);
+
+      // A pack gone: its chunks are missing for this backup.
+      await vault.store.delete(packKey(loc.packId));
+      const missing = await verifyVault(vault, { readData: false });
+      expect(missing.problems.some((p) => p.kind === 'missing-pack')).toBe(true);
+      expect(missing.affected[0]).toMatchObject({ id: m.id });
+      expect(missing.affected[0].missingChunks).toBeGreaterThan(0);
+
+      // A damaged tree part.
+      const part = treePartKey(m.tree!.key, 0);
+      const body = Buffer.from(await vault.store.get(part));
+      body[body.length - 1] ^= 1;
+      await vault.store.put(part, () => body);
+      const badTree = await verifyVault(vault, { readData: false });
+      expect(badTree.problems).toContainEqual(expect.objectContaining({ kind: 'bad-tree', object: part }));
+      expect(badTree.affected.map((a) => a.id)).toEqual([m.id]);
+    } finally {
+      await pool.close();
+    }
+  });
+});
+
+async function drainEntries(vault: Vault, m: Manifest): Promise<TreeEntry[]> {
+  const out: TreeEntry[] = [];
+  for await (const e of readTree(vault, m.tree!)) out.push(e);
+  return out;
+}

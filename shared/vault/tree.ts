@@ -1,0 +1,502 @@
+import { compress, decompress } from 'zstd-napi';
+import { CairnError } from '../errors.js';
+import { ID_BYTES, open, seal } from './crypto.js';
+import type { Vault } from './vault.js';
+
+/**
+ * File-system backups (FORMAT.md, "Trees"): the tree of a `dir` backup, its entries sorted by path,
+ * stored as sealed, zstd-compressed parts `trees/<backup id>/<part>` after the packs and index
+ * objects that hold its chunks and before the manifest. File data is cut by content-defined chunking
+ * (cdc.ts) into chunks stored like disk chunks (same ids, packs, index), so equal data dedups across
+ * file and disk backups of one vault.
+ */
+
+export type EntryType = 'dir' | 'file' | 'symlink' | 'hardlink' | 'fifo' | 'socket' | 'chardev' | 'blockdev';
+
+/** One chunk of a file's data, in file order; the zero id (ZERO_ID) is an all-zero run, never stored (a hole on restore). */
+export interface FileChunk {
+  id: Buffer;
+  length: number;
+}
+
+export interface TreeEntry {
+  /**
+   * Path relative to the backup's root, '/'-separated, no leading or trailing slash; the root itself
+   * is the empty path. Raw bytes: names need not be UTF-8.
+   */
+  path: Buffer;
+  type: EntryType;
+  /** Permission bits with setuid, setgid and sticky (st_mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Bytes of a file (and of a hard link's data); 0 for other types. */
+  size: number;
+  /** Nanoseconds since the epoch. */
+  mtimeNs: bigint;
+  atimeNs: bigint;
+  ctimeNs: bigint;
+  /** Identity at backup time, for the next backup's change detection (size, mtime, ctime, inode). */
+  dev: number;
+  ino: number;
+  /** Symlink: the link's target, raw bytes. */
+  target?: Buffer;
+  /** Hard link: the path of the entry (an earlier 'file' in this tree) that holds the data. */
+  link?: Buffer;
+  /** chardev / blockdev: st_rdev. */
+  rdev?: number;
+  /** Extended attributes, name -> raw value, in name order. */
+  xattrs?: [string, Buffer][];
+  /** file: chunks covering exactly [0, size). */
+  chunks?: FileChunk[];
+  /** Something went wrong with this entry but not the backup: 'changed while read', 'unreadable: EACCES ...'. */
+  warning?: string;
+}
+
+/** What a manifest records of its tree (Manifest.tree). */
+export interface TreeRecord {
+  /** Key prefix of the parts: `trees/<backup id>`; parts are `<prefix>/<00000..>`. */
+  key: string;
+  parts: number;
+  entries: number;
+  files: number;
+  dirs: number;
+  /** Sum of file sizes. */
+  bytes: number;
+  /** Entries with a warning (unreadable, changed while read): the backup is partial when > 0. */
+  partial: number;
+}
+
+export function treeKey(backupId: string): string {
+  return `trees/${backupId}`;
+}
+
+/** The object key of part `n` (0-based) of the tree whose record key is `prefix`. */
+export function treePartKey(prefix: string, n: number): string {
+  return `${prefix}/${String(n).padStart(5, '0')}`;
+}
+
+/** Default plaintext size at which a part is closed (about 50 000 entries of small files). */
+export const TREE_PART_BYTES = 4 * 1024 * 1024;
+
+export const TREE_MAGIC = Buffer.from('CRNTREE1', 'ascii');
+
+const TYPES: readonly EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
+const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i] as const));
+
+const F_TARGET = 1;
+const F_LINK = 2;
+const F_RDEV = 4;
+const F_XATTRS = 8;
+const F_CHUNKS = 16;
+const F_WARNING = 32;
+const F_KNOWN = 63;
+
+/**
+ * Writes a tree in parts, entries in strictly increasing path order (byte order of `path`), and
+ * returns its record once every part is stored. Entries are buffered up to a part's size limit;
+ * `add` resolves once the entry is buffered (and, when it closed a part, that part is stored), so
+ * await each call before the next. A file entry's chunk lengths must sum to its size. The writer
+ * keeps no reference to the entries it was given.
+ */
+export class TreeWriter {
+  private readonly out = new ByteWriter();
+  private count = 0;
+  private previous: Buffer | undefined;
+  private parts = 0;
+  private finished = false;
+  private readonly record: TreeRecord;
+  private readonly partBytes: number;
+
+  constructor(
+    readonly vault: Vault,
+    readonly backupId: string,
+    opts: { partBytes?: number } = {},
+  ) {
+    this.partBytes = opts.partBytes ?? TREE_PART_BYTES;
+    this.record = { key: treeKey(backupId), parts: 0, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
+  }
+
+  async add(entry: TreeEntry): Promise<void> {
+    if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.add after finish');
+    if (this.previous && Buffer.compare(this.previous, entry.path) >= 0) {
+      throw new CairnError(
+        'INTERNAL',
+        `tree entries out of order: '${entry.path.toString('latin1')}' after '${this.previous.toString('latin1')}'`,
+      );
+    }
+    if (entry.type === 'file' && entry.chunks) {
+      let sum = 0;
+      for (const c of entry.chunks) sum += c.length;
+      if (sum !== entry.size) {
+        throw new CairnError('INTERNAL', `tree entry '${entry.path.toString('latin1')}': chunks cover ${sum} bytes, its size is ${entry.size}`);
+      }
+    }
+    if (this.count === 0) {
+      this.out.bytes(TREE_MAGIC);
+      this.out.u32(0); // the count, filled in when the part closes
+    }
+    encodeEntry(this.out, entry, this.count === 0 ? undefined : this.previous);
+    this.previous = Buffer.from(entry.path);
+    this.count++;
+    const r = this.record;
+    r.entries++;
+    if (entry.type === 'file') {
+      r.files++;
+      r.bytes += entry.size;
+    } else if (entry.type === 'dir') r.dirs++;
+    if (entry.warning !== undefined) r.partial++;
+    if (this.out.length >= this.partBytes) await this.closePart();
+  }
+
+  /** Stores the last part; the record is what the manifest's `tree` holds. */
+  async finish(): Promise<TreeRecord> {
+    if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.finish called twice');
+    this.finished = true;
+    if (this.count > 0) await this.closePart();
+    return { ...this.record, parts: this.parts };
+  }
+
+  private async closePart(): Promise<void> {
+    const plain = this.out.take();
+    plain.writeUInt32LE(this.count, TREE_MAGIC.length);
+    const key = treePartKey(this.record.key, this.parts);
+    const body = seal(this.vault.key.encryption, compress(plain, { compressionLevel: 3 }), partAad(key));
+    await this.vault.store.put(key, () => body, { retainUntil: this.vault.retainUntil() });
+    this.parts++;
+    this.count = 0;
+  }
+}
+
+/** The entries of a stored tree, in path order; VAULT_CORRUPT naming the part when one is missing or damaged. */
+export async function* readTree(vault: Vault, record: TreeRecord): AsyncIterable<TreeEntry> {
+  let total = 0;
+  for (let n = 0; n < record.parts; n++) {
+    const entries = await readTreePart(vault, record, n);
+    total += entries.length;
+    yield* entries;
+  }
+  if (total !== record.entries) {
+    throw new CairnError('VAULT_CORRUPT', `the tree ${record.key} holds ${total} entries, its manifest says ${record.entries}`);
+  }
+}
+
+/** The entries of part `n` of a tree (for callers that report a bad part and go on, like gc and verify). */
+export async function readTreePart(vault: Vault, record: TreeRecord, n: number): Promise<TreeEntry[]> {
+  const key = treePartKey(record.key, n);
+  let sealed: Buffer;
+  try {
+    sealed = await vault.store.get(key);
+  } catch (err) {
+    if (err instanceof CairnError && err.code === 'NOT_FOUND') {
+      throw new CairnError('VAULT_CORRUPT', `tree part ${key} is missing from ${vault.store.location}; run 'cairn vault verify'`, { cause: err });
+    }
+    throw err;
+  }
+  return decodeTreePart(vault.key.encryption, key, sealed);
+}
+
+function partAad(key: string): Buffer {
+  return Buffer.from(`cairn/tree/v1/${key}`);
+}
+
+/**
+ * The plaintext of a part holding `entries` (in order; the caller checks it), before zstd and seal:
+ * what TreeWriter stores, for tests that pin the layout.
+ */
+export function encodeTreeEntries(entries: TreeEntry[]): Buffer {
+  const w = new ByteWriter();
+  w.bytes(TREE_MAGIC);
+  w.u32(entries.length);
+  let previous: Buffer | undefined;
+  for (const e of entries) {
+    encodeEntry(w, e, previous);
+    previous = e.path;
+  }
+  return w.take();
+}
+
+/** Opens, decompresses and parses one sealed tree part (FORMAT.md, "Trees"). */
+export function decodeTreePart(encKey: Buffer, key: string, sealed: Buffer): TreeEntry[] {
+  const what = `tree part ${key}`;
+  let plain: Buffer;
+  try {
+    plain = decompress(open(encKey, sealed, partAad(key), what));
+  } catch (err) {
+    if (err instanceof CairnError) throw err;
+    throw new CairnError('VAULT_CORRUPT', `${what} does not decompress`, { cause: err });
+  }
+  return decodeTreeEntries(plain, what);
+}
+
+/** Parses the plaintext of a part; `what` names it in errors. */
+export function decodeTreeEntries(plain: Buffer, what: string): TreeEntry[] {
+  if (plain.length < 12 || !plain.subarray(0, 8).equals(TREE_MAGIC)) {
+    throw new CairnError('VAULT_VERSION', `${what} has an unknown format; upgrade Cairn`);
+  }
+  const r = new ByteReader(plain, what);
+  r.at = 8;
+  const count = r.u32();
+  const entries: TreeEntry[] = [];
+  let previous: Buffer | undefined;
+  for (let i = 0; i < count; i++) {
+    const e = decodeEntry(r, previous);
+    if (previous && Buffer.compare(previous, e.path) >= 0) throw new CairnError('VAULT_CORRUPT', `${what} has entries out of order`);
+    entries.push(e);
+    previous = e.path;
+  }
+  if (r.at !== plain.length) throw new CairnError('VAULT_CORRUPT', `${what} has ${plain.length - r.at} bytes after its last entry`);
+  return entries;
+}
+
+function sharedPrefix(a: Buffer, b: Buffer): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+function encodeEntry(w: ByteWriter, e: TreeEntry, previous: Buffer | undefined): void {
+  const type = TYPE_CODE.get(e.type);
+  if (type === undefined) throw new CairnError('INTERNAL', `unknown tree entry type '${e.type}'`);
+  const shared = previous ? sharedPrefix(previous, e.path) : 0;
+  w.varint(shared);
+  w.varint(e.path.length - shared);
+  w.bytes(e.path, shared);
+  let flags = 0;
+  if (e.target !== undefined) flags |= F_TARGET;
+  if (e.link !== undefined) flags |= F_LINK;
+  if (e.rdev !== undefined) flags |= F_RDEV;
+  if (e.xattrs !== undefined) flags |= F_XATTRS;
+  if (e.chunks !== undefined) flags |= F_CHUNKS;
+  if (e.warning !== undefined) flags |= F_WARNING;
+  w.u8(type);
+  w.u8(flags);
+  w.varint(e.mode);
+  w.varint(e.uid);
+  w.varint(e.gid);
+  w.varint(e.size);
+  w.i64(e.mtimeNs);
+  w.i64(e.atimeNs);
+  w.i64(e.ctimeNs);
+  w.varint(e.dev);
+  w.varint(e.ino);
+  if (e.target !== undefined) w.blob(e.target);
+  if (e.link !== undefined) w.blob(e.link);
+  if (e.rdev !== undefined) w.varint(e.rdev);
+  if (e.xattrs !== undefined) {
+    w.varint(e.xattrs.length);
+    for (const [name, value] of e.xattrs) {
+      w.blob(Buffer.from(name, 'utf8'));
+      w.blob(value);
+    }
+  }
+  if (e.chunks !== undefined) {
+    w.varint(e.chunks.length);
+    for (const c of e.chunks) {
+      if (c.id.length !== ID_BYTES) throw new CairnError('INTERNAL', `a chunk id of '${e.path.toString('latin1')}' has ${c.id.length} bytes`);
+      w.bytes(c.id);
+      w.varint(c.length);
+    }
+  }
+  if (e.warning !== undefined) w.blob(Buffer.from(e.warning, 'utf8'));
+}
+
+function decodeEntry(r: ByteReader, previous: Buffer | undefined): TreeEntry {
+  const shared = r.varint();
+  const suffix = r.varint();
+  if (shared > (previous?.length ?? 0)) throw r.damaged();
+  const path = Buffer.allocUnsafe(shared + suffix);
+  if (shared) previous!.copy(path, 0, 0, shared);
+  r.copyInto(path, shared, suffix);
+  const typeCode = r.u8();
+  const flags = r.u8();
+  const type = TYPES[typeCode];
+  if (type === undefined || (flags & ~F_KNOWN) !== 0) {
+    throw new CairnError('VAULT_VERSION', `${r.what} has an entry of a kind this Cairn does not know; upgrade Cairn`);
+  }
+  const e: TreeEntry = {
+    path,
+    type,
+    mode: r.varint(),
+    uid: r.varint(),
+    gid: r.varint(),
+    size: r.varint(),
+    mtimeNs: r.i64(),
+    atimeNs: r.i64(),
+    ctimeNs: r.i64(),
+    dev: r.varint(),
+    ino: r.varint(),
+  };
+  if (flags & F_TARGET) e.target = r.copy(r.varint());
+  if (flags & F_LINK) e.link = r.copy(r.varint());
+  if (flags & F_RDEV) e.rdev = r.varint();
+  if (flags & F_XATTRS) {
+    const n = r.varint();
+    e.xattrs = [];
+    for (let i = 0; i < n; i++) e.xattrs.push([r.blob().toString('utf8'), r.copy(r.varint())]);
+  }
+  if (flags & F_CHUNKS) {
+    const n = r.varint();
+    e.chunks = [];
+    for (let i = 0; i < n; i++) e.chunks.push({ id: r.copy(ID_BYTES), length: r.varint() });
+  }
+  if (flags & F_WARNING) e.warning = r.blob().toString('utf8');
+  return e;
+}
+
+// BigInt to bytes through a typed array: Buffer's and DataView's BigInt methods are much slower here.
+// (Little-endian hosts: Node runs on none other that Cairn supports.)
+const scratch64 = new BigInt64Array(1);
+const scratch8 = new Uint8Array(scratch64.buffer);
+
+/** An append-only byte buffer that doubles as it fills. */
+class ByteWriter {
+  private buf = Buffer.allocUnsafe(64 * 1024);
+  length = 0;
+
+  private ensure(n: number): void {
+    if (this.length + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.length + n) size *= 2;
+    const next = Buffer.allocUnsafe(size);
+    this.buf.copy(next, 0, 0, this.length);
+    this.buf = next;
+  }
+
+  u8(n: number): void {
+    this.ensure(1);
+    this.buf[this.length++] = n;
+  }
+
+  u32(n: number): void {
+    this.ensure(4);
+    this.buf.writeUInt32LE(n, this.length);
+    this.length += 4;
+  }
+
+  i64(n: bigint): void {
+    this.ensure(8);
+    scratch64[0] = n;
+    const buf = this.buf;
+    const at = this.length;
+    for (let i = 0; i < 8; i++) buf[at + i] = scratch8[i];
+    this.length += 8;
+  }
+
+  /** Unsigned LEB128 of a whole number up to 2^53. */
+  varint(n: number): void {
+    this.ensure(8);
+    if (n >= 0 && n < 0x80 && (n | 0) === n) {
+      this.buf[this.length++] = n;
+      return;
+    }
+    if (!Number.isSafeInteger(n) || n < 0) throw new CairnError('INTERNAL', `a tree field is ${n}, not a whole number >= 0`);
+    while (n >= 0x80) {
+      this.buf[this.length++] = (n % 0x80) | 0x80;
+      n = Math.floor(n / 0x80);
+    }
+    this.buf[this.length++] = n;
+  }
+
+  /** Appends b[from..]; short runs byte by byte (cheaper than a native copy call). */
+  bytes(b: Uint8Array, from = 0): void {
+    const n = b.length - from;
+    this.ensure(n);
+    if (n > 64) {
+      this.buf.set(from ? b.subarray(from) : b, this.length);
+      this.length += n;
+      return;
+    }
+    const buf = this.buf;
+    let at = this.length;
+    for (let i = from; i < b.length; i++) buf[at++] = b[i];
+    this.length = at;
+  }
+
+  blob(b: Uint8Array): void {
+    this.varint(b.length);
+    this.bytes(b);
+  }
+
+  /** The bytes written (a copy), and a reset. */
+  take(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.length));
+    this.length = 0;
+    return out;
+  }
+}
+
+class ByteReader {
+  at = 0;
+  constructor(
+    private readonly buf: Buffer,
+    readonly what: string,
+  ) {}
+
+  damaged(): CairnError {
+    return new CairnError('VAULT_CORRUPT', `${this.what} is damaged (bad entry at byte ${this.at})`);
+  }
+
+  /** A view of the next n bytes (valid while the part's plaintext is). */
+  take(n: number): Buffer {
+    if (n > this.buf.length - this.at) throw this.damaged();
+    const out = this.buf.subarray(this.at, this.at + n);
+    this.at += n;
+    return out;
+  }
+
+  /** The next n bytes in a buffer of their own (small ones come from Node's shared pool). */
+  copy(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    this.copyInto(out, 0, n);
+    return out;
+  }
+
+  copyInto(into: Buffer, at: number, n: number): void {
+    if (n > this.buf.length - this.at) throw this.damaged();
+    const buf = this.buf;
+    const from = this.at;
+    if (n > 64) buf.copy(into, at, from, from + n);
+    else for (let i = 0; i < n; i++) into[at + i] = buf[from + i];
+    this.at = from + n;
+  }
+
+  u8(): number {
+    if (this.at >= this.buf.length) throw this.damaged();
+    return this.buf[this.at++];
+  }
+
+  u32(): number {
+    if (this.at + 4 > this.buf.length) throw this.damaged();
+    const v = this.buf.readUInt32LE(this.at);
+    this.at += 4;
+    return v;
+  }
+
+  i64(): bigint {
+    if (this.at + 8 > this.buf.length) throw this.damaged();
+    for (let i = 0; i < 8; i++) scratch8[i] = this.buf[this.at + i];
+    this.at += 8;
+    return scratch64[0];
+  }
+
+  varint(): number {
+    if (this.at < this.buf.length && this.buf[this.at] < 0x80) return this.buf[this.at++];
+    let n = 0;
+    let scale = 1;
+    for (;;) {
+      const b = this.u8();
+      n += (b & 0x7f) * scale;
+      if (b < 0x80) break;
+      scale *= 0x80;
+      if (scale > 2 ** 56) throw this.damaged();
+    }
+    if (!Number.isSafeInteger(n)) throw this.damaged();
+    return n;
+  }
+
+  blob(): Buffer {
+    return this.take(this.varint());
+  }
+}
