@@ -272,7 +272,8 @@ function usage(map: BlockMap, parentMap: BlockMap | undefined): { usedBytes: num
   return { usedBytes, changedChunks };
 }
 
-function uniqueName(vault: Vault, prefix: string, existing: Manifest[]): string {
+/** A generated backup name (`manualbk_xxxxxx`, `autobk_xxxxxx`) not used in the vault yet. */
+export function uniqueName(vault: Vault, prefix: string, existing: Manifest[]): string {
   const names = new Set(existing.map((m) => m.name));
   for (;;) {
     const name = `${prefix}_${shortSuffix(vault.ids, 6)}`;

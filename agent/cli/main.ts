@@ -3,6 +3,7 @@ import { agentCommand } from './commands/agent.js';
 import { backupCommand } from './commands/backup.js';
 import { cairnVersion } from '../../shared/runtime/version.js';
 import { backupsCommand } from './commands/backups.js';
+import { lsCommand } from './commands/ls.js';
 import { quickstartCommand } from './commands/quickstart.js';
 import { restoreCommand } from './commands/restore.js';
 import { vaultCommand } from './commands/vault.js';
@@ -18,6 +19,8 @@ Usage:
   cairn backups show <id|name> --vault <vault> [--json]
   cairn backups delete <id|name> --vault <vault>
   cairn restore <id|name> --vault <vault> --to <path> [--disk N] [--force]
+  cairn restore <id|name> --vault <vault> --to <folder> [--path P]... [--force]   (file-system backups)
+  cairn ls <id|name> --vault <vault> [path] [-l] [--json]   (browse a file-system backup)
   cairn serve-nbd <id|name> --vault <vault> [--listen unix:PATH | HOST:PORT] [--overlay FILE]   (instant recovery over NBD)
   cairn vault gc --vault <vault>
   cairn vault verify --vault <vault> [--read-data]
@@ -67,6 +70,8 @@ export async function main(argv: string[]): Promise<number> {
         return await backupsCommand(rest, out);
       case 'restore':
         return await restoreCommand(rest, out);
+      case 'ls':
+        return await lsCommand(rest, out);
       case 'serve-nbd':
         return await (await import('./commands/serve-nbd.js')).serveNbdCommand(rest, out);
       case 'agent':

@@ -1,14 +1,18 @@
 import { CairnError } from '../../../shared/errors.js';
 import { parseExportTarget } from '../../export/image-target.js';
 import { restoreBackup } from '../../restore/restore-backup.js';
+import { restoreTree } from '../../restore/restore-tree.js';
 import { parse, vaultOptions } from '../args.js';
 import { openVault } from '../context.js';
+import type { Manifest } from '../../../shared/vault/manifest.js';
+import type { Vault } from '../../../shared/vault/vault.js';
 import { formatBytes, formatDuration, formatRate } from '../format.js';
 import { ProgressBar } from '../progress.js';
 
 export const restoreHelp = `Usage:
   cairn restore <id|name> --vault <vault> --to <path> [--disk N] [--force] [--json]
   cairn restore <id|name> --vault <vault> --to <image> [--format qcow2|vmdk|raw] [--disk N] [--force] [--json]
+  cairn restore <id|name> --vault <vault> --to <folder> [--path P]... [--force] [--json]   (file-system backups)
 
 Restores a disk of a backup to a file (sparse: all-zero chunks stay holes) or a block device. Every
 chunk is checked against its id. With several disks and no --disk, --to is a folder that receives
@@ -20,6 +24,13 @@ the extension: .qcow2 (sparse qcow2 v3), .vmdk (streamOptimized VMDK), .raw or .
 path ending in .qcow2 or .vmdk is written in that format. The object or file appears only when the
 whole image is written; an error or Ctrl-C leaves nothing behind. With several disks, give --disk N
 or put {disk} in the key (s3://bucket/web-{disk}.qcow2), which becomes each disk's index.
+
+A file-system backup is restored into a folder that is new or empty (or any folder with --force):
+the whole tree, or with --path each selected path and everything below it, at the same place
+relative to the folder. Files are sparse where the backup saw all-zero chunks; symlinks, hard links,
+fifos, device nodes (as root), mode, owner (as root), extended attributes and times to the
+nanosecond are restored; a file appears under its name only once it is written whole.
+  --path P     restore only P (a path inside the backup, as 'cairn ls' shows it); repeatable
   --disk N     restore only disk N (0-based; see 'cairn backups show')
   --format F   qcow2, vmdk or raw, whatever the extension
   --force      replace an existing file or object, or write over a block device`;
@@ -31,6 +42,7 @@ export async function restoreCommand(argv: string[], out: (s: string) => void): 
     disk: { type: 'string' },
     format: { type: 'string' },
     force: { type: 'boolean' },
+    path: { type: 'string', multiple: true },
   });
   if (values.help) return (out(restoreHelp), 0);
   if (positionals.length !== 1) throw new CairnError('USAGE', `restore: give exactly one backup id or name; see 'cairn backups list'`);
@@ -38,6 +50,10 @@ export async function restoreCommand(argv: string[], out: (s: string) => void): 
   parseExportTarget(values.to, values.format); // bad --to or --format fails before the vault is opened
   const vault = await openVault(values, 'restore');
   const m = await vault.findBackup(positionals[0]);
+  if (m.type === 'filesystem') return restoreFiles(vault, m, values.to, values, out);
+  if (values.path) {
+    throw new CairnError('USAGE', `restore: backup ${m.name} is a disk backup; --path selects files of file-system backups (use --disk N)`);
+  }
   let disk: number | undefined;
   if (values.disk !== undefined) {
     if (!/^\d+$/.test(values.disk)) {
@@ -91,5 +107,44 @@ export async function restoreCommand(argv: string[], out: (s: string) => void): 
       );
     }
   }
+  return 0;
+}
+
+async function restoreFiles(
+  vault: Vault,
+  m: Manifest,
+  to: string,
+  values: { path?: string[]; disk?: string; format?: string; force?: boolean; json?: boolean },
+  out: (s: string) => void,
+): Promise<number> {
+  if (values.disk !== undefined || values.format !== undefined || parseExportTarget(to, undefined).kind !== 'restore') {
+    throw new CairnError(
+      'USAGE',
+      `restore: backup ${m.name} is a file-system backup: it restores into a local folder (--to FOLDER, optionally --path P), not to disks or images`,
+    );
+  }
+  const bar = new ProgressBar('restore', !values.json && process.stderr.isTTY === true);
+  let r;
+  try {
+    r = await restoreTree(vault, m, {
+      to,
+      paths: values.path,
+      force: values.force,
+      onProgress: (done, total) => bar.update(done, total),
+    });
+  } finally {
+    bar.done();
+  }
+  if (values.json) {
+    out(JSON.stringify({ id: m.id, name: m.name, ...r, requests: vault.store.requests }));
+    return 0;
+  }
+  out(
+    `restored ${m.name} to ${r.path}: ${r.files} files (${formatBytes(r.bytes)}, ${formatBytes(r.bytesWritten)} data), ` +
+      `${r.dirs} folders, ${r.symlinks} symlinks, ${r.hardlinks} hard links` +
+      (r.special ? `, ${r.special} special files` : '') +
+      ` in ${formatDuration(r.durationMs)} (${formatRate(r.bytes, r.durationMs)})`,
+  );
+  for (const w of r.warnings) process.stderr.write(`cairn: warning: ${w}\n`);
   return 0;
 }
