@@ -134,6 +134,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
     const data = new FileData(vault, index, writer, pool, cdcParams(vault.config));
     await data.start();
     const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
+    if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
 
     let n = 0;
     for (let it = first; !it.done; it = walk.next()) {
@@ -164,7 +165,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
     }
 
     const manifest: Manifest = {
-      version: 1,
+      version: 2,
       id,
       name,
       kind: parent ? 'incremental' : 'full',
@@ -260,6 +261,12 @@ class TreeRun {
   private parentHead: TreeEntry | undefined;
   private readonly parentIter: AsyncIterator<TreeEntry> | undefined;
   private parentDone: boolean;
+  /**
+   * A parent entry changed at or after this instant (2 s before the parent started) may have been
+   * written again within the same timestamp tick after it was read (file times are coarser than a
+   * read): it is read again rather than trusted, as git does with racy index entries.
+   */
+  racyFromNs = -1n;
 
   constructor(
     private readonly tree: TreeWriter,
@@ -368,6 +375,7 @@ class TreeRun {
   private reusable(prev: TreeEntry, st: EntryStat): boolean {
     if (prev.type !== 'file' || prev.warning || !prev.chunks) return false;
     if (prev.size !== st.size || prev.mtimeNs !== st.mtimeNs || prev.ctimeNs !== st.ctimeNs || prev.ino !== st.ino) return false;
+    if (this.racyFromNs >= 0n && prev.ctimeNs >= this.racyFromNs) return false;
     for (const c of prev.chunks) if (!c.id.equals(ZERO_ID) && !this.index.has(c.id)) return false;
     return true;
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, mkdirSync, open as openFd, renameSync, symlinkSync, unlinkSync } from 'node:fs';
+import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, lstatSync, mkdirSync, open as openFd, renameSync, symlinkSync, unlinkSync } from 'node:fs';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
@@ -115,7 +115,7 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
     try {
       switch (e.type) {
         case 'dir':
-          if (e.path.length > 0) mkdirSync(path, { recursive: true, mode: 0o700 });
+          if (e.path.length > 0) makeDir(path, req.force === true);
           result.dirs++;
           break;
         case 'symlink':
@@ -559,6 +559,24 @@ async function runJob(
       `${showPath(batch[bad.file].path)} (offset ${bad.offset}) cannot be restored: ${reply.errors[0].message}; run 'cairn vault verify --read-data'`,
     );
   }
+}
+
+/**
+ * Makes a folder of the tree. Its parent was made (or checked) before, so only the last component
+ * can be in the way: a folder there is used as it is; anything else, a symlink above all (which
+ * would lead later entries outside the target), is removed with `force` and refused without.
+ */
+function makeDir(path: Buffer, force: boolean): void {
+  try {
+    mkdirSync(path, { mode: 0o700 });
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  if (lstatSync(path).isDirectory()) return;
+  if (!force) throw Object.assign(new Error(`${path.toString()} exists and is not a folder`), { code: 'EEXIST' });
+  unlinkSync(path);
+  mkdirSync(path, { mode: 0o700 });
 }
 
 /** Runs `make`; with `force`, first removes a non-folder that is in the way. */

@@ -7,7 +7,12 @@ import type { TreeRecord } from './tree.js';
  * backup exists exactly when its manifest does; everything it names was stored before it.
  */
 
-export const MANIFEST_VERSION = 1;
+/**
+ * Highest manifest version this Cairn reads. A file-system backup's manifest is version 2: a Cairn
+ * that does not know trees must refuse it (VAULT_VERSION) rather than see a backup without data and
+ * let gc delete its chunks. Disk backups stay version 1.
+ */
+export const MANIFEST_VERSION = 2;
 
 export type BackupKind = 'full' | 'incremental';
 

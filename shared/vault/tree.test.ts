@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { compress } from 'zstd-napi';
 
 import { deleteBackup } from '../../agent/backup/delete-backup.js';
@@ -219,6 +219,33 @@ describe('tree', () => {
     await vault.store.put(part1, () => body);
     await vault.store.put(treePartKey(record.key, 2), () => body);
     await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
+  });
+});
+
+describe('tree paths', () => {
+  let dir: string;
+  let vault: Vault;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cairn-tree-paths-'));
+    vault = await Vault.init(new LocalStore(dir), 'tree paths test', { kdfLogN: 12, chunkSize: 4096, packSize: 64 * 1024 });
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it('refuses a tree that would write outside its root or below a symlink (VAULT_CORRUPT)', async () => {
+    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1 };
+    const root: TreeEntry = { ...base, path: Buffer.alloc(0), type: 'dir' };
+    const cases: [string, TreeEntry[]][] = [
+      ['dotdot', [root, { ...base, path: Buffer.from('..'), type: 'dir' }, { ...base, path: Buffer.from('../evil'), type: 'file' }]],
+      ['below a symlink', [root, { ...base, path: Buffer.from('a'), type: 'symlink', target: Buffer.from('/etc') }, { ...base, path: Buffer.from('a/passwd'), type: 'file' }]],
+      ['no parent folder', [root, { ...base, path: Buffer.from('x/y'), type: 'file' }]],
+      ['hard link outside', [root, { ...base, path: Buffer.from('h'), type: 'hardlink', link: Buffer.from('../../etc/shadow') }]],
+    ];
+    for (const [name, entries] of cases) {
+      const w = new TreeWriter(vault, `P-${name.replaceAll(' ', '-')}`);
+      for (const e of entries) await w.add(e);
+      const record = await w.finish();
+      await expect(drain(readTree(vault, record)), name).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
+    }
   });
 });
 

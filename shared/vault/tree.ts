@@ -171,14 +171,36 @@ export class TreeWriter {
 /** The entries of a stored tree, in path order; VAULT_CORRUPT naming the part when one is missing or damaged. */
 export async function* readTree(vault: Vault, record: TreeRecord): AsyncIterable<TreeEntry> {
   let total = 0;
+  // Every entry's parent must be a folder entry that came before it: a restore then never writes
+  // below a symlink or outside its target, whatever a tree holds.
+  const dirs = new Set<string>();
   for (let n = 0; n < record.parts; n++) {
     const entries = await readTreePart(vault, record, n);
+    for (const e of entries) {
+      const bad = (why: string): CairnError =>
+        new CairnError('VAULT_CORRUPT', `the tree ${record.key} (part ${n}) has an entry '${e.path.toString('latin1')}' that ${why}; the backup cannot be restored safely`);
+      if (!safeTreePath(e.path, e.path.length === 0)) throw bad('is not a clean relative path');
+      if (e.link !== undefined && !safeTreePath(e.link, false)) throw bad('links to a path that is not a clean relative path');
+      if (e.path.length > 0) {
+        const slash = e.path.lastIndexOf(0x2f);
+        const parent = slash < 0 ? '' : e.path.subarray(0, slash).toString('latin1');
+        if (!dirs.has(parent)) throw bad('is not inside a folder of the tree');
+      }
+      if (e.type === 'dir') dirs.add(e.path.toString('latin1'));
+    }
     total += entries.length;
     yield* entries;
   }
   if (total !== record.entries) {
     throw new CairnError('VAULT_CORRUPT', `the tree ${record.key} holds ${total} entries, its manifest says ${record.entries}`);
   }
+}
+
+/** A relative path of non-empty components, none of them '.' or '..' (the root: empty, when allowed). */
+export function safeTreePath(path: Buffer, emptyAllowed: boolean): boolean {
+  if (path.length === 0) return emptyAllowed;
+  for (const part of path.toString('latin1').split('/')) if (part === '' || part === '.' || part === '..' || part.includes('\0')) return false;
+  return true;
 }
 
 /** The entries of part `n` of a tree (for callers that report a bad part and go on, like gc and verify). */
