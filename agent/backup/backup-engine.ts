@@ -9,7 +9,7 @@ import type { BatchSlot } from '../../shared/vault/worker-protocol.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
 import { Lease } from '../../shared/vault/lease.js';
 import { protectBackup } from '../../shared/vault/retention.js';
-import { encodeManifest, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
+import { countManifestBytes, type DiskRecord, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
@@ -200,15 +200,7 @@ export async function runBackup(vault: Vault, sources: BlockSource[], opts: Back
       bytesStored,
       ...(warnings.length ? { warnings: [...warnings] } : {}),
     };
-    // bytesStored counts the manifest too; its sealed size depends on the number's own digits, so
-    // settle the two (converges in at most a few rounds).
-    const base = manifest.bytesStored;
-    for (let size = 0, i = 0; i < 8; i++) {
-      manifest.bytesStored = base + size;
-      const next = encodeManifest(vault.key.encryption, manifest).length;
-      if (next === size) break;
-      size = next;
-    }
+    countManifestBytes(vault.key.encryption, manifest);
     // On an immutable vault, reused packs get the retention this backup promises before it commits.
     await protectBackup(vault, index, maps);
     await vault.writeManifest(manifest);

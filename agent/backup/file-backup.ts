@@ -9,7 +9,7 @@ import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
 import { cdcParams } from '../../shared/vault/config.js';
 import { ID_BYTES } from '../../shared/vault/crypto.js';
 import { Lease } from '../../shared/vault/lease.js';
-import { encodeManifest, type Manifest } from '../../shared/vault/manifest.js';
+import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.js';
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
@@ -183,13 +183,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
       bytesStored: writer.bytesWritten + (await treeBytes(vault, record)),
       ...(warnings.length ? { warnings } : {}),
     };
-    const base = manifest.bytesStored;
-    for (let size = 0, i = 0; i < 8; i++) {
-      manifest.bytesStored = base + size;
-      const next = encodeManifest(vault.key.encryption, manifest).length;
-      if (next === size) break;
-      size = next;
-    }
+    countManifestBytes(vault.key.encryption, manifest);
     await protectPacks(vault, run.packsUsed);
     await vault.writeManifest(manifest);
     opts.onProgress?.({ files: run.files, bytesRead: data.bytesRead, bytesStored: manifest.bytesStored });

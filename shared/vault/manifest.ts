@@ -98,3 +98,17 @@ export function decodeManifest(key: Buffer, id: string, sealed: Buffer): Manifes
   for (const d of legacy.disks) if (d.changeDetection === 'all') d.changeDetection = 'full';
   return m;
 }
+
+/**
+ * Adds the manifest's own sealed size to `bytesStored` (which counts what the backup stored). That
+ * size depends on the number's own digits, so the two are settled; it converges in a few rounds.
+ */
+export function countManifestBytes(key: Buffer, m: Manifest): void {
+  const base = m.bytesStored;
+  for (let size = 0, i = 0; i < 8; i++) {
+    m.bytesStored = base + size;
+    const next = encodeManifest(key, m).length;
+    if (next === size) break;
+    size = next;
+  }
+}
