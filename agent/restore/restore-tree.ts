@@ -7,6 +7,7 @@ import { onInterrupt } from '../../shared/interrupt.js';
 import { ZERO_ID } from '../../shared/vault/block-map.js';
 import type { ChunkIndex, ChunkLocation } from '../../shared/vault/chunk-index.js';
 import { ID_BYTES, SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
+import { packReadJobs } from '../../shared/vault/disk-reader.js';
 import type { Manifest } from '../../shared/vault/manifest.js';
 import { packKey } from '../../shared/vault/pack.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
@@ -442,7 +443,7 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
       });
     });
     const runner = new SlotRunner(ctx.perLane);
-    for (const job of packJobs([...byBlob.values()])) {
+    for (const job of packReadJobs(byBlob.values(), MAX_READ, MAX_GAP)) {
       const n = await runner.acquire();
       if (n === undefined || ctx.failed) break;
       const slot = lane * ctx.perLane + n;
@@ -485,32 +486,6 @@ function unlinkQuietly(path: Buffer): void {
   } catch {
     // gone already
   }
-}
-
-/** Blobs grouped by pack, sorted by offset, cut into ranges of at most MAX_READ bytes (or one blob). */
-function packJobs(wants: Want[]): Want[][] {
-  const byPack = new Map<string, Want[]>();
-  for (const w of wants) {
-    const list = byPack.get(w.loc.packId);
-    if (list) list.push(w);
-    else byPack.set(w.loc.packId, [w]);
-  }
-  const jobs: Want[][] = [];
-  for (const list of byPack.values()) {
-    list.sort((a, b) => a.loc.offset - b.loc.offset);
-    let job: Want[] = [];
-    for (const w of list) {
-      const first = job[0];
-      const last = job[job.length - 1];
-      if (first && (w.loc.offset - (last.loc.offset + last.loc.length) > MAX_GAP || w.loc.offset + w.loc.length - first.loc.offset > MAX_READ)) {
-        jobs.push(job);
-        job = [];
-      }
-      job.push(w);
-    }
-    if (job.length) jobs.push(job);
-  }
-  return jobs;
 }
 
 async function runJob(

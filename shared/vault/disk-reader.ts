@@ -52,30 +52,7 @@ export async function writeDiskChunks(
     }
     byId.set(k, { id: Buffer.from(id), loc, positions: [p] });
   }
-  const byPack = new Map<string, Item[]>();
-  for (const item of byId.values()) {
-    const list = byPack.get(item.loc.packId);
-    if (list) list.push(item);
-    else byPack.set(item.loc.packId, [item]);
-  }
-  const jobs: Item[][] = [];
-  for (const items of byPack.values()) {
-    items.sort((a, b) => a.loc.offset - b.loc.offset);
-    let job: Item[] = [];
-    for (const it of items) {
-      const first = job[0];
-      const last = job[job.length - 1];
-      if (
-        first &&
-        (it.loc.offset - (last.loc.offset + last.loc.length) > MAX_GAP || it.loc.offset + it.loc.length - first.loc.offset > MAX_READ)
-      ) {
-        jobs.push(job);
-        job = [];
-      }
-      job.push(it);
-    }
-    if (job.length) jobs.push(job);
-  }
+  const jobs = packReadJobs(byId.values(), MAX_READ, MAX_GAP);
 
   // Pack ranges are read into shared slots that the workers decode in place: no per-read buffers,
   // no transfers, so memory stays at the slots whatever the disk size.
@@ -156,4 +133,33 @@ export function transferable(buf: Buffer): ArrayBuffer {
   const own = Buffer.allocUnsafeSlow(buf.length);
   buf.copy(own);
   return own.buffer as ArrayBuffer;
+}
+
+/**
+ * Blobs grouped by pack and sorted by offset, cut into runs that one ranged get fetches: a run ends
+ * before a gap wider than `maxGap` or where it would pass `maxRead` bytes (a single larger blob is a run of its own).
+ */
+export function packReadJobs<T extends { loc: ChunkLocation }>(items: Iterable<T>, maxRead: number, maxGap: number): T[][] {
+  const byPack = new Map<string, T[]>();
+  for (const item of items) {
+    const list = byPack.get(item.loc.packId);
+    if (list) list.push(item);
+    else byPack.set(item.loc.packId, [item]);
+  }
+  const jobs: T[][] = [];
+  for (const list of byPack.values()) {
+    list.sort((a, b) => a.loc.offset - b.loc.offset);
+    let job: T[] = [];
+    for (const it of list) {
+      const first = job[0];
+      const last = job[job.length - 1];
+      if (first && (it.loc.offset - (last.loc.offset + last.loc.length) > maxGap || it.loc.offset + it.loc.length - first.loc.offset > maxRead)) {
+        jobs.push(job);
+        job = [];
+      }
+      job.push(it);
+    }
+    if (job.length) jobs.push(job);
+  }
+  return jobs;
 }
