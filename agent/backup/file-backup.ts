@@ -6,7 +6,7 @@ import { uniqueName } from './backup-engine.js';
 import { ZERO_ID } from '../../shared/vault/block-map.js';
 import type { CdcParams } from '../../shared/vault/cdc.js';
 import type { ChunkIndex } from '../../shared/vault/chunk-index.js';
-import { cdcParams } from '../../shared/vault/config.js';
+import { cdcParams, fileCompressionLevel } from '../../shared/vault/config.js';
 import { ID_BYTES } from '../../shared/vault/crypto.js';
 import { Lease } from '../../shared/vault/lease.js';
 import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.js';
@@ -124,7 +124,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
   const lease = await Lease.acquire(vault, 'backup');
   // The getfattr helper starts first, while this process is small (a fork copies its page tables).
   const xattrs = new XattrReader();
-  const pool = new WorkerPool(vault.key, vault.config.compression.level, opts.workers);
+  const pool = new WorkerPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
   try {
     const { index, plan, packs } = await vault.loadIndex();
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
@@ -450,6 +450,8 @@ interface FileReadResult {
 interface SegmentJob {
   length: number;
   final: boolean;
+  /** Where the unconsumed tail is copied (at least params.max bytes); only for a non-final segment. */
+  tailInto?: Buffer;
   onChunks: (chunks: FileChunk[], tail: Buffer) => void;
   onError: (err: unknown) => void;
 }
@@ -480,6 +482,8 @@ class FileData {
   private readonly reads = new Limiter(READ_CONCURRENCY);
   private readonly large = new Limiter(LARGE_FILES);
   private readonly largeRuns = new Set<Promise<void>>();
+  /** Tail buffers of large files (params.max bytes each), reused: fresh pages cost more than the copy. */
+  private readonly tailBuffers: Buffer[] = [];
   private readonly slotData: number;
 
   constructor(
@@ -627,7 +631,11 @@ class FileData {
       const chunks: FileChunk[] = [];
       for (let n = 0; n < reply.chunks[k]; n++, chunk++) chunks.push({ id: ids.subarray(chunk * ID_BYTES, (chunk + 1) * ID_BYTES), length: reply.lengths[chunk] });
       const consumed = reply.consumed[k];
-      const tail = consumed < s.length ? Buffer.from(input.subarray(at + consumed, at + s.length)) : EMPTY;
+      let tail: Buffer = EMPTY;
+      if (consumed < s.length) {
+        if (!s.tailInto) throw new CairnError('INTERNAL', 'a final segment was left partly uncut');
+        tail = s.tailInto.subarray(0, input.copy(s.tailInto, 0, at + consumed, at + s.length));
+      }
       results.push(() => s.onChunks(chunks, tail));
       at += s.length;
     });
@@ -658,6 +666,7 @@ class FileData {
       }
       const chunks: FileChunk[] = [];
       let changed: string | undefined;
+      const tailInto = this.tailBuffers.pop() ?? Buffer.allocUnsafeSlow(this.params.max);
       try {
         const before = await fstatP(fd);
         changed = differs(st, before);
@@ -686,6 +695,7 @@ class FileData {
           tail = await new Promise<Buffer>((resolveTail, rejectTail) => {
             const job: SegmentJob = {
               ...segment,
+              tailInto,
               onChunks: (c, t) => {
                 for (const x of c) chunks.push(x);
                 resolveTail(t);
@@ -701,6 +711,7 @@ class FileData {
         return { chunks: [], error: errText(err) };
       } finally {
         close(fd, () => undefined);
+        this.tailBuffers.push(tailInto);
       }
       return { chunks, ...(changed ? { changed } : {}) };
     });
@@ -772,7 +783,7 @@ async function readFully(fd: number, buf: Buffer, at: number, length: number, po
 /** What differs between the walk's lstat and a later fstat, or undefined. */
 function differs(st: EntryStat, now: BigIntStats): string | undefined {
   if (!now.isFile()) return 'it is no longer a regular file';
-  if (Number(now.ino) !== st.ino) return 'it was replaced';
+  if (now.ino !== st.ino) return 'it was replaced';
   if (Number(now.size) !== st.size) return `its size went from ${st.size} to ${now.size} bytes`;
   if (now.mtimeNs !== st.mtimeNs) return 'its mtime changed';
   if (now.ctimeNs !== st.ctimeNs) return 'its ctime changed';

@@ -1,12 +1,5 @@
 import { CairnError, exitCodeFor } from '../../shared/errors.js';
-import { agentCommand } from './commands/agent.js';
-import { backupCommand } from './commands/backup.js';
 import { cairnVersion } from '../../shared/runtime/version.js';
-import { backupsCommand } from './commands/backups.js';
-import { lsCommand } from './commands/ls.js';
-import { quickstartCommand } from './commands/quickstart.js';
-import { restoreCommand } from './commands/restore.js';
-import { vaultCommand } from './commands/vault.js';
 import { closeState, closeStores } from './context.js';
 import { runInterruptHandlers } from '../../shared/interrupt.js';
 
@@ -44,7 +37,8 @@ variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN
 function handleSignals(command: string | undefined): void {
   const after: Record<string, string> = {
     backup: '; nothing was committed, and the next backup reuses the data already uploaded',
-    restore: '; nothing is left at the target (partial files removed, uploads aborted)',
+    // A file-system restore adds what it leaves (agent/cli/commands/restore.ts).
+    restore: '; partial files removed, uploads aborted',
     'serve-nbd': '; the export is closed (flushed overlay writes are kept)',
   };
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
@@ -56,6 +50,10 @@ function handleSignals(command: string | undefined): void {
   }
 }
 
+/**
+ * Runs one command. Each command's module is imported when it runs: loading every command's
+ * dependencies (the S3 SDK, the daemon, every block source) cost about 1 s of each run.
+ */
 export async function main(argv: string[]): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
   const [command, ...rest] = argv;
@@ -63,24 +61,24 @@ export async function main(argv: string[]): Promise<number> {
   try {
     switch (command) {
       case 'vault':
-        return await vaultCommand(rest, out);
+        return await (await import('./commands/vault.js')).vaultCommand(rest, out);
       case 'backup':
-        return await backupCommand(rest, out);
+        return await (await import('./commands/backup.js')).backupCommand(rest, out);
       case 'backups':
-        return await backupsCommand(rest, out);
+        return await (await import('./commands/backups.js')).backupsCommand(rest, out);
       case 'restore':
-        return await restoreCommand(rest, out);
+        return await (await import('./commands/restore.js')).restoreCommand(rest, out);
       case 'ls':
-        return await lsCommand(rest, out);
+        return await (await import('./commands/ls.js')).lsCommand(rest, out);
       case 'serve-nbd':
         return await (await import('./commands/serve-nbd.js')).serveNbdCommand(rest, out);
       case 'agent':
-        return await agentCommand(rest, out);
+        return await (await import('./commands/agent.js')).agentCommand(rest, out);
       case 'control-plane':
         // Loaded only when asked for: the agent's commands never load the control plane.
         return await (await import('../../control-plane/cli/control-plane-command.js')).controlPlaneCommand(rest, out);
       case 'quickstart':
-        return await quickstartCommand(rest, out);
+        return await (await import('./commands/quickstart.js')).quickstartCommand(rest, out);
       case '--version':
       case '-V':
         out(cairnVersion());

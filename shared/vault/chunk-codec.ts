@@ -1,6 +1,6 @@
 import binding from 'zstd-napi/binding.js';
 import { CairnError } from '../errors.js';
-import { ChunkHasher, open, sealParts } from './crypto.js';
+import { ChunkHasher, open, SEAL_OVERHEAD, sealInto } from './crypto.js';
 
 /**
  * How one chunk is stored (FORMAT.md, "Chunks"): the plaintext is compressed with zstd when that
@@ -16,8 +16,7 @@ export const enum Codec {
 
 export interface EncodedChunk {
   codec: Codec;
-  /** nonce | ciphertext | tag, as parts to avoid a copy. */
-  parts: Buffer[];
+  /** Bytes written: nonce | ciphertext | tag. */
   length: number;
 }
 
@@ -30,17 +29,27 @@ export class ChunkEncoder {
     private readonly level: number,
   ) {}
 
-  encode(id: Buffer, plaintext: Uint8Array): EncodedChunk {
+  /** The most bytes encodeInto may write for a chunk of `length` bytes. */
+  static bound(length: number): number {
+    return length + SEAL_OVERHEAD;
+  }
+
+  /** Encodes a chunk into a buffer of its own (tests and one-off blobs; the workers use encodeInto). */
+  encode(id: Buffer, plaintext: Uint8Array): { codec: Codec; blob: Buffer } {
+    const out = Buffer.allocUnsafe(ChunkEncoder.bound(plaintext.length));
+    const enc = this.encodeInto(id, plaintext, out, 0);
+    return { codec: enc.codec, blob: out.subarray(0, enc.length) };
+  }
+
+  /** Encodes a chunk into `out` at `at` (room for bound(plaintext.length) is the caller's part). */
+  encodeInto(id: Buffer, plaintext: Uint8Array, out: Buffer, at: number): EncodedChunk {
     const data = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
     const bound = binding.compressBound(data.length);
     if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafeSlow(bound);
     const n = this.cctx.compress(this.scratch, data, this.level);
     const useZstd = n < data.length - (data.length >> 5);
-    // sealParts copies while encrypting, so the scratch buffer may be reused at once.
-    const parts = sealParts(this.encryptionKey, useZstd ? this.scratch.subarray(0, n) : data, id);
-    let length = 0;
-    for (const p of parts) length += p.length;
-    return { codec: useZstd ? Codec.Zstd : Codec.Raw, parts, length };
+    const length = sealInto(this.encryptionKey, useZstd ? this.scratch.subarray(0, n) : data, id, out, at);
+    return { codec: useZstd ? Codec.Zstd : Codec.Raw, length };
   }
 }
 
@@ -48,6 +57,8 @@ export class ChunkDecoder {
   private readonly dctx = new binding.DCtx();
   private readonly hasher: ChunkHasher;
   private scratch = Buffer.alloc(0);
+  /** Decrypted (still compressed) bodies; reused, so no chunk costs fresh pages (crypto.ts, CIPHER_PIECE). */
+  private cipherScratch = Buffer.alloc(0);
 
   constructor(
     private readonly encryptionKey: Buffer,
@@ -64,9 +75,16 @@ export class ChunkDecoder {
    */
   decode(id: Buffer, blob: Buffer, codec: number, rawLength: number, where: string, into?: Buffer): Buffer {
     const what = `chunk ${id.toString('hex')} in ${where}`;
-    const body = open(this.encryptionKey, blob, id, what);
+    let body: Buffer;
+    if (codec === Codec.Raw) {
+      // Straight into `into`; without it the result must outlive the next call (callers cache it).
+      body = open(this.encryptionKey, blob, id, what, into && into.length >= blob.length ? into : undefined);
+    } else {
+      if (this.cipherScratch.length < blob.length) this.cipherScratch = Buffer.allocUnsafeSlow(Math.max(blob.length, 64 * 1024));
+      body = open(this.encryptionKey, blob, id, what, this.cipherScratch);
+    }
     let plain: Buffer;
-    if (codec === Codec.Raw) plain = into ? into.subarray(0, body.copy(into)) : body;
+    if (codec === Codec.Raw) plain = into && body.buffer !== into.buffer ? into.subarray(0, body.copy(into)) : body;
     else if (codec === Codec.Zstd) {
       let out = into;
       if (!out || out.length < rawLength + 1) {

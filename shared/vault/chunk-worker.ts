@@ -100,12 +100,12 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       let at = 0;
       for (const i of req.which) {
         const chunk = batch.data.subarray(batch.starts[i], batch.starts[i] + batch.lengths[i]);
-        const enc = encoder.encode(batch.ids.subarray(i * ID_BYTES, (i + 1) * ID_BYTES), chunk);
-        if (at + enc.length > out.length) {
+        if (at + ChunkEncoder.bound(chunk.length) > out.length) {
           throw new CairnError('INTERNAL', `the output of slot ${batch.slot} (${out.length} bytes) is too small for the batch's blobs`);
         }
+        const enc = encoder.encodeInto(batch.ids.subarray(i * ID_BYTES, (i + 1) * ID_BYTES), chunk, out, at);
         items.push(i, enc.codec, at, enc.length, chunk.length);
-        for (const p of enc.parts) at += p.copy(out, at);
+        at += enc.length;
       }
       return { reply: { type: 'encoded', batch: req.batch, items }, transfer: [] };
     }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { LocalStore } from '../store/local-store.js';
-import { FORMAT_VERSION, parseConfig, validChunkSize } from './config.js';
+import { DEFAULT_FILE_ZSTD_LEVEL, DEFAULT_ZSTD_LEVEL, fileCompressionLevel, FORMAT_VERSION, parseConfig, validChunkSize } from './config.js';
 import { Vault } from './vault.js';
 
 const good = {
@@ -46,6 +46,9 @@ describe('config', () => {
       { ...good, chunkSize: 2048 },
       { ...good, packSize: 0 },
       { ...good, compression: { algorithm: 'gzip', level: 1 } },
+      { ...good, compression: { algorithm: 'zstd', level: 1, fileLevel: 2.5 } },
+      { ...good, compression: { algorithm: 'zstd', level: 1, fileLevel: '2' } },
+      { ...good, compression: { algorithm: 'zstd', level: 1, fileLevel: 40 } },
     ]) {
       expect(() => parseConfig(raw(bad), '/v'), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT' }));
     }
@@ -72,6 +75,10 @@ describe('config in a vault', () => {
     await expect(Vault.init(store, 'again')).rejects.toMatchObject({ code: 'VAULT_EXISTS' });
     const cfg = JSON.parse((await store.get('config')).toString('utf8'));
     expect(cfg.chunkSize).toBe(16384);
+    // File data gets its own zstd level; configs written before it use `level` for files too.
+    expect(cfg.compression).toEqual({ algorithm: 'zstd', level: DEFAULT_ZSTD_LEVEL, fileLevel: DEFAULT_FILE_ZSTD_LEVEL });
+    expect(fileCompressionLevel(cfg)).toBe(DEFAULT_FILE_ZSTD_LEVEL);
+    expect(fileCompressionLevel({ ...cfg, compression: { algorithm: 'zstd', level: 3 } })).toBe(3);
     await store.put('config', () => raw({ ...cfg, version: FORMAT_VERSION + 1 }));
     await expect(Vault.open(store, 'config test')).rejects.toMatchObject({ code: 'VAULT_VERSION' });
     await store.put('config', () => Buffer.from('\0\0garbage'));

@@ -62,12 +62,45 @@ export function sealParts(key: Buffer, plaintext: Buffer | Buffer[], aad: Buffer
   return parts;
 }
 
+/**
+ * Pieces of at most this many bytes go through the cipher at a time. Each update returns a new
+ * buffer; above glibc's mmap threshold (128 KiB) every one would be fresh pages from the kernel,
+ * and a page fault costs more than encrypting the page (measured: AES-256-GCM of 1 MiB chunks at
+ * about 0.3-1.5 GB/s in one update, 1.8-2.7 GB/s in 64 KiB pieces, in a worker thread).
+ */
+const CIPHER_PIECE = 64 * 1024;
+
+/**
+ * seal() written straight into `out` at `at` (nonce | ciphertext | tag, SEAL_OVERHEAD bytes more
+ * than the plaintext); returns the bytes written. `out` must have room; nothing else is allocated
+ * beyond the cipher's pieces.
+ */
+export function sealInto(key: Buffer, plaintext: Uint8Array, aad: Buffer, out: Buffer, at: number): number {
+  if (at + plaintext.length + SEAL_OVERHEAD > out.length) {
+    throw new CairnError('INTERNAL', `no room for a sealed blob of ${plaintext.length + SEAL_OVERHEAD} bytes at ${at} of ${out.length}`);
+  }
+  const nonce = freshNonce();
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(aad);
+  let w = at + nonce.copy(out, at);
+  for (let p = 0; p < plaintext.length; p += CIPHER_PIECE) {
+    w += cipher.update(plaintext.subarray(p, Math.min(p + CIPHER_PIECE, plaintext.length))).copy(out, w);
+  }
+  w += cipher.final().copy(out, w);
+  w += cipher.getAuthTag().copy(out, w);
+  return w - at;
+}
+
 export function seal(key: Buffer, plaintext: Buffer | Buffer[], aad: Buffer): Buffer {
   return Buffer.concat(sealParts(key, plaintext, aad));
 }
 
-/** Decrypts and authenticates; throws VAULT_CORRUPT naming `what` if the data was altered. */
-export function open(key: Buffer, sealed: Buffer, aad: Buffer, what: string): Buffer {
+/**
+ * Decrypts and authenticates; throws VAULT_CORRUPT naming `what` if the data was altered. With
+ * `into` (at least the ciphertext's length) the plaintext is written there in pieces (see
+ * CIPHER_PIECE) and the result is a view of it; it must not be trusted before this returns.
+ */
+export function open(key: Buffer, sealed: Buffer, aad: Buffer, what: string, into?: Buffer): Buffer {
   if (sealed.length < SEAL_OVERHEAD) {
     throw new CairnError('VAULT_CORRUPT', `${what} is truncated (${sealed.length} bytes)`);
   }
@@ -76,7 +109,15 @@ export function open(key: Buffer, sealed: Buffer, aad: Buffer, what: string): Bu
   const decipher = createDecipheriv('aes-256-gcm', key, nonce);
   decipher.setAAD(aad);
   decipher.setAuthTag(tag);
-  const body = decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES));
+  const cipherText = sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES);
+  let body: Buffer;
+  if (into && into.length >= cipherText.length) {
+    let w = 0;
+    for (let p = 0; p < cipherText.length; p += CIPHER_PIECE) {
+      w += decipher.update(cipherText.subarray(p, Math.min(p + CIPHER_PIECE, cipherText.length))).copy(into, w);
+    }
+    body = into.subarray(0, w);
+  } else body = decipher.update(cipherText);
   try {
     decipher.final();
   } catch (err) {

@@ -108,7 +108,7 @@ async function storeBackup(vault: Vault, data: Buffer, name: string): Promise<Ma
     if (index.has(id)) continue;
     const enc = encoder.encode(id, chunk);
     await writer.waitForCapacity();
-    writer.add(id, Buffer.concat(enc.parts), enc.codec, chunk.length);
+    writer.add(id, enc.blob, enc.codec, chunk.length);
   }
   await writer.flush();
   const id = vault.newBackupId();

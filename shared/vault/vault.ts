@@ -5,6 +5,7 @@ import type { ObjectStore } from '../store/object-store.js';
 import {
   DEFAULT_CHUNK,
   DEFAULT_PACK,
+  DEFAULT_FILE_ZSTD_LEVEL,
   DEFAULT_ZSTD_LEVEL,
   FORMAT_NAME,
   FORMAT_VERSION,
@@ -122,7 +123,7 @@ export class Vault {
       createdAt: now,
       chunkSize,
       packSize: opts.packSize ?? DEFAULT_PACK,
-      compression: { algorithm: 'zstd', level: opts.compressionLevel ?? DEFAULT_ZSTD_LEVEL },
+      compression: { algorithm: 'zstd', level: opts.compressionLevel ?? DEFAULT_ZSTD_LEVEL, fileLevel: opts.compressionLevel ?? DEFAULT_FILE_ZSTD_LEVEL },
       cdc: { min: cdc.min, avg: cdc.avg, max: cdc.max },
       ...(immutability ? { immutability } : {}),
     };

@@ -113,7 +113,7 @@ async function init(argv: string[], out: (s: string) => void): Promise<number> {
   if (values.json) out(JSON.stringify({ location: vault.store.location, ...c }));
   else {
     out(`created ${c.type} vault ${c.id} at ${vault.store.location}`);
-    out(`chunk size ${formatBytes(c.chunkSize)}, packs of ${formatBytes(c.packSize)}, zstd level ${c.compression.level}`);
+    out(`chunk size ${formatBytes(c.chunkSize)}, packs of ${formatBytes(c.packSize)}, zstd level ${c.compression.level}${c.compression.fileLevel !== undefined && c.compression.fileLevel !== c.compression.level ? ` (file data ${c.compression.fileLevel})` : ''}`);
     if (c.cdc) out(`file data in chunks of ${formatBytes(c.cdc.min)} to ${formatBytes(c.cdc.max)}, ${formatBytes(c.cdc.avg)} on average`);
     if (c.immutability) {
       out(`immutable: Object Lock (compliance mode) keeps every backup ${c.immutability.days} days; retention is extended in ${c.immutability.generationDays}-day generations`);
