@@ -9,6 +9,7 @@ export const errorCatalogue = {
   NOT_FOUND: { exit: 3, http: 404, summary: 'an object, backup or file does not exist' },
   ALREADY_EXISTS: { exit: 4, http: 409, summary: 'the target exists already' },
   BUSY: { exit: 5, http: 423, summary: 'another process holds the vault for this operation' },
+  PARTIAL: { exit: 9, http: 207, summary: 'the command finished, but some files could not be backed up or restored' },
   VAULT_NOT_FOUND: { exit: 10, http: 404, summary: 'no vault at the given location' },
   VAULT_EXISTS: { exit: 11, http: 409, summary: 'a vault exists already at the location' },
   VAULT_CORRUPT: { exit: 12, http: 500, summary: 'vault data is missing or damaged' },

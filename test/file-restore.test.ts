@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { linkSync, lstatSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync, writeSync, ftruncateSync, chmodSync, lchownSync, type BigIntStats, existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -9,7 +9,7 @@ import { ZERO_ID } from '../shared/vault/block-map.js';
 import { packKey } from '../shared/vault/pack.js';
 import { readTree, type EntryType, type FileChunk } from '../shared/vault/tree.js';
 import { Vault } from '../shared/vault/vault.js';
-import { expectCliError, KiB, MiB, PASSPHRASE, Sandbox } from './helpers.js';
+import { cliPath, exitCode, expectCliError, KiB, MiB, PASSPHRASE, Sandbox, type CliResult } from './helpers.js';
 
 /**
  * Restores of file-system backups and `cairn ls`, end to end through the CLI: a generated tree with
@@ -198,6 +198,8 @@ function makeSource(dir: string): void {
   setx(['-n', 'user.comment', '-v', 'hello', p('docs/readme.txt') as string]);
   setx(['-n', 'user.bin', '-v', '0sAAECA/8=', p('docs/readme.txt') as string]);
   setx(['-n', 'user.empty', p('docs') as string]);
+  // On an inode with three paths: a restore of a later path alone must still carry it.
+  setx(['-n', 'user.linked', '-v', 'inode', p('links/a') as string]);
   // A name that is not UTF-8 cannot be an argument: setfattr reads it, escaped, from stdin.
   const restore = spawnSync('setfattr', ['--restore=-'], { input: `# file: ${dir}/odd/caf\\351\nuser.odd=0seA==\n\n` });
   expect(restore.status, restore.stderr.toString()).toBe(0);
@@ -287,6 +289,88 @@ describe('file-system restore and ls', () => {
     expect(existsSync(join(to, 'links/a'))).toBe(false);
   });
 
+  it('exits 9 (partial) when the backup could not read some entries, naming them, after printing its result', async () => {
+    expect(root, 'this test makes files unreadable by backing up as nobody, which needs root').toBe(true);
+    // A corner of the sandbox that uid 65534 may write: its vault, its state, and a tree it partly reads.
+    const area = sb.path('nobody');
+    mkdirSync(area);
+    chmodSync(sb.dir, 0o755);
+    chmodSync(area, 0o777);
+    const tree = join(area, 'tree');
+    mkdirSync(tree, { mode: 0o755 });
+    writeFileSync(join(tree, 'open.txt'), 'anyone may read this\n', { mode: 0o644 });
+    writeFileSync(join(tree, 'locked.txt'), 'root only\n', { mode: 0o600 });
+    linkSync(join(tree, 'locked.txt'), join(tree, 'zz-link'));
+    mkdirSync(join(tree, 'secret'), { mode: 0o700 });
+    writeFileSync(join(tree, 'secret', 'inside'), 'hidden\n');
+    const state = join(area, 'state');
+    mkdirSync(state);
+    chmodSync(state, 0o777);
+    const nobody = (args: string[]) => runAs(65534, args, { CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: state });
+    const v = join(area, 'vault');
+    const init = await nobody(['vault', 'init', v, '--kdf-log-n', '12']);
+    expect(init.code, init.stderr).toBe(0);
+    const b = await nobody(['backup', `dir://${tree}`, '--vault', v, '--json']);
+    expect(b.code, b.stderr).toBe(exitCode('PARTIAL'));
+    const name = (JSON.parse(b.stdout) as { name: string; partial: boolean }).name;
+
+    const to = sb.path('partial');
+    const r = await sb.cairn(['restore', name, '--vault', v, '--to', to, '--json']);
+    expect(r.code, r.stderr).toBe(exitCode('PARTIAL'));
+    const j = JSON.parse(r.stdout) as { partial: boolean; skipped: string[]; files: number; warnings: string[] };
+    expect(j).toMatchObject({ partial: true, skipped: ['locked.txt', 'secret', 'zz-link'], files: 1 });
+    expect(j.warnings.join('\n')).toMatch(/locked\.txt \(unreadable: EACCES.*secret\/ \(made empty; unreadable: cannot be listed: EACCES.*zz-link \(a hard link to locked\.txt\)/);
+    // Nothing of what the backup could not read appears, not even as an empty file.
+    expect(readdirSync(to).sort()).toEqual(['open.txt', 'secret']);
+    expect(readdirSync(join(to, 'secret'))).toEqual([]);
+    expect(readFileSync(join(to, 'open.txt'), 'utf8')).toBe('anyone may read this\n');
+
+    const human = await sb.cairn(['restore', name, '--vault', v, '--to', sb.path('partial-2')]);
+    expect(human.code, human.stderr).toBe(exitCode('PARTIAL'));
+    expect(human.stdout).toMatch(/^restored .*; PARTIAL: 3 entries the backup could not read are left out/);
+    expect(human.stderr).toMatch(/^cairn: warning: 3 entries not restored as backed up: .*locked\.txt \(unreadable: EACCES/m);
+    expect(human.stderr).not.toMatch(/cairn: error/);
+  });
+
+  it('on SIGINT keeps the files already in place, removes temporary ones and says so; --force then finishes', async () => {
+    const many = sb.path('many-src');
+    mkdirSync(join(many, 'many'), { recursive: true });
+    for (let i = 0; i < 1500; i++) writeFileSync(join(many, 'many', `f${String(i).padStart(4, '0')}`), randomBytes(2 * KiB + (i % 7)));
+    await backupTree(sb, vault, many, 'many-1');
+    const to = sb.path('interrupted');
+    const child = spawn(process.execPath, [cliPath, 'restore', 'many-1', '--vault', vault, '--to', to], {
+      env: { ...process.env, CAIRN_PASSPHRASE: PASSPHRASE, CAIRN_STATE_DIR: sb.stateDir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolveExit) => child.on('close', (code) => resolveExit(code)));
+    // Interrupt once some files are in place and others are still being written.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const names = existsSync(join(to, 'many')) ? readdirSync(join(to, 'many')) : [];
+      if (names.some((n) => n.startsWith('.cairn-partial-')) && names.some((n) => !n.startsWith('.cairn-partial-'))) break;
+      if (Date.now() > deadline) throw new Error(`the restore showed no files in place beside partial ones within 30 s; stderr: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    child.kill('SIGINT');
+    expect(await exited, stderr).toBe(130);
+    expect(stderr).toContain('interrupted by SIGINT');
+    expect(stderr).toContain(`the files restored so far stay in ${to} (temporary files were removed`);
+    expect(stderr).toContain('run the same restore again with --force');
+    expect(stderr).not.toContain('nothing is left');
+    expect(stderr).not.toContain('    at ');
+    expect(leftovers(to)).toEqual([]);
+    const kept = readdirSync(join(to, 'many'));
+    expect(kept.length).toBeGreaterThan(0);
+    expect(kept.length).toBeLessThan(1500);
+    for (const n of kept) expect(readFileSync(join(to, 'many', n)), n).toEqual(readFileSync(join(many, 'many', n)));
+
+    const again = await sb.cairn(['restore', 'many-1', '--vault', vault, '--to', to, '--force']);
+    expect(again.code, again.stderr).toBe(0);
+    expectSameTree(many, to);
+  });
+
   it('refuses a path the backup lacks, naming the nearest parent, before writing anything', async () => {
     const to = sb.path('missing');
     const r = await sb.cairn(['restore', 'files-1', '--vault', vault, '--to', to, '--path', 'deep/a/nope/x']);
@@ -362,6 +446,24 @@ describe('file-system restore and ls', () => {
     }
   });
 });
+
+/** Runs the CLI as another user (setpriv), with only the given Cairn variables. */
+function runAs(uid: number, args: string[], env: Record<string, string>): Promise<CliResult> {
+  const base: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('CAIRN_') && !k.startsWith('XDG_')) base[k] = v;
+  return new Promise((resolveRun, reject) => {
+    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, cliPath, ...args], {
+      env: { ...base, HOME: '/nonexistent', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    child.on('error', (e) => reject(new Error(`setpriv cannot run (${e.message}); install util-linux`)));
+    child.on('close', (code) => resolveRun({ code: code ?? -1, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
+  });
+}
 
 function scanCount(dir: string, type: EntryType): number {
   return [...scan(dir).values()].filter((s) => s.type === type).length;

@@ -1,5 +1,19 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, lstatSync, mkdirSync, open as openFd, renameSync, symlinkSync, unlinkSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  ftruncateSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  symlinkSync,
+  unlinkSync,
+} from 'node:fs';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { CairnError, fromSystemError } from '../../shared/errors.js';
@@ -16,7 +30,7 @@ import type { Vault } from '../../shared/vault/vault.js';
 import type { BatchSlot, DecodeItem } from '../../shared/vault/worker-protocol.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
 import { makeNode, restoreTimes, restoreXattrs, type Times, type Xattrs } from './file-metadata.js';
-import { isAncestor, isAtOrBelow, normalizeTreePath, pathNotFound, showPath } from './tree-paths.js';
+import { isAncestor, isAtOrBelow, normalizeTreePath, parentPath, pathNotFound, showPath } from './tree-paths.js';
 
 export interface RestoreTreeRequest {
   /** A folder that does not exist yet or is empty (any folder with `force`). */
@@ -44,6 +58,13 @@ export interface RestoreTreeResult {
   durationMs: number;
   /** What was not restored as it was: owners when not root, skipped attributes, entries the backup could not read. */
   warnings: string[];
+  /** True when `skipped` is not empty: the restore finished, but without everything the tree names. */
+  partial: boolean;
+  /**
+   * Entries the backup recorded as unreadable (showPath form), in tree order: files, symlinks and
+   * hard links to such files are not created; folders are created, empty (their listing failed).
+   */
+  skipped: string[];
 }
 
 /** Pack bytes read at once: neighbouring blobs closer than MAX_GAP are merged into one ranged get. */
@@ -54,10 +75,19 @@ const BATCH_FILES = 256;
 const BATCH_BYTES = 256 * 1024 * 1024;
 /** Batches in flight at once. */
 const LANES = 2;
+/** Skipped paths named in the warning; the rest are counted. */
+const WARN_PATHS = 20;
 
 interface Plan {
   entries: TreeEntry[];
   warnings: string[];
+}
+
+/** An entry of the tree that is not restored as it was, and why. */
+interface Skipped {
+  path: Buffer;
+  dir: boolean;
+  why: string;
 }
 
 /**
@@ -73,17 +103,44 @@ interface Plan {
  *   setuid/setgid/sticky, and atime/mtime to the nanosecond, directories last so that restoring
  *   their contents does not change their times.
  * Hard links are linked to the first restored path of their inode; when the backup's first path is
- * not selected, the first selected one gets the data. Sockets are not restored (a warning says so).
+ * not selected, the first selected one gets the inode's data and metadata. Sockets are not restored
+ * (a warning says so). What the backup could not read is left out and named (`skipped`, `partial`).
+ * With `force`, what is in the way is replaced (an existing file, symlink or empty folder); a folder
+ * with contents where the backup has no folder is refused (TARGET_UNWRITABLE) before anything is written.
+ * An interrupt removes the temporary files; files already renamed into place stay.
  */
 export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeRequest): Promise<RestoreTreeResult> {
   const t0 = performance.now();
   if (m.type !== 'filesystem' || !m.tree) throw new CairnError('INTERNAL', `backup ${m.name} is not a file-system backup`);
   const target = resolve(req.to);
+  const force = req.force === true;
   const selection = (req.paths ?? []).map((p) => normalizeTreePath(p, '--path'));
-  await checkTarget(target, req.force === true);
-  const plan = await planRestore(vault, m, m.tree, selection);
+  await checkTarget(target, force);
+  // The workers start while the tree is read and the folders are made.
+  const pool = new WorkerPool(vault.key, vault.config.compression.level);
+  try {
+    return await restoreWith(vault, pool, m, m.tree, target, selection, req, t0);
+  } finally {
+    await pool.close();
+  }
+}
+
+async function restoreWith(
+  vault: Vault,
+  pool: WorkerPool,
+  m: Manifest,
+  tree: TreeRecord,
+  target: string,
+  selection: Buffer[],
+  req: RestoreTreeRequest,
+  t0: number,
+): Promise<RestoreTreeResult> {
+  const force = req.force === true;
+  const plan = await planRestore(vault, m, tree, selection);
+  const { entries, skipped } = leaveOutUnreadable(plan.entries);
+  if (force) checkInTheWay(target, entries, m.name);
   const { index } = await vault.loadIndex({ includeCondemned: true });
-  const files = plan.entries.filter((e) => e.type === 'file' && e.chunks);
+  const files = entries.filter((e) => e.type === 'file');
   const locations = locateChunks(vault, index, files);
   const root = process.getuid?.() === 0;
   const warnings = [...plan.warnings];
@@ -99,6 +156,8 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
     bytesWritten: 0,
     durationMs: 0,
     warnings,
+    partial: skipped.length > 0,
+    skipped: skipped.map((s) => showPath(s.path)),
   };
   try {
     await mkdir(target, { recursive: true });
@@ -111,16 +170,16 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
   let devices = 0;
 
   // 1. Folders (path order: a parent before its children), symlinks, fifos and device nodes.
-  for (const e of plan.entries) {
+  for (const e of entries) {
     const path = abs(e.path);
     try {
       switch (e.type) {
         case 'dir':
-          if (e.path.length > 0) makeDir(path, req.force === true);
+          if (e.path.length > 0) makeDir(path, force);
           result.dirs++;
           break;
         case 'symlink':
-          await replacing(path, req.force, async () => symlinkSync(e.target ?? Buffer.alloc(0), path));
+          await replacing(path, force, async () => symlinkSync(e.target!, path));
           result.symlinks++;
           break;
         case 'fifo':
@@ -131,7 +190,7 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
             devices++;
             continue;
           }
-          await replacing(path, req.force, () => makeNode(target, path, type, e.rdev));
+          await replacing(path, force, () => makeNode(target, path, type, e.rdev));
           result.special++;
           break;
         }
@@ -148,31 +207,23 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
   }
 
   // 2. File data.
-  const total = files.reduce((s, e) => s + (e.chunks ?? []).reduce((t, c) => t + (c.id.equals(ZERO_ID) ? 0 : c.length), 0), 0);
-  const pool = new WorkerPool(vault.key, vault.config.compression.level);
-  try {
-    await restoreFiles(vault, pool, files, locations, abs, (n) => {
-      result.bytesWritten += n;
-      req.onProgress?.(result.bytesWritten, total);
-    });
-  } finally {
-    await pool.close();
-  }
+  const total = files.reduce((s, e) => s + e.chunks!.reduce((t, c) => t + (c.id.equals(ZERO_ID) ? 0 : c.length), 0), 0);
+  await restoreFiles(vault, pool, files, locations, abs, force, (n) => {
+    result.bytesWritten += n;
+    req.onProgress?.(result.bytesWritten, total);
+  });
   for (const e of files) {
     result.files++;
     result.bytes += e.size;
     restored.push(e);
   }
-  for (const e of plan.entries) {
-    if (e.type === 'file' && !e.chunks) warnings.push(`${showPath(e.path)} not restored: the backup holds no data for it${e.warning ? ` (${e.warning})` : ''}`);
-  }
 
   // 3. Hard links, to the path that now holds their data.
-  for (const e of plan.entries) {
+  for (const e of entries) {
     if (e.type !== 'hardlink' || !e.link) continue;
     const path = abs(e.path);
     try {
-      await replacing(path, req.force, async () => linkSync(abs(e.link!), path));
+      await replacing(path, force, async () => linkSync(abs(e.link!), path));
     } catch (err) {
       warnings.push(`hard link ${showPath(e.path)} to ${showPath(e.link)} not restored: ${(err as Error).message}`);
       continue;
@@ -180,18 +231,27 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
     result.hardlinks++;
   }
 
-  // 4. Metadata: attributes, then owner, then mode (chown clears setuid), then times, folders last and deepest first.
-  warnings.push(...(await restoreXattrs(restored.filter((e) => e.xattrs?.length).map((e): Xattrs => ({ path: abs(e.path), xattrs: e.xattrs! })), root)));
+  // 4. Metadata: owner first (a chown drops security.capability and setuid), then attributes, then
+  // mode (a user.* attribute needs write permission, which the mode may take away), then times,
+  // folders last and deepest first.
   const me = { uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1 };
   let foreignOwners = 0;
   for (const e of restored) {
-    const path = abs(e.path);
+    if (root) {
+      try {
+        lchownSync(abs(e.path), e.uid, e.gid);
+      } catch (err) {
+        warnings.push(`owner of ${showPath(e.path)} not restored: ${(err as Error).message}`);
+      }
+    } else if (e.uid !== me.uid || e.gid !== me.gid) foreignOwners++;
+  }
+  warnings.push(...(await restoreXattrs(restored.filter((e) => e.xattrs?.length).map((e): Xattrs => ({ path: abs(e.path), xattrs: e.xattrs! })), root)));
+  for (const e of restored) {
+    if (e.type === 'symlink') continue;
     try {
-      if (root) lchownSync(path, e.uid, e.gid);
-      else if (e.uid !== me.uid || e.gid !== me.gid) foreignOwners++;
-      if (e.type !== 'symlink') chmodSync(path, e.mode & 0o7777);
+      chmodSync(abs(e.path), e.mode & 0o7777);
     } catch (err) {
-      warnings.push(`owner or mode of ${showPath(e.path)} not restored: ${(err as Error).message}`);
+      warnings.push(`mode of ${showPath(e.path)} not restored: ${(err as Error).message}`);
     }
   }
   const times = (e: TreeEntry): Times => ({ path: abs(e.path), atimeNs: e.atimeNs, mtimeNs: e.mtimeNs });
@@ -202,12 +262,93 @@ export async function restoreTree(vault: Vault, m: Manifest, req: RestoreTreeReq
     warnings.push(`owners of ${foreignOwners} entries not restored: only root can give files to other users; they belong to uid ${me.uid}`);
   }
   if (devices > 0) warnings.push(`${devices} device nodes not restored: only root can make them`);
-  const flagged = restored.filter((e) => e.warning).length;
+  if (skipped.length > 0) warnings.push(skippedWarning(skipped));
+  const flagged = restored.filter((e) => e.warning && !isUnreadable(e)).length;
   if (flagged > 0) warnings.push(`${flagged} restored entries carry a warning from the backup (e.g. changed while read); see 'cairn ls --json'`);
   if (sockets > 0) warnings.push(`${sockets} sockets not restored: a socket is made by the program that listens on it`);
   result.entries = restored.length + result.hardlinks;
   result.durationMs = Math.round(performance.now() - t0);
   return result;
+}
+
+function isUnreadable(e: TreeEntry): boolean {
+  return e.warning?.startsWith('unreadable') === true;
+}
+
+/**
+ * Leaves out what the backup could not read: entries recorded 'unreadable', files without a chunk
+ * list, symlinks without a target, and hard links to any of those files. A folder recorded
+ * unreadable stays (it is made, empty: its listing failed) but is named too. Entries 'changed
+ * while read' stay: their data is what was read.
+ */
+function leaveOutUnreadable(entries: TreeEntry[]): { entries: TreeEntry[]; skipped: Skipped[] } {
+  const kept: TreeEntry[] = [];
+  const skipped: Skipped[] = [];
+  const missing = new Set<string>();
+  for (const e of entries) {
+    if (e.type === 'dir') {
+      if (isUnreadable(e)) skipped.push({ path: e.path, dir: true, why: e.warning! });
+      kept.push(e);
+    } else if (e.type === 'hardlink' && e.link && missing.has(e.link.toString('latin1'))) {
+      skipped.push({ path: e.path, dir: false, why: `a hard link to ${showPath(e.link)}` });
+    } else if (isUnreadable(e) || (e.type === 'file' && !e.chunks) || (e.type === 'symlink' && !e.target)) {
+      if (e.type === 'file') missing.add(e.path.toString('latin1'));
+      skipped.push({ path: e.path, dir: false, why: e.warning ?? 'the backup holds no data for it' });
+    } else kept.push(e);
+  }
+  return { entries: kept, skipped };
+}
+
+function skippedWarning(skipped: Skipped[]): string {
+  const named = skipped.slice(0, WARN_PATHS).map((s) => (s.dir ? `${showPath(s.path)}/ (made empty; ${s.why})` : `${showPath(s.path)} (${s.why})`));
+  const more = skipped.length > named.length ? `; and ${skipped.length - named.length} more (see 'skipped' in --json)` : '';
+  return (
+    `${skipped.length} entr${skipped.length === 1 ? 'y' : 'ies'} not restored as backed up: the backup could not read ` +
+    `${skipped.length === 1 ? 'it' : 'them'} (the restore is partial): ${named.join('; ')}${more}`
+  );
+}
+
+/**
+ * With `force`, before anything is written: a file, symlink, hard link or node of the backup may
+ * replace an empty folder of the target, never one with contents (TARGET_UNWRITABLE naming it).
+ * Folders the restore makes anew are not looked into.
+ */
+function checkInTheWay(target: string, entries: TreeEntry[], backupName: string): void {
+  const fresh = new Set<string>();
+  for (const e of entries) {
+    if (e.path.length === 0) continue;
+    const parent = parentPath(e.path)!;
+    const key = e.path.toString('latin1');
+    if (parent.length > 0 && fresh.has(parent.toString('latin1'))) {
+      if (e.type === 'dir') fresh.add(key);
+      continue;
+    }
+    const path = Buffer.concat([Buffer.from(target + '/'), e.path]);
+    let st;
+    try {
+      st = lstatSync(path, { throwIfNoEntry: false });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw targetError(err, showPath(path));
+    }
+    if (!st?.isDirectory()) {
+      if (e.type === 'dir') fresh.add(key);
+      continue;
+    }
+    if (e.type === 'dir') continue;
+    let inside: Buffer[];
+    try {
+      inside = readdirSync(path, { encoding: 'buffer' });
+    } catch (err) {
+      throw targetError(err, showPath(path));
+    }
+    if (inside.length > 0) {
+      throw new CairnError(
+        'TARGET_UNWRITABLE',
+        `${showPath(path)} is a folder with ${inside.length} entries, where backup ${backupName} has a ${e.type === 'hardlink' ? 'file' : e.type}; ` +
+          `nothing was restored: move or delete that folder, or restore into another folder, and run the restore again`,
+      );
+    }
+  }
 }
 
 /** The target must be a folder that is new or empty, or `force`. */
@@ -287,7 +428,8 @@ async function planRestore(vault: Vault, m: Manifest, record: TreeRecord, select
     if (first) out.push({ ...e, link: first });
     else if (data?.type === 'file') {
       holder.set(k, e.path);
-      out.push({ ...e, type: 'file', link: undefined, size: data.size, chunks: data.chunks, warning: data.warning });
+      // The inode's data and metadata (mode, owner, times, attributes) are recorded on its first path.
+      out.push({ ...data, path: e.path });
     } else {
       warnings.push(`hard link ${showPath(e.path)} not restored: its data should be at ${showPath(e.link)}, which the backup lacks`);
     }
@@ -347,6 +489,7 @@ async function restoreFiles(
   files: TreeEntry[],
   locations: Map<TreeEntry, (Located | undefined)[]>,
   abs: (p: Buffer) => Buffer,
+  force: boolean,
   onBytes: (n: number) => void,
 ): Promise<void> {
   let biggest = 0;
@@ -359,7 +502,20 @@ async function restoreFiles(
   for (let i = 0; i < LANES * perLane; i++) slots.push({ input: new SharedArrayBuffer(slotBytes), output: new SharedArrayBuffer(0) });
   await pool.broadcast({ type: 'slots', slots });
   const inputs = slots.map((s) => Buffer.from(s.input));
-  const ctx: BatchContext = { vault, pool, inputs, perLane, locations, abs, onBytes, jobNo: 0, failed: false };
+  const ctx: BatchContext = {
+    vault,
+    pool,
+    inputs,
+    perLane,
+    locations,
+    abs,
+    force,
+    onBytes,
+    jobNo: 0,
+    tmpPrefix: `.cairn-partial-${randomBytes(6).toString('hex')}-`,
+    tmpNo: 0,
+    failed: false,
+  };
 
   const free = Array.from({ length: LANES }, (_, i) => i);
   const running = new Set<Promise<void>>();
@@ -395,8 +551,13 @@ interface BatchContext {
   perLane: number;
   locations: Map<TreeEntry, (Located | undefined)[]>;
   abs: (p: Buffer) => Buffer;
+  /** An empty folder where a file goes is removed (the restore checked that none has contents). */
+  force: boolean;
   onBytes: (n: number) => void;
   jobNo: number;
+  /** Temporary names are `<tmpPrefix><tmpNo>` (created O_EXCL): one random part per restore, then a counter. */
+  tmpPrefix: string;
+  tmpNo: number;
   /** Set when a batch failed: the others stop starting jobs. */
   failed: boolean;
 }
@@ -406,27 +567,22 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
   const open_: { path: Buffer; tmp: Buffer; fd: number }[] = [];
   const forget = onInterrupt(() => open_.forEach((f) => f.tmp.length && unlinkQuietly(f.tmp)));
   try {
+    // Created with synchronous calls: a create takes microseconds, less than a trip through the
+    // thread pool, which the pack reads of the other lane keep busy.
     for (const e of batch) {
       const path = ctx.abs(e.path);
-      const tmp = Buffer.concat([path.subarray(0, path.lastIndexOf(0x2f) + 1), Buffer.from(`.cairn-partial-${randomBytes(6).toString('hex')}`)]);
-      open_.push({ path, tmp, fd: -1 });
+      const tmp = Buffer.concat([path.subarray(0, path.lastIndexOf(0x2f) + 1), Buffer.from(`${ctx.tmpPrefix}${ctx.tmpNo++}`)]);
+      const f = { path, tmp, fd: -1 };
+      open_.push(f);
+      try {
+        f.fd = openSync(tmp, 'wx', 0o600);
+        // Data writes set the size, unless the file ends in a hole (or is one).
+        const chunks = e.chunks!;
+        if (chunks.length && chunks[chunks.length - 1].id.equals(ZERO_ID)) ftruncateSync(f.fd, e.size);
+      } catch (err) {
+        throw targetError(err, showPath(path));
+      }
     }
-    // Opened side by side (the thread pool runs several creates at once); files stay in batch order.
-    const opened = await Promise.allSettled(
-      batch.map(async (e, i) => {
-        const f = open_[i];
-        try {
-          f.fd = await openNew(f.tmp);
-          // Data writes set the size, unless the file ends in a hole (or is one).
-          const chunks = e.chunks!;
-          if (chunks.length && chunks[chunks.length - 1].id.equals(ZERO_ID)) ftruncateSync(f.fd, e.size);
-        } catch (err) {
-          throw targetError(err, showPath(f.path));
-        }
-      }),
-    );
-    const refused = opened.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (refused) throw refused.reason;
     // Each distinct blob is fetched and decoded once however many places use it.
     const byBlob = new Map<string, Want>();
     batch.forEach((e, file) => {
@@ -458,7 +614,13 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
     }
     for (const f of open_) {
       try {
-        renameSync(f.tmp, f.path);
+        try {
+          renameSync(f.tmp, f.path);
+        } catch (err) {
+          if (!ctx.force || (err as NodeJS.ErrnoException).code !== 'EISDIR') throw err;
+          rmdirSync(f.path);
+          renameSync(f.tmp, f.path);
+        }
       } catch (err) {
         throw targetError(err, showPath(f.path));
       }
@@ -473,11 +635,6 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
   } finally {
     forget();
   }
-}
-
-/** Opens a new file for writing (O_EXCL), as a plain descriptor the workers write to. */
-function openNew(path: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => openFd(path, 'wx', 0o600, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
 function unlinkQuietly(path: Buffer): void {
@@ -554,15 +711,23 @@ function makeDir(path: Buffer, force: boolean): void {
   mkdirSync(path, { mode: 0o700 });
 }
 
-/** Runs `make`; with `force`, first removes a non-folder that is in the way. */
-async function replacing(path: Buffer, force: boolean | undefined, make: () => Promise<unknown>): Promise<void> {
+/** Runs `make`; with `force`, when something is in the way, removes it (an empty folder, or anything else but a folder) and runs it again. */
+async function replacing(path: Buffer, force: boolean, make: () => Promise<unknown>): Promise<void> {
   try {
     await make();
   } catch (err) {
-    if (!force || (err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    unlinkSync(path);
+    // EISDIR: a rename (fifos, device nodes) onto a folder.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (!force || (code !== 'EEXIST' && code !== 'EISDIR')) throw err;
+    removeInTheWay(path);
     await make();
   }
+}
+
+/** Removes what is at `path`: a folder only when empty (checkInTheWay refused the others before the restore began). */
+function removeInTheWay(path: Buffer): void {
+  if (lstatSync(path).isDirectory()) rmdirSync(path);
+  else unlinkSync(path);
 }
 
 function targetError(err: unknown, where: string): CairnError {

@@ -1,4 +1,6 @@
-import { CairnError } from '../../../shared/errors.js';
+import { resolve } from 'node:path';
+import { CairnError, errorCatalogue } from '../../../shared/errors.js';
+import { onInterrupt } from '../../../shared/interrupt.js';
 import { parseExportTarget } from '../../export/image-target.js';
 import { restoreBackup } from '../../restore/restore-backup.js';
 import { restoreTree } from '../../restore/restore-tree.js';
@@ -29,7 +31,12 @@ A file-system backup is restored into a folder that is new or empty (or any fold
 the whole tree, or with --path each selected path and everything below it, at the same place
 relative to the folder. Files are sparse where the backup saw all-zero chunks; symlinks, hard links,
 fifos, device nodes (as root), mode, owner (as root), extended attributes and times to the
-nanosecond are restored; a file appears under its name only once it is written whole.
+nanosecond are restored; a file appears under its name only once it is written whole. With --force,
+an existing file, symlink or empty folder where the backup has something else is replaced; a folder
+with contents in the way is refused before anything is written. Entries the backup could not read
+are not restored (a folder it could not list is made empty): a warning names them, --json lists
+them in 'skipped', and the exit status is 9 (partial). Ctrl-C keeps the files restored so far
+(temporary files are removed); run the restore again with --force to finish it.
   --path P     restore only P (a path inside the backup, as 'cairn ls' shows it); repeatable
   --disk N     restore only disk N (0-based; see 'cairn backups show')
   --format F   qcow2, vmdk or raw, whatever the extension
@@ -124,6 +131,13 @@ async function restoreFiles(
     );
   }
   const bar = new ProgressBar('restore', !values.json && process.stderr.isTTY === true);
+  // Files are renamed into place batch by batch, so an interrupt leaves those of finished batches.
+  const forget = onInterrupt(() => {
+    process.stderr.write(
+      `cairn: the files restored so far stay in ${resolve(to)} (temporary files were removed; modes, owners and times may not be set yet); ` +
+        `run the same restore again with --force to finish it, or delete what it made there\n`,
+    );
+  });
   let r;
   try {
     r = await restoreTree(vault, m, {
@@ -133,18 +147,22 @@ async function restoreFiles(
       onProgress: (done, total) => bar.update(done, total),
     });
   } finally {
+    forget();
     bar.done();
   }
+  // Entries left out because the backup could not read them: the result is printed all the same.
+  const exit = r.partial ? errorCatalogue.PARTIAL.exit : 0;
   if (values.json) {
     out(JSON.stringify({ id: m.id, name: m.name, ...r, requests: vault.store.requests }));
-    return 0;
+    return exit;
   }
   out(
     `restored ${m.name} to ${r.path}: ${r.files} files (${formatBytes(r.bytes)}, ${formatBytes(r.bytesWritten)} data), ` +
       `${r.dirs} folders, ${r.symlinks} symlinks, ${r.hardlinks} hard links` +
       (r.special ? `, ${r.special} special files` : '') +
-      ` in ${formatDuration(r.durationMs)} (${formatRate(r.bytes, r.durationMs)})`,
+      ` in ${formatDuration(r.durationMs)} (${formatRate(r.bytes, r.durationMs)})` +
+      (r.partial ? `; PARTIAL: ${r.skipped.length} entries the backup could not read are left out (see the warning)` : ''),
   );
   for (const w of r.warnings) process.stderr.write(`cairn: warning: ${w}\n`);
-  return 0;
+  return exit;
 }
