@@ -30,7 +30,7 @@ import { cdcParams } from '../shared/vault/config.js';
 import { ChunkHasher } from '../shared/vault/crypto.js';
 import { readTree, type TreeEntry } from '../shared/vault/tree.js';
 import { Vault } from '../shared/vault/vault.js';
-import { cliPath, expectCliError, MiB, PASSPHRASE, Sandbox } from './helpers.js';
+import { cliPath, exitCode, expectCliError, MiB, PASSPHRASE, Sandbox } from './helpers.js';
 
 /**
  * File-system backups end to end through the CLI (`cairn backup dir:///PATH`, `--type filesystem`):
@@ -61,7 +61,9 @@ interface FileBackupJson {
   newChunks: number;
   partial: boolean;
   unreadable: string[];
+  unreadableCount: number;
   changed: string[];
+  changedCount: number;
   warnings: string[];
   disks: unknown[];
 }
@@ -179,7 +181,7 @@ async function expectTreeMatches(vaultDir: string, id: string, root: string): Pr
     expect([e.uid, e.gid], where).toEqual([Number(st.uid), Number(st.gid)]);
     expect(e.mtimeNs, where).toBe(st.mtimeNs);
     expect(e.ctimeNs, where).toBe(st.ctimeNs);
-    expect(e.ino, where).toBe(Number(st.ino));
+    expect(e.ino, where).toBe(st.ino);
     const p = abs(root, e.path);
     if (st.isSymbolicLink()) {
       expect(e.type, where).toBe('symlink');
@@ -234,7 +236,18 @@ describe('file-system backup', () => {
   it('stores every kind of entry, then reads only what changed', async () => {
     const args = ['--vault', vault, '--exclude', '*.tmp', '--exclude-file', excludeFile, '--json'];
     const full = await sb.cairnJson<FileBackupJson>(['backup', `dir://${encodeURI(src)}`, ...args]);
-    expect(full).toMatchObject({ kind: 'full', type: 'filesystem', parent: null, source: src, partial: false, unreadable: [], changed: [], disks: [] });
+    expect(full).toMatchObject({
+      kind: 'full',
+      type: 'filesystem',
+      parent: null,
+      source: src,
+      partial: false,
+      unreadable: [],
+      unreadableCount: 0,
+      changed: [],
+      changedCount: 0,
+      disks: [],
+    });
     // empty, small.txt, big.bin, large.bin, sparse.img, hard0 (sub/hard1 is a link to it), a/x, a-b, a0, the odd one, attrs.txt, sub/top-only.log
     expect(full.files).toBe(12);
     expect(full.filesRead).toBe(12);
@@ -326,7 +339,10 @@ describe('file-system backup', () => {
       for (let attempt = 0; attempt < 5 && !r?.changed.length; attempt++) {
         r = await sb.cairnJson<FileBackupJson>(['backup', `dir://${dir}`, '--vault', vault, '--full', '--json']);
       }
+      // Changed while read alone: exit 0 (cairnJson expects it), recorded with a warning.
       expect(r!.changed).toEqual(['zz-log']);
+      expect(r!.changedCount).toBe(1);
+      expect(r!.unreadableCount).toBe(0);
       expect(r!.partial).toBe(true);
       expect(r!.warnings.join('\n')).toMatch(/zz-log .*changed while read|changed while read.*zz-log/s);
       const { entries } = await storedTree(vault, r!.id);
@@ -336,7 +352,7 @@ describe('file-system backup', () => {
     }
   });
 
-  it('reports unreadable files and folders, and goes on (as an unprivileged user)', async () => {
+  it('reports unreadable files and folders, goes on, and exits 9 (partial) (as an unprivileged user)', async () => {
     expect(isRoot, 'this test makes files unreadable by running the CLI as nobody, which needs root').toBe(true);
     // A corner of the sandbox that uid 65534 may write: its vault, its state, and a tree it partly reads.
     const area = sb.path('nobody');
@@ -358,11 +374,13 @@ describe('file-system backup', () => {
     const v = join(area, 'vault');
     const init = await nobody(['vault', 'init', v, '--kdf-log-n', '12']);
     expect(init.code, init.stderr).toBe(0);
+    // The backup is written and printed, and the exit status says it is partial.
     const r = await nobody(['backup', `dir://${tree}`, '--vault', v, '--json']);
-    expect(r.code, r.stderr).toBe(0);
+    expect(r.code, r.stderr).toBe(exitCode('PARTIAL'));
     const j = JSON.parse(r.stdout) as FileBackupJson;
     expect(j.partial).toBe(true);
     expect(j.unreadable.sort()).toEqual(['locked.txt', 'secret']);
+    expect(j.unreadableCount).toBe(2);
     expect(j.warnings.join('\n')).toMatch(/2 entries could not be read/);
     expect(j.warnings.join('\n')).toMatch(/locked\.txt: EACCES/);
     expect(j.filesRead).toBe(3);
@@ -376,7 +394,7 @@ describe('file-system backup', () => {
 
     // The human output says so too.
     const human = await nobody(['backup', `dir://${tree}`, '--vault', v]);
-    expect(human.code, human.stderr).toBe(0);
+    expect(human.code, human.stderr).toBe(exitCode('PARTIAL'));
     expect(human.stdout).toMatch(/PARTIAL/);
     expect(human.stdout).toMatch(/warning: 2 entries could not be read/);
   });

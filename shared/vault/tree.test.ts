@@ -51,12 +51,12 @@ function canon(e: TreeEntry): string {
 /** `n` entries of every type, sorted by path bytes: dirs d000.., each with entries of odd names. */
 function makeEntries(n: number): TreeEntry[] {
   const out: TreeEntry[] = [];
-  const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 2049, ino: 2 };
+  const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 2049, ino: 2n };
   out.push({ ...base, path: Buffer.alloc(0), type: 'dir' });
   let i = 0;
   for (let d = 0; out.length < n; d++) {
     const dir = Buffer.from(`d${String(d).padStart(4, '0')}`);
-    out.push({ ...base, path: dir, type: 'dir', ino: 1000 + d, xattrs: [['user.dir', Buffer.from([d & 0xff])]] });
+    out.push({ ...base, path: dir, type: 'dir', ino: BigInt(1000 + d), xattrs: [['user.dir', Buffer.from([d & 0xff])]] });
     for (let k = 0; k < 1000 && out.length < n; k++, i++) {
       const name = Buffer.concat([Buffer.from(`f${String(k).padStart(4, '0')}`), ODD[k % ODD.length]]);
       const path = Buffer.concat([dir, Buffer.from('/'), name]);
@@ -72,7 +72,7 @@ function makeEntries(n: number): TreeEntry[] {
         atimeNs: 2n ** 62n + BigInt(i),
         ctimeNs: 1_764_000_000_123_456_789n + BigInt(i),
         dev: i % 11 === 0 ? 2 ** 40 + 3 : 2049,
-        ino: i % 13 === 0 ? Number.MAX_SAFE_INTEGER - i : 5000 + i,
+        ino: i % 13 === 0 ? 2n ** 64n - 1n - BigInt(i) : i % 13 === 1 ? BigInt(Number.MAX_SAFE_INTEGER - i) : BigInt(5000 + i),
       };
       if (type === 'file') {
         const chunks: FileChunk[] = [];
@@ -132,7 +132,7 @@ describe('tree', () => {
   });
 
   it('has the layout FORMAT.md gives (a golden part plaintext)', () => {
-    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 2 };
+    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 2n };
     const entries: TreeEntry[] = [
       { ...base, path: Buffer.alloc(0), type: 'dir' },
       {
@@ -146,7 +146,7 @@ describe('tree', () => {
         atimeNs: -1n,
         ctimeNs: 0n,
         dev: 1,
-        ino: 3,
+        ino: 3n,
         xattrs: [['user.k', Buffer.from('v')]],
         chunks: [{ id: Buffer.alloc(32, 0xab), length: 5 }],
       },
@@ -165,6 +165,42 @@ describe('tree', () => {
     expect(decodeTreeEntries(Buffer.from(golden, 'hex'), 'golden').map(canon)).toEqual(entries.map(canon));
   });
 
+  it('stores inode numbers up to 2^64 - 1 as LEB128, byte for byte as numbers below 2^53 always were', () => {
+    const base = { mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 0 };
+    // ino -> its varint bytes; the first four are what trees written with a Number ino hold.
+    const pinned: [bigint, string][] = [
+      [0n, '00'],
+      [300n, 'ac02'],
+      [2n ** 32n + 5n, '8580808010'],
+      [2n ** 53n - 1n, 'ffffffffffffff0f'],
+      [2n ** 53n, '8080808080808010'],
+      [0x8000_0000_0000_0001n, '81808080808080808001'],
+      [2n ** 64n - 1n, 'ffffffffffffffffff01'],
+    ];
+    const entries: TreeEntry[] = [{ ...base, path: Buffer.alloc(0), type: 'dir', ino: 0n }];
+    for (const [i, [ino]] of pinned.entries()) if (i) entries.push({ ...base, path: Buffer.from([0x61 + i]), type: 'fifo', ino });
+    const plain = encodeTreeEntries(entries);
+    // Magic and count, then per entry: shared, suffix length, a 1-byte path (none for the root), type,
+    // flags, mode, uid, gid, size (0 each), three times, dev (0), and ino last.
+    let at = 12;
+    for (const [i, [, hex]] of pinned.entries()) {
+      at += 2 + (i ? 1 : 0) + 2 + 4 + 24 + 1;
+      expect(plain.subarray(at, at + hex.length / 2).toString('hex'), `ino ${pinned[i][0]}`).toBe(hex);
+      at += hex.length / 2;
+    }
+    expect(at).toBe(plain.length);
+    expect(decodeTreeEntries(plain, 'pinned').map((e) => e.ino)).toEqual(pinned.map(([ino]) => ino));
+
+    expect(() => encodeTreeEntries([{ ...entries[0], ino: 2n ** 64n }])).toThrow(expect.objectContaining({ code: 'INTERNAL' }));
+    expect(() => encodeTreeEntries([{ ...entries[0], ino: -1n }])).toThrow(expect.objectContaining({ code: 'INTERNAL' }));
+    // 2^64 as LEB128 (10 bytes), and an 11-byte run: damaged.
+    const root = encodeTreeEntries([entries[0]]);
+    for (const ino of ['80808080808080808002', '8080808080808080808000']) {
+      const bad = Buffer.concat([root.subarray(0, root.length - 1), Buffer.from(ino, 'hex')]);
+      expect(() => decodeTreeEntries(bad, 'bad')).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT' }));
+    }
+  });
+
   it('refuses entries out of order, duplicates and chunks that do not cover the size (INTERNAL)', async () => {
     const w = new TreeWriter(vault, 'B2');
     const e = (path: string, extra: Partial<TreeEntry> = {}): TreeEntry => ({
@@ -178,7 +214,7 @@ describe('tree', () => {
       atimeNs: 0n,
       ctimeNs: 0n,
       dev: 1,
-      ino: 1,
+      ino: 1n,
       ...extra,
     });
     await w.add(e(''));
@@ -232,7 +268,7 @@ describe('tree paths', () => {
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
   it('refuses a tree that would write outside its root or below a symlink (VAULT_CORRUPT)', async () => {
-    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1 };
+    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1n };
     const root: TreeEntry = { ...base, path: Buffer.alloc(0), type: 'dir' };
     const cases: [string, TreeEntry[]][] = [
       ['dotdot', [root, { ...base, path: Buffer.from('..'), type: 'dir' }, { ...base, path: Buffer.from('../evil'), type: 'file' }]],
@@ -270,7 +306,7 @@ async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Pro
   const encoder = new ChunkEncoder(vault.key.encryption, 1);
   const id = vault.newBackupId();
   const tree = new TreeWriter(vault, id, { partBytes: 200 });
-  const base = { mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1 };
+  const base = { mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1n };
   await tree.add({ ...base, path: Buffer.alloc(0), type: 'dir', size: 0 });
   for (const [n, data] of files.entries()) {
     const chunks: FileChunk[] = [];
@@ -287,7 +323,7 @@ async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Pro
       if (index.has(cid)) continue;
       const enc = encoder.encode(cid, chunk);
       await writer.waitForCapacity();
-      writer.add(cid, Buffer.concat(enc.parts), enc.codec, len);
+      writer.add(cid, enc.blob, enc.codec, len);
     }
     await tree.add({ ...base, path: Buffer.from(`file${n}`), type: 'file', size: data.length, chunks });
   }

@@ -38,7 +38,8 @@ export interface TreeEntry {
   ctimeNs: bigint;
   /** Identity at backup time, for the next backup's change detection (size, mtime, ctime, inode). */
   dev: number;
-  ino: number;
+  /** Inode number: up to 64 bits (XFS, btrfs, NFS), so a bigint. */
+  ino: bigint;
   /** Symlink: the link's target, raw bytes. */
   target?: Buffer;
   /** Hard link: the path of the entry (an earlier 'file' in this tree) that holds the data. */
@@ -302,7 +303,7 @@ function encodeEntry(w: ByteWriter, e: TreeEntry, previous: Buffer | undefined):
   w.i64(e.atimeNs);
   w.i64(e.ctimeNs);
   w.varint(e.dev);
-  w.varint(e.ino);
+  w.varint64(e.ino);
   if (e.target !== undefined) w.blob(e.target);
   if (e.link !== undefined) w.blob(e.link);
   if (e.rdev !== undefined) w.varint(e.rdev);
@@ -348,7 +349,7 @@ function decodeEntry(r: ByteReader, previous: Buffer | undefined): TreeEntry {
     atimeNs: r.i64(),
     ctimeNs: r.i64(),
     dev: r.varint(),
-    ino: r.varint(),
+    ino: r.varint64(),
   };
   if (flags & F_TARGET) e.target = r.copy(r.varint());
   if (flags & F_LINK) e.link = r.copy(r.varint());
@@ -371,6 +372,9 @@ function decodeEntry(r: ByteReader, previous: Buffer | undefined): TreeEntry {
 // (Little-endian hosts: Node runs on none other that Cairn supports.)
 const scratch64 = new BigInt64Array(1);
 const scratch8 = new Uint8Array(scratch64.buffer);
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const MAX_U64 = (1n << 64n) - 1n;
 
 /** An append-only byte buffer that doubles as it fills. */
 class ByteWriter {
@@ -419,6 +423,21 @@ class ByteWriter {
       n = Math.floor(n / 0x80);
     }
     this.buf[this.length++] = n;
+  }
+
+  /**
+   * Unsigned LEB128 of a whole number below 2^64: the same bytes as `varint` for the same value
+   * (a value below 2^53 is written by it).
+   */
+  varint64(n: bigint): void {
+    if (n >= 0n && n <= MAX_SAFE) return this.varint(Number(n));
+    if (n < 0n || n > MAX_U64) throw new CairnError('INTERNAL', `a tree field is ${n}, not a whole number below 2^64`);
+    this.ensure(10);
+    while (n >= 0x80n) {
+      this.buf[this.length++] = Number(n & 0x7fn) | 0x80;
+      n >>= 7n;
+    }
+    this.buf[this.length++] = Number(n);
   }
 
   /** Appends b[from..]; short runs byte by byte (cheaper than a native copy call). */
@@ -516,6 +535,27 @@ class ByteReader {
     }
     if (!Number.isSafeInteger(n)) throw this.damaged();
     return n;
+  }
+
+  /** A varint64 value (below 2^64); Number arithmetic for the first 7 bytes (49 bits). */
+  varint64(): bigint {
+    let n = 0;
+    let scale = 1;
+    for (let i = 0; i < 7; i++) {
+      const b = this.u8();
+      n += (b & 0x7f) * scale;
+      if (b < 0x80) return BigInt(n);
+      scale *= 0x80;
+    }
+    let big = BigInt(n);
+    for (let shift = 49n; ; shift += 7n) {
+      const b = this.u8();
+      big += BigInt(b & 0x7f) << shift;
+      if (b < 0x80) break;
+      if (shift >= 63n) throw this.damaged();
+    }
+    if (big > MAX_U64) throw this.damaged();
+    return big;
   }
 
   blob(): Buffer {

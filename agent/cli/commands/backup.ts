@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { CairnError } from '../../../shared/errors.js';
+import { CairnError, errorCatalogue } from '../../../shared/errors.js';
 import { runBackup, type BackupResult } from '../../backup/backup-engine.js';
 import { runFileBackup, type FileBackupResult } from '../../backup/file-backup.js';
 import { readExcludeFile } from '../../source/dir/exclude.js';
@@ -71,7 +71,15 @@ changed chunks, yet each is a full restore point. Names default to manualbk_xxxx
                 disks (with changeDetection full|compare|bitmap, bytesRead, dirtyBytes),
                 requests (by kind), ...; for a file system: type "filesystem", source, files,
                 dirs, entries, bytes, filesReused, filesRead, newChunks, newBytes, partial,
-                unreadable and changed (paths; bytes that are not UTF-8 as \\xNN)`;
+                unreadable and changed (the first 1000 paths; bytes that are not UTF-8 as \\xNN),
+                unreadableCount and changedCount (all of them)
+
+Exit status of a file-system backup: 0 when it is written; 9 when it is written but some entries
+could not be read (recorded without their data: see 'unreadable' and the warnings). Files that
+changed while read are recorded as read, with a warning, and alone exit 0. Other codes: it failed.`;
+
+/** Paths `--json` lists of unreadable and of changed entries; the counts say how many there are in all. */
+export const JSON_PATHS = 1000;
 
 /** What `cairn backup --json` prints for a file-system backup. */
 export function fileBackupJson(r: FileBackupResult, location: string, source: string): Record<string, unknown> {
@@ -101,8 +109,10 @@ export function fileBackupJson(r: FileBackupResult, location: string, source: st
     newChunks: r.newChunks,
     newBytes: r.newBytes,
     partial: r.tree.partial > 0,
-    unreadable: r.unreadable,
-    changed: r.changed,
+    unreadable: r.unreadable.slice(0, JSON_PATHS),
+    unreadableCount: r.unreadable.length,
+    changed: r.changed.slice(0, JSON_PATHS),
+    changedCount: r.changed.length,
     disks: [],
   };
 }
@@ -300,7 +310,8 @@ async function fileBackupCommand(
       if (r.recoveredPacks) out(`reused ${r.recoveredPacks} packs left by an interrupted backup`);
       for (const w of r.warnings) out(`warning: ${w}`);
     }
-    return 0;
+    // Written but partial: entries recorded without their data. Changed while read alone is not.
+    return r.unreadable.length > 0 ? errorCatalogue.PARTIAL.exit : 0;
   } catch (err) {
     bar.done();
     recordFailure(state, vault, values.name, startedAt, err);

@@ -1,10 +1,10 @@
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ExcludeMatcher } from './exclude.js';
 import { displayPath } from './path-bytes.js';
-import { walkTree } from './walker.js';
+import { walkTree, type WalkEntry } from './walker.js';
 
 describe('walkTree', () => {
   let dir: string;
@@ -37,6 +37,75 @@ describe('walkTree', () => {
     expect(via.type).toBe('symlink');
     expect(via.target!.toString()).toBe(join(dir, 'real'));
     expect(entries.find((e) => e.path.toString() === 'real/f')!.stat.size).toBe(1);
+  });
+
+  /** Walks `dir`/tree, calling `swap` once `at` is yielded: its children are lstat'ed, none listed yet. */
+  function walkSwapping(swap: () => void, at = ''): WalkEntry[] {
+    const out: WalkEntry[] = [];
+    for (const e of walkTree(join(dir, 'tree'))) {
+      out.push(e);
+      if (e.path.toString() === at) swap();
+    }
+    return out;
+  }
+
+  it('does not follow a folder swapped for a symlink between its lstat and its listing', () => {
+    mkdirSync(join(dir, 'outside'));
+    writeFileSync(join(dir, 'outside', 'secret'), 's');
+    mkdirSync(join(dir, 'tree'));
+    mkdirSync(join(dir, 'tree', 'd'));
+    writeFileSync(join(dir, 'tree', 'd', 'own'), 'o');
+    writeFileSync(join(dir, 'tree', 'e'), 'e');
+    const recorded = lstatSync(join(dir, 'tree', 'd'), { bigint: true });
+    const entries = walkSwapping(() => {
+      renameSync(join(dir, 'tree', 'd'), join(dir, 'd-away'));
+      symlinkSync(join(dir, 'outside'), join(dir, 'tree', 'd'));
+    });
+    expect(entries.map((e) => e.path.toString())).toEqual(['', 'd', 'e']);
+    const d = entries[1];
+    expect(d.type).toBe('dir');
+    expect(d.stat.ino).toBe(recorded.ino);
+    expect(d.error).toMatch(/^changed during the walk: /);
+  });
+
+  it('does not list another folder put in the place of one between its lstat and its listing', () => {
+    mkdirSync(join(dir, 'tree'));
+    mkdirSync(join(dir, 'tree', 'd'));
+    writeFileSync(join(dir, 'tree', 'd', 'own'), 'o');
+    mkdirSync(join(dir, 'tree', 'f'));
+    writeFileSync(join(dir, 'tree', 'f', 'kept'), 'k');
+    const entries = walkSwapping(() => {
+      renameSync(join(dir, 'tree', 'd'), join(dir, 'd-away'));
+      mkdirSync(join(dir, 'tree', 'd'));
+      writeFileSync(join(dir, 'tree', 'd', 'planted'), 'p');
+    });
+    expect(entries.map((e) => e.path.toString())).toEqual(['', 'd', 'f', 'f/kept']);
+    expect(entries[1].error).toMatch(/^changed during the walk: another folder took its place/);
+    expect(entries[2].error).toBeUndefined();
+  });
+
+  it('does not leave the tree when a folder above the one to list is swapped for a symlink', () => {
+    mkdirSync(join(dir, 'outside', 'b'), { recursive: true });
+    writeFileSync(join(dir, 'outside', 'b', 'secret'), 's');
+    mkdirSync(join(dir, 'tree', 'a', 'b'), { recursive: true });
+    writeFileSync(join(dir, 'tree', 'a', 'b', 'own'), 'o');
+    const entries = walkSwapping(() => {
+      renameSync(join(dir, 'tree', 'a'), join(dir, 'a-away'));
+      symlinkSync(join(dir, 'outside'), join(dir, 'tree', 'a'));
+    }, 'a');
+    expect(entries.map((e) => e.path.toString())).toEqual(['', 'a', 'a/b']);
+    expect(entries[2].error).toMatch(/^changed during the walk: /);
+  });
+
+  it('keeps 64-bit inode numbers as bigints, and walks a root given as a symlink to a folder', () => {
+    mkdirSync(join(dir, 'real'));
+    writeFileSync(join(dir, 'real', 'f'), 'f');
+    symlinkSync(join(dir, 'real'), join(dir, 'root-link'));
+    const entries = [...walkTree(join(dir, 'root-link'))];
+    expect(entries.map((e) => e.path.toString())).toEqual(['', 'f']);
+    expect(entries.every((e) => e.error === undefined)).toBe(true);
+    expect(entries[1].stat.ino).toBe(lstatSync(join(dir, 'real', 'f'), { bigint: true }).ino);
+    expect(typeof entries[0].stat.ino).toBe('bigint');
   });
 
   it('refuses a root that is not a folder', () => {

@@ -1,9 +1,8 @@
-import { lstatSync, readdirSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, statSync, type BigIntStats } from 'node:fs';
 import { resolve } from 'node:path';
 import { CairnError } from '../../../shared/errors.js';
 import type { EntryType } from '../../../shared/vault/tree.js';
 import { ExcludeMatcher } from './exclude.js';
-import { joinPath } from './path-bytes.js';
 
 /** What lstat said about an entry (times in ns), as the tree stores it. */
 export interface EntryStat {
@@ -15,7 +14,8 @@ export interface EntryStat {
   atimeNs: bigint;
   ctimeNs: bigint;
   dev: number;
-  ino: number;
+  /** 64 bits on some file systems (XFS, btrfs, NFS): a bigint, never rounded. */
+  ino: bigint;
   nlink: number;
   rdev: number;
 }
@@ -29,7 +29,10 @@ export interface WalkEntry {
   stat: EntryStat;
   /** Symlink target, raw bytes. */
   target?: Buffer;
-  /** The entry is recorded but could not be fully read: a directory that cannot be listed, an lstat or readlink failure. */
+  /**
+   * The entry is recorded but could not be fully read: a directory that cannot be listed or that was
+   * replaced between its lstat and its listing ('changed during the walk'), an lstat or readlink failure.
+   */
   error?: string;
   /** A directory on another file system, not entered (one file system per backup unless asked). */
   mountPoint?: boolean;
@@ -52,7 +55,15 @@ export interface WalkOptions {
  * at the instant of its lstat); a directory that cannot be listed, or an entry that cannot be
  * lstat'ed or whose link cannot be read, is yielded with `error` and the walk goes on. Memory is a
  * directory listing per level of the path being walked (plus directories whose listing waits for
- * siblings that sort between `name` and `name/`).
+ * siblings that sort between `name` and `name/`); one directory is open at a time.
+ *
+ * The walk never leaves the tree through a directory swapped during it: each directory is opened
+ * with O_NOFOLLOW | O_DIRECTORY and listed only when the open directory is the one its entry's
+ * lstat saw (same dev and inode); otherwise it is yielded with an error 'changed during the walk'
+ * and its contents are not walked. Listing and the children's lstat and readlink go through the
+ * open descriptor (/proc/<pid>/fd/N), so a swap of the directory or of one above it after the check
+ * redirects nothing. Without /proc they take the checked absolute path (a narrow race remains).
+ * `abs` stays the absolute path: whoever opens an entry by it compares what it opened with `stat`.
  */
 export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkEntry> {
   const excludes = opts.excludes ?? ExcludeMatcher.none;
@@ -69,7 +80,10 @@ export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkE
   }
   const rootDev = rootStat.dev;
   const rootEntry: WalkEntry = { path: Buffer.alloc(0), abs: Buffer.from(absRoot), type: 'dir', stat: toEntryStat(rootStat) };
-  const listing = list(rootEntry.abs, rootEntry.path);
+  /** Where open descriptors have paths (FD_DIRS; null: nowhere), settled at the first open directory. */
+  let fdDir: string | null | undefined;
+  // The root may be a symlink to a folder (statSync above followed it): its open follows it too.
+  const listing = list(rootEntry, ROOT_FLAGS);
   if (listing.error) rootEntry.error = listing.error;
   yield rootEntry;
 
@@ -90,28 +104,60 @@ export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkE
     const entry = item.entry!;
     if (item.dir) {
       // Listed now, just before its entry is yielded: a listing error belongs on the entry.
-      const sub = list(entry.abs, entry.path);
+      const sub = list(entry, DIR_FLAGS);
       if (sub.error) entry.error = sub.error;
       item.dir.items = sub.items;
     }
     yield entry;
   }
 
-  function list(abs: Buffer, rel: Buffer): { items: Item[]; error?: string } {
-    let names: Buffer[];
+  /** Lists the directory `dir` through a descriptor checked against its recorded stat (see above). */
+  function list(dir: WalkEntry, flags: number): { items: Item[]; error?: string } {
+    let fd: number;
     try {
-      names = readdirSync(abs, { encoding: 'buffer' });
+      fd = openSync(dir.abs, flags);
     } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTDIR') return { items: [], error: `${CHANGED}: it is no longer a folder; its contents were not backed up` };
       return { items: [], error: `cannot be listed: ${errText(err)}` };
     }
+    try {
+      const now = fstatSync(fd, { bigint: true });
+      if (now.ino !== dir.stat.ino || Number(now.dev) !== dir.stat.dev) {
+        return { items: [], error: `${CHANGED}: another folder took its place; its contents were not backed up` };
+      }
+      fdDir ??= FD_DIRS.find((d) => sameFile(Buffer.from(`${d}${fd}`), now)) ?? null;
+      return listOpen(fdDir === null ? dir.abs : Buffer.from(`${fdDir}${fd}`), dir);
+    } catch (err) {
+      return { items: [], error: `cannot be listed: ${errText(err)}` };
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Lists the open directory `dir` by `at` (its descriptor's /proc path, or its checked path). */
+  function listOpen(at: Buffer, dir: WalkEntry): { items: Item[] } {
+    // Names as latin1 text (one char per byte, lossless): far cheaper than a Buffer per name.
+    const names = readdirSync(at, { encoding: 'latin1' });
     const items: Item[] = [];
+    // `at/name`, built in one buffer reused for every name (it is only passed to lstat and readlink).
+    const from = at.length + 1;
+    let scratch = Buffer.allocUnsafe(from + 256);
+    scratch.set(at);
+    scratch[at.length] = 0x2f;
     for (const name of names) {
-      const childAbs = joinPath(abs, name);
-      const childRel = joinPath(rel, name);
+      if (from + name.length > scratch.length) {
+        const bigger = Buffer.allocUnsafe(from + name.length);
+        bigger.set(scratch.subarray(0, from));
+        scratch = bigger;
+      }
+      scratch.write(name, from, 'latin1');
+      const childAt = scratch.subarray(0, from + name.length);
+      const childRel = joinName(dir.path, name);
       let st: BigIntStats | undefined;
       let error: string | undefined;
       try {
-        st = lstatSync(childAbs, { bigint: true, throwIfNoEntry: false });
+        st = lstatSync(childAt, { bigint: true, throwIfNoEntry: false });
         if (!st) continue; // gone since readdir
       } catch (err) {
         error = `cannot be read: ${errText(err)}`;
@@ -119,16 +165,17 @@ export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkE
       const type = st ? typeOf(st) : 'file';
       const isDir = type === 'dir';
       if (excludes.excludes(childRel, isDir)) continue;
-      const entry: WalkEntry = { path: childRel, abs: childAbs, type, stat: st ? toEntryStat(st) : ZERO_STAT };
+      const entry: WalkEntry = { path: childRel, abs: joinName(dir.abs, name), type, stat: st ? toEntryStat(st) : ZERO_STAT };
       if (error) entry.error = error;
       if (type === 'symlink') {
         try {
-          entry.target = readlinkSync(childAbs, { encoding: 'buffer' });
+          entry.target = readlinkSync(childAt, { encoding: 'buffer' });
         } catch (err) {
           entry.error = `link cannot be read: ${errText(err)}`;
         }
       }
-      const item: Item = { key: name, entry };
+      // Siblings share the prefix `dir/`: their whole paths sort as their names do.
+      const item: Item = { key: childRel, entry };
       items.push(item);
       if (isDir && st && !entry.error) {
         if (st.dev !== rootDev && !opts.crossFileSystems) {
@@ -136,7 +183,7 @@ export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkE
           continue;
         }
         item.dir = {};
-        items.push({ key: Buffer.concat([name, SLASH]), contents: item.dir });
+        items.push({ key: Buffer.concat([childRel, SLASH]), contents: item.dir });
       }
     }
     items.sort((a, b) => Buffer.compare(a.key, b.key));
@@ -144,7 +191,19 @@ export function* walkTree(root: string, opts: WalkOptions = {}): Generator<WalkE
   }
 }
 
-/** A listing item: an entry (sorts at `name`), or a directory's contents (sort at `name/`). */
+/** `dir/name` (`name` under the root's empty path); `name` is latin1 text, one char per byte. */
+function joinName(dir: Buffer, name: string): Buffer {
+  const at = dir.length === 0 ? 0 : dir.length + 1;
+  const out = Buffer.allocUnsafe(at + name.length);
+  if (at) {
+    out.set(dir);
+    out[dir.length] = 0x2f;
+  }
+  out.write(name, at, 'latin1');
+  return out;
+}
+
+/** A listing item: an entry (sorts at its path), or a directory's contents (sort at `path/`). */
 interface Item {
   key: Buffer;
   entry?: WalkEntry;
@@ -161,11 +220,34 @@ interface Frame {
 
 const SLASH = Buffer.from('/');
 
-const ZERO_STAT: EntryStat = { mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 0, ino: 0, nlink: 1, rdev: 0 };
+/** How the root is opened (it may be a symlink to a folder), and every directory below it. */
+const ROOT_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY;
+const DIR_FLAGS = ROOT_FLAGS | constants.O_NOFOLLOW;
+
+/** The start of the error of a directory replaced between its lstat and its listing. */
+export const CHANGED = 'changed during the walk';
+
+/**
+ * Folders whose entry N is the open descriptor N. /proc/PID resolves faster than /proc/self (a
+ * symlink); it is not this process's when /proc belongs to another pid namespace.
+ */
+const FD_DIRS = [`/proc/${process.pid}/fd/`, '/proc/self/fd/'];
+
+/** Whether `path` (a descriptor's /proc link) resolves to the open file `st` describes. */
+function sameFile(path: Buffer, st: BigIntStats): boolean {
+  try {
+    const via = statSync(path, { bigint: true });
+    return via.ino === st.ino && via.dev === st.dev;
+  } catch {
+    return false;
+  }
+}
+
+const ZERO_STAT: EntryStat = { mode: 0, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 0, ino: 0n, nlink: 1, rdev: 0 };
 
 export function toEntryStat(st: BigIntStats): EntryStat {
   return {
-    mode: Number(st.mode & 0o7777n),
+    mode: Number(st.mode) & 0o7777,
     uid: Number(st.uid),
     gid: Number(st.gid),
     size: Number(st.size),
@@ -173,20 +255,30 @@ export function toEntryStat(st: BigIntStats): EntryStat {
     atimeNs: st.atimeNs,
     ctimeNs: st.ctimeNs,
     dev: Number(st.dev),
-    ino: Number(st.ino),
+    ino: st.ino,
     nlink: Number(st.nlink),
     rdev: Number(st.rdev),
   };
 }
 
+/** The entry type of a file mode (st_mode & S_IFMT; BigIntStats' isFile() and kin cost a BigInt each). */
 function typeOf(st: BigIntStats): WalkEntry['type'] {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isFIFO()) return 'fifo';
-  if (st.isSocket()) return 'socket';
-  if (st.isCharacterDevice()) return 'chardev';
-  return 'blockdev';
+  switch (Number(st.mode) & constants.S_IFMT) {
+    case constants.S_IFREG:
+      return 'file';
+    case constants.S_IFDIR:
+      return 'dir';
+    case constants.S_IFLNK:
+      return 'symlink';
+    case constants.S_IFIFO:
+      return 'fifo';
+    case constants.S_IFSOCK:
+      return 'socket';
+    case constants.S_IFCHR:
+      return 'chardev';
+    default:
+      return 'blockdev';
+  }
 }
 
 export function errText(err: unknown): string {
