@@ -137,8 +137,8 @@ describe('golden file-system vault', () => {
     expect(bytes).toBeLessThan(512 * KiB);
     const ids = golden.backups.map((b) => b.id).sort();
     expect(files.filter((f) => f.startsWith('backups/')).sort()).toEqual(ids.map((id) => `backups/${id}`));
-    expect(files.filter((f) => f.startsWith('trees/')).sort()).toEqual(ids.map((id) => `trees/${id}/00000`));
-    expect(files.some((f) => f.startsWith('blockmaps/'))).toBe(false);
+    // Tree parts are chunks in the packs: no trees/ or blockmaps/ objects.
+    expect([...new Set(files.map((f) => f.split('/')[0]))].sort()).toEqual(['backups', 'config', 'index', 'keys', 'packs']);
     expect(files.some((f) => f.split('/').pop()!.startsWith('.tmp-'))).toBe(false);
     expect(files.some((f) => f.startsWith('leases/') || f.startsWith('gc/'))).toBe(false);
   });
@@ -227,13 +227,18 @@ describe('golden file-system vault', () => {
     const opened = await Vault.open(new LocalStore(vault), golden.passphrase);
     expect(opened.config).toMatchObject({ version: golden.formatVersion, cdc: { avg: golden.fileChunkAvg } });
     const trees: Map<string, TreeEntry>[] = [];
+    const { index } = await opened.loadIndex();
+    const parts: string[] = [];
     for (const b of golden.backups) {
       const m = await opened.readManifest(b.id);
       expect(m).toMatchObject({ version: 2, type: 'filesystem', kind: b.kind, parent: b.parent, disks: [] });
       const entries = new Map<string, TreeEntry>();
-      for await (const e of readTree(opened, m.tree!)) entries.set(e.path.toString('hex'), e);
+      for await (const e of readTree(opened, index, m.tree!)) entries.set(e.path.toString('hex'), e);
       expect([...entries.keys()]).toEqual(b.entries.map((e) => e.hex));
-      expect(m.tree).toMatchObject({ parts: 1, entries: b.entries.length });
+      // A tree this small is one part: a chunk (hex id) in a pack.
+      expect(m.tree).toMatchObject({ parts: [expect.stringMatching(/^[0-9a-f]{64}$/)], entries: b.entries.length });
+      expect(index.has(Buffer.from(m.tree!.parts[0], 'hex'))).toBe(true);
+      parts.push(m.tree!.parts[0]);
       const at = (path: string) => entries.get(Buffer.from(path).toString('hex'))!;
       const big = at('data/big.bin').chunks!;
       const ids = big.map((c) => c.id.toString('hex'));
@@ -247,6 +252,8 @@ describe('golden file-system vault', () => {
       expect(at('docs/notes.txt').xattrs!.map(([name]) => name)).toEqual(['user.binary', 'user.comment']);
       trees.push(entries);
     }
+    // The incremental's tree differs from the full's, so its part is a chunk of its own.
+    expect(parts[1]).not.toBe(parts[0]);
     // The incremental kept the unchanged files' chunk lists and cut the changed big.bin mostly alike.
     const [full, incremental] = trees;
     const key = (p: string) => Buffer.from(p).toString('hex');

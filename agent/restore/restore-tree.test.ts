@@ -46,10 +46,14 @@ function entry(path: string, type: TreeEntry['type'], extra: Partial<TreeEntry> 
   };
 }
 
+/** A manifest of a tree of `entries` (its parts stored in a pack of their own). */
 async function backup(entries: TreeEntry[], id: string): Promise<Manifest> {
-  const tree = new TreeWriter(vault, id);
+  const { index } = await vault.loadIndex();
+  const writer = new PackWriter(vault, index);
+  const tree = new TreeWriter(vault, writer, index);
   for (const e of entries) await tree.add(e);
   const record = await tree.finish();
+  await writer.flush();
   return {
     version: 1,
     id,

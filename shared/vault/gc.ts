@@ -27,8 +27,6 @@ export interface GcResult {
   /** Bytes copied into new packs by repacking. */
   bytesRepacked: number;
   blockMapsDeleted: number;
-  /** Parts of trees (file-system backups) whose backup has no manifest. */
-  treePartsDeleted: number;
   indexObjectsBefore: number;
   indexObjectsAfter: number;
   /** Packs kept because they are younger than the grace period or a running backup. */
@@ -41,8 +39,9 @@ export interface GcResult {
 
 /**
  * Garbage collection without a lock that stops backups (FORMAT.md, "Garbage collection"):
- * 1. mark: every chunk referenced by a manifest's block maps or tree; refused (VAULT_CORRUPT) when
- *    one cannot be read, since its chunks would look dead;
+ * 1. mark: every chunk referenced by a manifest's block maps or tree (its parts, which are chunks,
+ *    and its files' chunks); refused (VAULT_CORRUPT) when one cannot be read, since its chunks
+ *    would look dead;
  * 2. plan: packs with no live chunk, and packs worth repacking (live chunks copied first), older
  *    than the grace period and than every live lease, are condemned in `gc/plan`; from then on
  *    backups do not reuse chunks from condemned packs;
@@ -140,7 +139,6 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
     bytesFreed: 0,
     bytesRepacked,
     blockMapsDeleted: 0,
-    treePartsDeleted: 0,
     indexObjectsBefore: indexKeys.length,
     indexObjectsAfter: indexKeysNow.length,
     packsTooYoung,
@@ -149,7 +147,6 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   };
   if (condemned.size === 0 && !previous) {
     result.blockMapsDeleted = await deleteOrphans(vault, 'blockmaps/', manifests.map((m) => m.id), cutoff);
-    result.treePartsDeleted = await deleteOrphans(vault, 'trees/', manifests.map((m) => m.id), cutoff);
     return result;
   }
   await writeGcPlan(vault, plan);
@@ -195,7 +192,6 @@ async function run(vault: Vault, opts: GcOptions, lease: Lease): Promise<GcResul
   await vault.store.delete(GC_PLAN_KEY);
   result.packsAfter = (await vault.listPacks()).size;
   result.blockMapsDeleted = await deleteOrphans(vault, 'blockmaps/', finalManifests.map((m) => m.id), cutoff);
-  result.treePartsDeleted = await deleteOrphans(vault, 'trees/', finalManifests.map((m) => m.id), cutoff);
   await deleteExpiredLeases(vault);
   if (vault.config.immutability) await pruneLedger(vault);
   return result;
@@ -216,26 +212,26 @@ async function readPerPack(vault: Vault, keys: string[]): Promise<Map<string, Pa
 
 /**
  * The references of every backup; VAULT_CORRUPT when a block map or tree part cannot be read: the
- * chunks it names would look dead and be deleted.
+ * chunks it names would look dead and be deleted. Tree parts are read from any copy, condemned packs
+ * included (a backup that began before a plan may have reused a part held there; the sweep spares
+ * such packs).
  */
 async function marked(vault: Vault, manifests: Manifest[]): Promise<{ refs: Map<string, Set<string>> }> {
-  const { refs, unreadable } = await collectReferences(vault, manifests);
+  const { index } = await vault.loadIndex({ includeCondemned: true });
+  const { refs, unreadable } = await collectReferences(vault, index, manifests);
   if (unreadable.length) {
     const u = unreadable[0];
     throw new CairnError(
       'VAULT_CORRUPT',
-      `gc stopped before deleting anything: ${u.key} of backup ${u.backup.name} (${u.backup.id}) cannot be read (${u.message}); ` +
+      `gc stopped before deleting anything: ${u.kind === 'tree-part' ? 'tree part ' : ''}${u.key} of backup ${u.backup.name} (${u.backup.id}) cannot be read (${u.message}); ` +
         `run 'cairn vault verify', and delete that backup if it cannot be repaired`,
     );
   }
   return { refs };
 }
 
-/**
- * Block maps (`blockmaps/<backup id>/<disk>`) or tree parts (`trees/<backup id>/<part>`) whose backup
- * has no manifest (deleted, or never committed) and that are old enough.
- */
-async function deleteOrphans(vault: Vault, prefix: 'blockmaps/' | 'trees/', backupIds: string[], cutoff: number): Promise<number> {
+/** Block maps (`blockmaps/<backup id>/<disk>`) whose backup has no manifest (deleted, or never committed) and that are old enough. */
+async function deleteOrphans(vault: Vault, prefix: 'blockmaps/', backupIds: string[], cutoff: number): Promise<number> {
   const live = new Set(backupIds);
   let n = 0;
   for await (const o of vault.store.list(prefix)) {

@@ -1,21 +1,32 @@
 import { ZERO_ID } from './block-map.js';
+import type { ChunkIndex } from './chunk-index.js';
 import { ID_BYTES } from './crypto.js';
 import type { Manifest } from './manifest.js';
-import { readTreePart, treePartKey } from './tree.js';
+import { readTreePart, treeParts } from './tree.js';
 import type { Vault } from './vault.js';
+
+/** A block map or tree part that could not be read: `key` is the block map's object key or the part's chunk id (hex). */
+export interface UnreadableObject {
+  backup: Manifest;
+  kind: 'block-map' | 'tree-part';
+  key: string;
+  message: string;
+}
 
 /**
  * The chunk ids that a set of backups references, as latin1 keys, each with the backups that use
- * it (for naming affected backups): every id of a disk backup's block maps and of a file-system
- * backup's tree (its files' chunks). Block maps and tree parts that cannot be read are reported,
- * not thrown; the other parts of a tree are still read.
+ * it (for naming affected backups): every id of a disk backup's block maps, and of a file-system
+ * backup's tree: its parts (chunks themselves) and its files' chunks. Tree parts are located through
+ * `index` (Vault.loadIndex). Block maps and tree parts that cannot be read are reported, not thrown;
+ * the other parts of a tree are still read.
  */
 export async function collectReferences(
   vault: Vault,
+  index: ChunkIndex,
   manifests: Manifest[],
-): Promise<{ refs: Map<string, Set<string>>; unreadable: { backup: Manifest; key: string; message: string }[] }> {
+): Promise<{ refs: Map<string, Set<string>>; unreadable: UnreadableObject[] }> {
   const refs = new Map<string, Set<string>>();
-  const unreadable: { backup: Manifest; key: string; message: string }[] = [];
+  const unreadable: UnreadableObject[] = [];
   const use = (id: Buffer, m: Manifest) => {
     if (id.equals(ZERO_ID)) return;
     const k = id.toString('latin1');
@@ -29,18 +40,18 @@ export async function collectReferences(
       try {
         ids = (await vault.readBlockMap(d.blockMap)).ids;
       } catch (err) {
-        unreadable.push({ backup: m, key: d.blockMap, message: (err as Error).message });
+        unreadable.push({ backup: m, kind: 'block-map', key: d.blockMap, message: (err as Error).message });
         continue;
       }
       for (let at = 0; at < ids.length; at += ID_BYTES) use(ids.subarray(at, at + ID_BYTES), m);
     }
-    if (m.tree) {
-      for (let n = 0; n < m.tree.parts; n++) {
-        try {
-          for (const e of await readTreePart(vault, m.tree, n)) for (const c of e.chunks ?? []) use(c.id, m);
-        } catch (err) {
-          unreadable.push({ backup: m, key: treePartKey(m.tree.key, n), message: (err as Error).message });
-        }
+    // A tree record of another layout throws (VAULT_VERSION): gc must not go on without its chunks.
+    for (const part of m.tree ? treeParts(m.tree) : []) {
+      use(Buffer.from(part, 'hex'), m);
+      try {
+        for (const e of await readTreePart(vault, index, part)) for (const c of e.chunks ?? []) use(c.id, m);
+      } catch (err) {
+        unreadable.push({ backup: m, kind: 'tree-part', key: part, message: (err as Error).message });
       }
     }
   }

@@ -4,20 +4,34 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { compress } from 'zstd-napi';
 
 import { deleteBackup } from '../../agent/backup/delete-backup.js';
 import { LocalStore } from '../store/local-store.js';
 import { ZERO_ID } from './block-map.js';
 import { cut, gearTable } from './cdc.js';
 import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
-import { ChunkHasher, seal } from './crypto.js';
+import { ChunkIndex } from './chunk-index.js';
+import { ChunkHasher } from './crypto.js';
 import { collectGarbage } from './gc.js';
 import { manifestKey, type Manifest } from './manifest.js';
 import { packKey } from './pack.js';
 import { PackWriter } from './pack-writer.js';
 import { collectReferences } from './references.js';
-import { decodeTreeEntries, encodeTreeEntries, readTree, treeKey, treePartKey, TreeWriter, TREE_MAGIC, type EntryType, type FileChunk, type TreeEntry } from './tree.js';
+import {
+  decodeTreeEntries,
+  encodeTreeEntries,
+  readTree,
+  treeBoundaryHash,
+  treeBoundarySeed,
+  TreeWriter,
+  TREE_MAGIC,
+  TREE_PART_MAX,
+  type EntryType,
+  type FileChunk,
+  type TreeEntry,
+  type TreeRecord,
+  type TreeWriterOptions,
+} from './tree.js';
 import { Vault } from './vault.js';
 import { verifyVault } from './verify.js';
 import { WorkerPool } from './worker-pool.js';
@@ -94,6 +108,28 @@ function makeEntries(n: number): TreeEntry[] {
   return out.sort((a, b) => Buffer.compare(a.path, b.path));
 }
 
+/** Writes a tree into the vault as a backup does (parts into a PackWriter, flushed); `added`: chunks the writer got. */
+async function writeTree(
+  vault: Vault,
+  entries: TreeEntry[],
+  opts: TreeWriterOptions = {},
+): Promise<{ record: TreeRecord; tree: TreeWriter; index: ChunkIndex; added: number }> {
+  const { index } = await vault.loadIndex();
+  const before = index.size;
+  const writer = new PackWriter(vault, index);
+  const tree = new TreeWriter(vault, writer, index, opts);
+  for (const e of entries) await tree.add(e);
+  const record = await tree.finish();
+  await writer.flush();
+  return { record, tree, index, added: index.size - before };
+}
+
+async function readAll(vault: Vault, record: TreeRecord, index?: ChunkIndex): Promise<TreeEntry[]> {
+  const out: TreeEntry[] = [];
+  for await (const e of readTree(vault, index ?? (await vault.loadIndex()).index, record)) out.push(e);
+  return out;
+}
+
 describe('tree', () => {
   let dir: string;
   let vault: Vault;
@@ -105,24 +141,27 @@ describe('tree', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('round-trips 100k entries of every type, odd-byte paths and xattrs across several parts', async () => {
+  it('round-trips 100k entries of every type, odd-byte paths and xattrs across parts stored as chunks', async () => {
     const entries = makeEntries(100_000);
-    const writer = new TreeWriter(vault, 'B1', { partBytes: 512 * 1024 });
-    for (const e of entries) await writer.add(e);
-    const record = await writer.finish();
-    expect(record.key).toBe(treeKey('B1'));
-    expect(record.parts).toBeGreaterThan(3);
+    const { record, tree, index, added } = await writeTree(vault, entries);
+    // About one entry in 256 ends a part: some 400 parts, each a chunk in a pack, no other objects.
+    expect(record.parts.length).toBeGreaterThan(150);
+    expect(record.parts.length).toBeLessThan(1000);
+    expect(new Set(record.parts).size).toBe(record.parts.length);
+    expect(tree.partsStored).toBe(record.parts.length);
+    expect(added).toBe(record.parts.length);
+    for (const id of record.parts) expect(index.has(Buffer.from(id, 'hex')), id).toBe(true);
     expect(record.entries).toBe(entries.length);
     expect(record.files).toBe(entries.filter((e) => e.type === 'file').length);
     expect(record.dirs).toBe(entries.filter((e) => e.type === 'dir').length);
     expect(record.bytes).toBe(entries.filter((e) => e.type === 'file').reduce((s, e) => s + e.size, 0));
     expect(record.partial).toBe(entries.filter((e) => e.warning).length);
-    const stored: string[] = [];
-    for await (const o of vault.store.list(`${record.key}/`)) stored.push(o.key);
-    expect(stored.sort()).toEqual(Array.from({ length: record.parts }, (_, n) => treePartKey(record.key, n)));
+    const kinds = new Set<string>();
+    for await (const o of vault.store.list('')) kinds.add(o.key.split('/')[0]);
+    expect([...kinds].sort()).toEqual(['config', 'index', 'keys', 'packs']);
 
     let n = 0;
-    for await (const e of readTree(vault, record)) {
+    for await (const e of readTree(vault, (await vault.loadIndex()).index, record)) {
       const want = entries[n++];
       if (canon(e) !== canon(want)) expect(e).toEqual(want);
     }
@@ -202,7 +241,9 @@ describe('tree', () => {
   });
 
   it('refuses entries out of order, duplicates and chunks that do not cover the size (INTERNAL)', async () => {
-    const w = new TreeWriter(vault, 'B2');
+    const { index } = await vault.loadIndex();
+    const writer = new PackWriter(vault, index);
+    const w = new TreeWriter(vault, writer, index);
     const e = (path: string, extra: Partial<TreeEntry> = {}): TreeEntry => ({
       path: Buffer.from(path),
       type: 'dir',
@@ -229,32 +270,134 @@ describe('tree', () => {
     await w.add(e('a/b'));
     await w.add(e('a\xff', {}));
     const record = await w.finish();
-    const paths: string[] = [];
-    for await (const x of readTree(vault, record)) paths.push(x.path.toString('latin1'));
+    await writer.flush();
+    const paths = (await readAll(vault, record)).map((x) => x.path.toString('latin1'));
     expect(paths).toEqual(['', 'a', 'a.b', 'a/b', Buffer.from('a\xff').toString('latin1')]);
   });
 
   it('reports a missing or damaged part as VAULT_CORRUPT naming it, an unknown layout as VAULT_VERSION', async () => {
-    const w = new TreeWriter(vault, 'B3', { partBytes: 4096 });
-    for (const e of makeEntries(500)) await w.add(e);
-    const record = await w.finish();
-    expect(record.parts).toBeGreaterThan(2);
-    const part1 = treePartKey(record.key, 1);
-    const body = await vault.store.get(part1);
-    const damaged = Buffer.from(body);
-    damaged[40] ^= 1;
-    await vault.store.put(part1, () => damaged);
-    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringContaining(part1) });
-    await vault.store.delete(part1);
-    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringContaining(part1) });
-    const future = Buffer.concat([Buffer.from('CRNTREE9'), Buffer.alloc(4)]);
+    const { record, index } = await writeTree(vault, makeEntries(2000));
+    expect(record.parts.length).toBeGreaterThan(2);
+    const id1 = record.parts[1];
+    const loc1 = index.get(Buffer.from(id1, 'hex'))!;
+    const corrupt = (p: Promise<unknown>, id: string) =>
+      expect(p).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringMatching(new RegExp(`tree part ${id}.*cairn vault verify`)) });
+
+    // Not in the index (e.g. its pack was deleted and the index rebuilt).
+    const without = new ChunkIndex();
+    for (const [id, loc] of index.entries()) if (id.toString('hex') !== id1) without.add(id, loc);
+    await corrupt(drain(readTree(vault, without, record)), id1);
+    // Another part's blob under its id (a part moved or swapped) does not authenticate.
+    const swapped = new ChunkIndex();
+    for (const [id, loc] of index.entries()) swapped.add(id, id.toString('hex') === id1 ? index.get(Buffer.from(record.parts[2], 'hex'))! : loc);
+    await corrupt(drain(readTree(vault, swapped, record)), id1);
+    // A flipped byte in its pack.
+    const pack = await vault.store.get(packKey(loc1.packId));
+    const damaged = Buffer.from(pack);
+    damaged[loc1.offset + 40] ^= 1;
+    await vault.store.put(packKey(loc1.packId), () => damaged);
+    await corrupt(drain(readTree(vault, index, record)), id1);
+    // Its pack gone: the first part it held is named.
+    await vault.store.delete(packKey(loc1.packId));
+    const firstInPack = record.parts.find((id) => index.get(Buffer.from(id, 'hex'))!.packId === loc1.packId)!;
+    await corrupt(drain(readTree(vault, index, record)), firstInPack);
+
+    // A part of a layout this Cairn does not know, stored as a chunk like any part.
     expect(TREE_MAGIC.toString()).toBe('CRNTREE1');
-    await vault.store.put(part1, () => seal(vault.key.encryption, compress(future), Buffer.from(`cairn/tree/v1/${part1}`)));
-    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_VERSION' });
-    // A part moved under another name does not authenticate.
-    await vault.store.put(part1, () => body);
-    await vault.store.put(treePartKey(record.key, 2), () => body);
-    await expect(drain(readTree(vault, record))).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
+    const future = Buffer.concat([Buffer.from('CRNTREE9'), Buffer.alloc(4)]);
+    const fid = new ChunkHasher(vault.key.chunkId).id(future);
+    const writer = new PackWriter(vault, index);
+    const enc = new ChunkEncoder(vault.key.encryption, 3).encode(fid, future);
+    writer.add(fid, enc.blob, enc.codec, future.length);
+    await writer.flush();
+    const futureRecord: TreeRecord = { parts: [fid.toString('hex')], entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
+    await expect(drain(readTree(vault, index, futureRecord))).rejects.toMatchObject({ code: 'VAULT_VERSION' });
+    // A record of the layout before parts were chunks (a part count, a `trees/` key).
+    const older = { key: 'trees/x', parts: 1, entries: 1, files: 0, dirs: 1, bytes: 0, partial: 0 } as unknown as TreeRecord;
+    await expect(drain(readTree(vault, index, older))).rejects.toMatchObject({ code: 'VAULT_VERSION' });
+  });
+
+  it('shares unchanged parts between trees: one changed entry of 20 000 stores 1-2 new parts', async () => {
+    const entries = makeEntries(20_000);
+    const first = await writeTree(vault, entries);
+    const parts = first.record.parts.length;
+    expect(parts).toBeGreaterThan(20);
+
+    // The same tree again: every part is reused, nothing is written.
+    const same = await writeTree(vault, entries);
+    expect(same.record.parts).toEqual(first.record.parts);
+    expect(same.added).toBe(0);
+    expect(same.tree.partsReused).toBe(parts);
+    // The packs of reused parts are reported (immutable vaults extend their retention).
+    expect([...same.tree.packsReused].sort()).toEqual([...new Set(first.record.parts.map((id) => same.index.get(Buffer.from(id, 'hex'))!.packId))].sort());
+
+    // One entry in the middle changed (as an edited file in an incremental).
+    const mid = entries.findIndex((e, i) => i >= 10_000 && e.type === 'file');
+    const changed = entries.slice();
+    changed[mid] = { ...entries[mid], mtimeNs: entries[mid].mtimeNs + 1n, size: 7, chunks: [{ id: randomBytes(32), length: 7 }] };
+    const second = await writeTree(vault, changed);
+    expect(second.added).toBeGreaterThanOrEqual(1);
+    expect(second.added).toBeLessThanOrEqual(2);
+    expect(second.record.parts.filter((id) => !first.record.parts.includes(id)).length).toBe(second.added);
+    expect((await readAll(vault, second.record)).map(canon)).toEqual(changed.map(canon));
+    // The first tree still reads as it was.
+    expect((await readAll(vault, first.record)).length).toBe(entries.length);
+  });
+
+  it('keeps boundaries where they were when an entry is inserted or removed', async () => {
+    const entries = makeEntries(20_000);
+    const first = await writeTree(vault, entries);
+    const old = new Set(first.record.parts);
+
+    const at = entries.findIndex((e, i) => i >= 5000 && e.type === 'file');
+    const extra: TreeEntry = { ...entries[at], path: Buffer.concat([entries[at].path, Buffer.from('-new')]) };
+    const inserted = [...entries.slice(0, at + 1), extra, ...entries.slice(at + 1)];
+    expect(Buffer.compare(extra.path, inserted[at + 2].path)).toBeLessThan(0);
+    const second = await writeTree(vault, inserted);
+    const fresh = second.record.parts.filter((id) => !old.has(id));
+    expect(fresh.length).toBeGreaterThanOrEqual(1);
+    expect(fresh.length).toBeLessThanOrEqual(2);
+    expect(second.record.parts.length - fresh.length).toBeGreaterThanOrEqual(first.record.parts.length - 2);
+
+    const removed = entries.filter((_, i) => i !== at + 3000);
+    const third = await writeTree(vault, removed);
+    expect(third.record.parts.filter((id) => !old.has(id)).length).toBeLessThanOrEqual(2);
+    expect((await readAll(vault, third.record)).map(canon)).toEqual(removed.map(canon));
+  });
+
+  it('cuts a part at TREE_PART_MAX whatever the paths, and at a path boundary only past the minimum', async () => {
+    // No path boundary at all (mask: every hash bit): parts close at the maximum only.
+    const entries = makeEntries(3000);
+    const capped = await writeTree(vault, entries, { maxBytes: 16 * 1024, boundaryMask: 0xffffffff });
+    expect(capped.record.parts.length).toBeGreaterThan(3);
+    for (const id of capped.record.parts.slice(0, -1)) {
+      const raw = capped.index.get(Buffer.from(id, 'hex'))!.rawLength;
+      expect(raw).toBeGreaterThanOrEqual(16 * 1024);
+      expect(raw).toBeLessThan(17 * 1024);
+    }
+    // Every entry a boundary: parts close as soon as they reach the minimum.
+    const eager = await writeTree(vault, entries, { minBytes: 2048, boundaryMask: 0 });
+    for (const id of eager.record.parts.slice(0, -1)) expect(eager.index.get(Buffer.from(id, 'hex'))!.rawLength).toBeGreaterThanOrEqual(2048);
+    expect(eager.record.parts.length).toBeGreaterThan(capped.record.parts.length);
+    expect(TREE_PART_MAX).toBe(1024 * 1024);
+    for (const r of [capped, eager]) expect((await readAll(vault, r.record)).length).toBe(entries.length);
+  });
+
+  it('hashes paths for boundaries with a per-vault seed: about one path in 256 has the low 8 bits zero', () => {
+    const seed = treeBoundarySeed(vault.key.chunkId);
+    expect(seed).toBe(treeBoundarySeed(Buffer.from(vault.key.chunkId)));
+    expect(treeBoundarySeed(randomBytes(32))).not.toBe(seed);
+    let zero = 0;
+    const paths = Array.from({ length: 100_000 }, (_, i) => Buffer.from(`usr/lib/x86_64-linux-gnu/lib${i}.so`));
+    for (const p of paths) if ((treeBoundaryHash(seed, p) & 0xff) === 0) zero++;
+    expect(zero).toBeGreaterThan(300);
+    expect(zero).toBeLessThan(500);
+    expect(treeBoundaryHash(seed, paths[0])).toBe(treeBoundaryHash(seed, Buffer.from(paths[0])));
+    expect(treeBoundaryHash(seed, paths[0])).not.toBe(treeBoundaryHash(seed ^ 1, paths[0]));
+    // Pinned (FORMAT.md, "Trees"): FNV-1a then fmix32, and the seed of an all-zero chunk-id key.
+    expect(treeBoundaryHash(0, Buffer.from('usr/lib/libc.so.6'))).toBe(0x3b973ef5);
+    expect(treeBoundaryHash(0, Buffer.alloc(0))).toBe(0xab3e7c0b);
+    expect(treeBoundarySeed(Buffer.alloc(32))).toBe(0xca4ecb28);
   });
 });
 
@@ -277,10 +420,8 @@ describe('tree paths', () => {
       ['hard link outside', [root, { ...base, path: Buffer.from('h'), type: 'hardlink', link: Buffer.from('../../etc/shadow') }]],
     ];
     for (const [name, entries] of cases) {
-      const w = new TreeWriter(vault, `P-${name.replaceAll(' ', '-')}`);
-      for (const e of entries) await w.add(e);
-      const record = await w.finish();
-      await expect(drain(readTree(vault, record)), name).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
+      const { record, index } = await writeTree(vault, entries);
+      await expect(drain(readTree(vault, index, record)), name).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
     }
   });
 });
@@ -294,8 +435,8 @@ async function drain<T>(it: AsyncIterable<T>): Promise<number> {
 const HOUR = 3600_000;
 
 /**
- * Stores files as a file-system backup the way a `dir` backup does (chunks by cdc into packs, index,
- * tree parts, manifest), on the main thread.
+ * Stores files as a file-system backup the way a `dir` backup does (chunks by cdc and tree parts into
+ * packs, index, manifest), on the main thread; every entry is a tree part of its own.
  */
 async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Promise<Manifest> {
   const params = { min: 2048, avg: 8192, max: 32768 };
@@ -305,7 +446,7 @@ async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Pro
   const hasher = new ChunkHasher(vault.key.chunkId);
   const encoder = new ChunkEncoder(vault.key.encryption, 1);
   const id = vault.newBackupId();
-  const tree = new TreeWriter(vault, id, { partBytes: 200 });
+  const tree = new TreeWriter(vault, writer, index, { minBytes: 1, boundaryMask: 0 });
   const base = { mode: 0o644, uid: 0, gid: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1n };
   await tree.add({ ...base, path: Buffer.alloc(0), type: 'dir', size: 0 });
   for (const [n, data] of files.entries()) {
@@ -327,8 +468,8 @@ async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Pro
     }
     await tree.add({ ...base, path: Buffer.from(`file${n}`), type: 'file', size: data.length, chunks });
   }
-  await writer.flush();
   const record = await tree.finish();
+  await writer.flush();
   const now = vault.clock.now().toISOString();
   const manifest: Manifest = {
     version: 1,
@@ -355,7 +496,7 @@ async function storeFileBackup(vault: Vault, files: Buffer[], name: string): Pro
 async function readFile(vault: Vault, m: Manifest, path: string): Promise<Buffer> {
   const { index } = await vault.loadIndex({ includeCondemned: true });
   const decoder = new ChunkDecoder(vault.key.encryption, vault.key.chunkId);
-  for await (const e of readTree(vault, m.tree!)) {
+  for await (const e of readTree(vault, index, m.tree!)) {
     if (e.path.toString() !== path) continue;
     const parts: Buffer[] = [];
     for (const c of e.chunks!) {
@@ -389,34 +530,46 @@ describe('trees in gc, verify and delete', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('gc keeps the chunks trees reference and deletes orphan tree parts; delete removes the parts', async () => {
+  it('gc keeps the chunks and tree parts backups reference and frees those of deleted or unfinished backups', async () => {
     const keep = [randomBytes(100_000), Buffer.alloc(50_000), Buffer.concat([randomBytes(30_000), Buffer.alloc(70_000), randomBytes(5)])];
     const gone = [randomBytes(120_000)];
     const kept = await storeFileBackup(vault, keep, 'kept');
     const dropped = await storeFileBackup(vault, gone, 'dropped');
-    expect(kept.tree!.parts).toBeGreaterThan(1);
-    const refs = (await collectReferences(vault, [kept])).refs;
+    expect(kept.tree!.parts.length).toBe(keep.length + 1);
+    const refs = (await collectReferences(vault, (await vault.loadIndex()).index, [kept])).refs;
     expect(refs.size).toBeGreaterThan(10);
+    // Tree parts are referenced chunks like file data.
+    for (const id of kept.tree!.parts) expect(refs.get(Buffer.from(id, 'hex').toString('latin1'))).toEqual(new Set([kept.id]));
+    // Both trees start with the same root entry: that part is one chunk, shared.
+    expect(dropped.tree!.parts[0]).toBe(kept.tree!.parts[0]);
+    const droppedOnly = dropped.tree!.parts.filter((id) => !kept.tree!.parts.includes(id));
+    expect(droppedOnly.length).toBe(1);
 
-    // Deleting a backup removes its manifest and every tree part.
+    // Deleting a backup removes its manifest only; its parts are chunks, gc's job. No trees/ objects.
     await deleteBackup(vault, dropped);
     expect(await vault.store.stat(manifestKey(dropped.id))).toBeUndefined();
-    const left: string[] = [];
-    for await (const o of vault.store.list('trees/')) left.push(o.key);
-    expect(left.every((k) => k.startsWith(`${kept.tree!.key}/`))).toBe(true);
-    expect(left).toHaveLength(kept.tree!.parts);
-
-    // An interrupted backup's tree parts (no manifest) and an interrupted delete's.
-    await vault.store.put(treePartKey(treeKey('20261125T000000Z-deadbeef'), 0), () => Buffer.from('x'));
-    await vault.store.put(treePartKey(treeKey('20261125T000000Z-deadbeef'), 1), () => Buffer.from('x'));
+    const { index: before } = await vault.loadIndex();
+    for (const id of droppedOnly) expect(before.has(Buffer.from(id, 'hex'))).toBe(true);
+    // An unfinished backup: its packs (file chunks and tree parts) are stored, its manifest never was.
+    const { index } = await vault.loadIndex();
+    const writer = new PackWriter(vault, index);
+    const unfinished = new TreeWriter(vault, writer, index);
+    const base = { mode: 0o644, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 9n };
+    await unfinished.add({ ...base, path: Buffer.alloc(0), type: 'dir' });
+    await unfinished.add({ ...base, path: Buffer.from('never'), type: 'fifo' });
+    const orphan = await unfinished.finish();
+    await writer.flush();
+    expect(unfinished.partsStored).toBe(1);
 
     now = Date.now() + HOUR;
     const r = await collectGarbage(vault, { graceMs: 15 * 60_000 });
     expect(r.packsDeleted).toBeGreaterThan(0);
-    expect(r.treePartsDeleted).toBe(2);
-    const after: string[] = [];
-    for await (const o of vault.store.list('trees/')) after.push(o.key);
-    expect(after.sort()).toEqual(left.sort());
+    const { index: after } = await vault.loadIndex();
+    for (const id of kept.tree!.parts) expect(after.has(Buffer.from(id, 'hex')), `kept part ${id}`).toBe(true);
+    for (const id of [...droppedOnly, ...orphan.parts]) expect(after.has(Buffer.from(id, 'hex')), `freed part ${id}`).toBe(false);
+    const kinds = new Set<string>();
+    for await (const o of vault.store.list('')) kinds.add(o.key.split('/')[0]);
+    expect(kinds.has('trees')).toBe(false);
     for (const [n, data] of keep.entries()) expect(sha(await readFile(vault, kept, `file${n}`))).toBe(sha(data));
     const v = await verifyVault(vault, { readData: false });
     expect(v.problems).toEqual([]);
@@ -425,27 +578,40 @@ describe('trees in gc, verify and delete', () => {
   it('gc stops when a tree part cannot be read, before deleting anything', async () => {
     const m = await storeFileBackup(vault, [randomBytes(60_000)], 'b');
     await storeFileBackup(vault, [randomBytes(60_000)], 'c').then((c) => deleteBackup(vault, c));
-    await vault.store.delete(treePartKey(m.tree!.key, 0));
+    const part = m.tree!.parts[1];
+    await damageChunk(vault, part);
     const packs = (await vault.listPacks()).size;
     now = Date.now() + HOUR;
     await expect(collectGarbage(vault, { graceMs: 0 })).rejects.toMatchObject({
       code: 'VAULT_CORRUPT',
-      message: expect.stringContaining(treePartKey(m.tree!.key, 0)),
+      message: expect.stringContaining(`tree part ${part} of backup b`),
     });
     expect((await vault.listPacks()).size).toBe(packs);
   });
 
   it('verify reads tree chunks: missing chunks, a damaged part and corrupt data name the backup', async () => {
     const m = await storeFileBackup(vault, [randomBytes(80_000), randomBytes(40_000)], 'files');
+    const entries = await drainEntries(vault, m);
     const pool = new WorkerPool(vault.key, 1, 1);
     try {
       const ok = await verifyVault(vault, { readData: true, pool });
       expect(ok.ok).toBe(true);
       expect(ok.chunksChecked).toBeGreaterThan(10);
 
+      // A damaged tree part: a bad tree of this backup (and, read whole, a corrupt chunk).
+      const part = m.tree!.parts[2];
+      const original = await damageChunk(vault, part);
+      const badTree = await verifyVault(vault, { readData: false });
+      expect(badTree.problems).toEqual([expect.objectContaining({ kind: 'bad-tree', object: part, message: expect.stringContaining(`tree part ${part}`) })]);
+      expect(badTree.affected.map((a) => a.id)).toEqual([m.id]);
+      const badRead = await verifyVault(vault, { readData: true, pool });
+      expect(badRead.problems).toContainEqual(expect.objectContaining({ kind: 'corrupt-chunk', message: expect.stringContaining(part) }));
+      await original.restore();
+      expect((await verifyVault(vault, { readData: false })).ok).toBe(true);
+
       // Corrupt one blob of a pack: verify --read-data finds it and names the backup.
       const { index } = await vault.loadIndex();
-      const someChunk = (await drainEntries(vault, m)).flatMap((e) => e.chunks ?? []).find((c) => !c.id.equals(ZERO_ID))!;
+      const someChunk = entries.flatMap((e) => e.chunks ?? []).find((c) => !c.id.equals(ZERO_ID))!;
       const loc = index.get(someChunk.id)!;
       const pack = await vault.store.get(packKey(loc.packId));
       const bad = Buffer.from(pack);
@@ -461,23 +627,25 @@ describe('trees in gc, verify and delete', () => {
       expect(missing.problems.some((p) => p.kind === 'missing-pack')).toBe(true);
       expect(missing.affected[0]).toMatchObject({ id: m.id });
       expect(missing.affected[0].missingChunks).toBeGreaterThan(0);
-
-      // A damaged tree part.
-      const part = treePartKey(m.tree!.key, 0);
-      const body = Buffer.from(await vault.store.get(part));
-      body[body.length - 1] ^= 1;
-      await vault.store.put(part, () => body);
-      const badTree = await verifyVault(vault, { readData: false });
-      expect(badTree.problems).toContainEqual(expect.objectContaining({ kind: 'bad-tree', object: part }));
-      expect(badTree.affected.map((a) => a.id)).toEqual([m.id]);
     } finally {
       await pool.close();
     }
   });
 });
 
+/** Flips a byte of a chunk's blob in its pack; `restore` puts the pack back as it was. */
+async function damageChunk(vault: Vault, hex: string): Promise<{ restore: () => Promise<void> }> {
+  const loc = (await vault.loadIndex()).index.get(Buffer.from(hex, 'hex'))!;
+  const key = packKey(loc.packId);
+  const body = await vault.store.get(key);
+  const bad = Buffer.from(body);
+  bad[loc.offset + Math.floor(loc.length / 2)] ^= 1;
+  await vault.store.put(key, () => bad);
+  return { restore: () => vault.store.put(key, () => body).then(() => undefined) };
+}
+
 async function drainEntries(vault: Vault, m: Manifest): Promise<TreeEntry[]> {
   const out: TreeEntry[] = [];
-  for await (const e of readTree(vault, m.tree!)) out.push(e);
+  for await (const e of readTree(vault, (await vault.loadIndex()).index, m.tree!)) out.push(e);
   return out;
 }

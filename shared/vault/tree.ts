@@ -1,14 +1,19 @@
-import { compress, decompress } from 'zstd-napi';
-import { CairnError } from '../errors.js';
-import { ID_BYTES, open, seal } from './crypto.js';
+import { CairnError, isCairnError } from '../errors.js';
+import type { ChunkIndex } from './chunk-index.js';
+import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
+import { fileCompressionLevel } from './config.js';
+import { ChunkHasher, ID_BYTES } from './crypto.js';
+import { packKey } from './pack.js';
+import type { PackWriter } from './pack-writer.js';
 import type { Vault } from './vault.js';
 
 /**
  * File-system backups (FORMAT.md, "Trees"): the tree of a `dir` backup, its entries sorted by path,
- * stored as sealed, zstd-compressed parts `trees/<backup id>/<part>` after the packs and index
- * objects that hold its chunks and before the manifest. File data is cut by content-defined chunking
- * (cdc.ts) into chunks stored like disk chunks (same ids, packs, index), so equal data dedups across
- * file and disk backups of one vault.
+ * cut into parts at content-defined boundaries (chosen by path), each part stored as an ordinary
+ * chunk (keyed BLAKE3 id, packs, index). A part whose bytes an earlier backup stored already is
+ * reused, so an incremental stores only the parts around what changed. File data is cut by
+ * content-defined chunking (cdc.ts) into chunks stored like disk chunks (same ids, packs, index), so
+ * equal data dedups across file and disk backups of one vault.
  */
 
 export type EntryType = 'dir' | 'file' | 'symlink' | 'hardlink' | 'fifo' | 'socket' | 'chardev' | 'blockdev';
@@ -56,9 +61,8 @@ export interface TreeEntry {
 
 /** What a manifest records of its tree (Manifest.tree). */
 export interface TreeRecord {
-  /** Key prefix of the parts: `trees/<backup id>`; parts are `<prefix>/<00000..>`. */
-  key: string;
-  parts: number;
+  /** The chunk ids (hex) of the parts, in tree order. */
+  parts: string[];
   entries: number;
   files: number;
   dirs: number;
@@ -68,19 +72,17 @@ export interface TreeRecord {
   partial: number;
 }
 
-export function treeKey(backupId: string): string {
-  return `trees/${backupId}`;
-}
-
-/** The object key of part `n` (0-based) of the tree whose record key is `prefix`. */
-export function treePartKey(prefix: string, n: number): string {
-  return `${prefix}/${String(n).padStart(5, '0')}`;
-}
-
-/** Default plaintext size at which a part is closed (about 50 000 entries of small files). */
-export const TREE_PART_BYTES = 4 * 1024 * 1024;
+/** A part closes at a path boundary only once its plaintext holds at least this many bytes. */
+export const TREE_PART_MIN = 4 * 1024;
+/** A part closes once its plaintext holds this many bytes, boundary or not. */
+export const TREE_PART_MAX = 1024 * 1024;
+/** Low bits of an entry's path hash that must be zero for a boundary: about one entry in 256. */
+export const TREE_BOUNDARY_MASK = 0xff;
 
 export const TREE_MAGIC = Buffer.from('CRNTREE1', 'ascii');
+
+/** Parts readTree fetches ahead of the one it parses. */
+const TREE_READ_AHEAD = 8;
 
 const TYPES: readonly EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i] as const));
@@ -93,10 +95,43 @@ const F_CHUNKS = 16;
 const F_WARNING = 32;
 const F_KNOWN = 63;
 
+/** The per-vault seed of boundary hashes: the first 4 bytes of the keyed id of a fixed label. */
+export function treeBoundarySeed(chunkIdKey: Buffer): number {
+  return new ChunkHasher(chunkIdKey).id(Buffer.from('cairn/tree-boundary/v1')).readUInt32LE(0);
+}
+
+/**
+ * The boundary hash of a path: FNV-1a (32 bit) from an offset basis xored with `seed`, then
+ * MurMur3's fmix32 (FNV-1a's low bits depend only on the low bits of each step).
+ */
+export function treeBoundaryHash(seed: number, path: Uint8Array): number {
+  let h = (0x811c9dc5 ^ seed) >>> 0;
+  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path[i], 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+export interface TreeWriterOptions {
+  /** TREE_PART_MIN unless set (tests). */
+  minBytes?: number;
+  /** TREE_PART_MAX unless set (tests). */
+  maxBytes?: number;
+  /** TREE_BOUNDARY_MASK unless set (tests: 0 makes every entry past minBytes a boundary). */
+  boundaryMask?: number;
+}
+
 /**
  * Writes a tree in parts, entries in strictly increasing path order (byte order of `path`), and
- * returns its record once every part is stored. Entries are buffered up to a part's size limit;
- * `add` resolves once the entry is buffered (and, when it closed a part, that part is stored), so
+ * returns its record. A part closes after an entry when its plaintext holds at least minBytes and
+ * the entry's path hash has the TREE_BOUNDARY_MASK bits zero, or once it holds maxBytes: since
+ * boundaries depend on paths (and the vault's seed) only, a change leaves the other parts
+ * byte-identical. Each closed part is a chunk: reused when `index` has its id, else encoded and
+ * added to `writer` (the caller flushes the writer, before writing the manifest). `add` resolves
+ * once the entry is buffered (and, when it closed a part, that part is handed to the writer), so
  * await each call before the next. A file entry's chunk lengths must sum to its size. The writer
  * keeps no reference to the entries it was given.
  */
@@ -104,18 +139,34 @@ export class TreeWriter {
   private readonly out = new ByteWriter();
   private count = 0;
   private previous: Buffer | undefined;
-  private parts = 0;
+  private readonly parts: string[] = [];
   private finished = false;
   private readonly record: TreeRecord;
-  private readonly partBytes: number;
+  private readonly minBytes: number;
+  private readonly maxBytes: number;
+  private readonly boundaryMask: number;
+  private readonly seed: number;
+  private readonly hasher: ChunkHasher;
+  private readonly encoder: ChunkEncoder;
+  /** Packs holding the parts that were reused (an immutable vault extends their retention). */
+  readonly packsReused = new Set<string>();
+  /** Parts handed to the writer, and parts found in the index. */
+  partsStored = 0;
+  partsReused = 0;
 
   constructor(
-    readonly vault: Vault,
-    readonly backupId: string,
-    opts: { partBytes?: number } = {},
+    vault: Vault,
+    private readonly writer: PackWriter,
+    private readonly index: ChunkIndex,
+    opts: TreeWriterOptions = {},
   ) {
-    this.partBytes = opts.partBytes ?? TREE_PART_BYTES;
-    this.record = { key: treeKey(backupId), parts: 0, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
+    this.minBytes = opts.minBytes ?? TREE_PART_MIN;
+    this.maxBytes = opts.maxBytes ?? TREE_PART_MAX;
+    this.boundaryMask = opts.boundaryMask ?? TREE_BOUNDARY_MASK;
+    this.seed = treeBoundarySeed(vault.key.chunkId);
+    this.hasher = new ChunkHasher(vault.key.chunkId);
+    this.encoder = new ChunkEncoder(vault.key.encryption, fileCompressionLevel(vault.config));
+    this.record = { parts: this.parts, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
   }
 
   async add(entry: TreeEntry): Promise<void> {
@@ -147,39 +198,78 @@ export class TreeWriter {
       r.bytes += entry.size;
     } else if (entry.type === 'dir') r.dirs++;
     if (entry.warning !== undefined) r.partial++;
-    if (this.out.length >= this.partBytes) await this.closePart();
+    const size = this.out.length;
+    if (size >= this.maxBytes || (size >= this.minBytes && (treeBoundaryHash(this.seed, entry.path) & this.boundaryMask) === 0)) {
+      await this.closePart();
+    }
   }
 
-  /** Stores the last part; the record is what the manifest's `tree` holds. */
+  /** Hands the last part to the writer; the record is what the manifest's `tree` holds. */
   async finish(): Promise<TreeRecord> {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.finish called twice');
     this.finished = true;
     if (this.count > 0) await this.closePart();
-    return { ...this.record, parts: this.parts };
+    return { ...this.record, parts: [...this.parts] };
   }
 
   private async closePart(): Promise<void> {
     const plain = this.out.take();
     plain.writeUInt32LE(this.count, TREE_MAGIC.length);
-    const key = treePartKey(this.record.key, this.parts);
-    const body = seal(this.vault.key.encryption, compress(plain, { compressionLevel: 3 }), partAad(key));
-    await this.vault.store.put(key, () => body, { retainUntil: this.vault.retainUntil() });
-    this.parts++;
     this.count = 0;
+    const id = this.hasher.id(plain);
+    const loc = this.index.get(id);
+    if (loc) {
+      this.packsReused.add(loc.packId);
+      this.partsReused++;
+    } else {
+      const { codec, blob } = this.encoder.encode(id, plain);
+      await this.writer.waitForCapacity();
+      this.writer.add(id, blob, codec, plain.length);
+      this.partsStored++;
+    }
+    this.parts.push(id.toString('hex'));
   }
 }
 
-/** The entries of a stored tree, in path order; VAULT_CORRUPT naming the part when one is missing or damaged. */
-export async function* readTree(vault: Vault, record: TreeRecord): AsyncIterable<TreeEntry> {
+/**
+ * The part ids of a tree record; VAULT_VERSION for a record of another layout (trees written before
+ * parts were chunks, by development builds, held a part count).
+ */
+export function treeParts(record: TreeRecord): string[] {
+  const parts: unknown = record.parts;
+  if (!Array.isArray(parts) || !parts.every((p) => typeof p === 'string')) {
+    throw new CairnError('VAULT_VERSION', 'a backup tree is recorded in a layout this Cairn does not read (parts are not a list of chunk ids)');
+  }
+  return parts as string[];
+}
+
+/**
+ * The entries of a stored tree, in path order. `index` locates the parts (Vault.loadIndex); a part
+ * missing from it or damaged is VAULT_CORRUPT naming the part.
+ */
+export async function* readTree(vault: Vault, index: ChunkIndex, record: TreeRecord): AsyncIterable<TreeEntry> {
+  const reader = new TreePartReader(vault, index);
   let total = 0;
   // Every entry's parent must be a folder entry that came before it: a restore then never writes
   // below a symlink or outside its target, whatever a tree holds.
   const dirs = new Set<string>();
-  for (let n = 0; n < record.parts; n++) {
-    const entries = await readTreePart(vault, record, n);
+  // Parts lie apart in the packs (each a ranged get; on S3 a round trip): a few are fetched ahead.
+  const ids = treeParts(record);
+  const ahead: Promise<{ hex: string; blob: Buffer }>[] = [];
+  let fetched = 0;
+  for (const [n, id] of ids.entries()) {
+    while (fetched < ids.length && ahead.length < TREE_READ_AHEAD) {
+      const p = reader.fetch(ids[fetched++]);
+      p.catch(() => undefined); // awaited in turn below; a failure of a part not reached yet must not go unhandled
+      ahead.push(p);
+    }
+    const entries = reader.decode(await ahead.shift()!);
     for (const e of entries) {
       const bad = (why: string): CairnError =>
-        new CairnError('VAULT_CORRUPT', `the tree ${record.key} (part ${n}) has an entry '${e.path.toString('latin1')}' that ${why}; the backup cannot be restored safely`);
+        new CairnError(
+          'VAULT_CORRUPT',
+          `part ${n} (${id}) of a backup tree has an entry '${e.path.toString('latin1')}' that ${why}; the backup cannot be restored safely`,
+        );
       if (!safeTreePath(e.path, e.path.length === 0)) throw bad('is not a clean relative path');
       if (e.link !== undefined && !safeTreePath(e.link, false)) throw bad('links to a path that is not a clean relative path');
       if (e.path.length > 0) {
@@ -193,7 +283,7 @@ export async function* readTree(vault: Vault, record: TreeRecord): AsyncIterable
     yield* entries;
   }
   if (total !== record.entries) {
-    throw new CairnError('VAULT_CORRUPT', `the tree ${record.key} holds ${total} entries, its manifest says ${record.entries}`);
+    throw new CairnError('VAULT_CORRUPT', `a backup tree of ${record.parts.length} parts holds ${total} entries, its manifest says ${record.entries}`);
   }
 }
 
@@ -204,28 +294,66 @@ export function safeTreePath(path: Buffer, emptyAllowed: boolean): boolean {
   return true;
 }
 
-/** The entries of part `n` of a tree (for callers that report a bad part and go on, like gc and verify). */
-export async function readTreePart(vault: Vault, record: TreeRecord, n: number): Promise<TreeEntry[]> {
-  const key = treePartKey(record.key, n);
-  let sealed: Buffer;
-  try {
-    sealed = await vault.store.get(key);
-  } catch (err) {
-    if (err instanceof CairnError && err.code === 'NOT_FOUND') {
-      throw new CairnError('VAULT_CORRUPT', `tree part ${key} is missing from ${vault.store.location}; run 'cairn vault verify'`, { cause: err });
-    }
-    throw err;
-  }
-  return decodeTreePart(vault.key.encryption, key, sealed);
+/** The entries of one part, by its id (hex), for callers that report a bad part and go on, like gc and verify. */
+export async function readTreePart(vault: Vault, index: ChunkIndex, id: string): Promise<TreeEntry[]> {
+  return new TreePartReader(vault, index).read(id);
 }
 
-function partAad(key: string): Buffer {
-  return Buffer.from(`cairn/tree/v1/${key}`);
+/** Reads parts one at a time through one decoder. */
+class TreePartReader {
+  private readonly decoder: ChunkDecoder;
+
+  constructor(
+    private readonly vault: Vault,
+    private readonly index: ChunkIndex,
+  ) {
+    this.decoder = new ChunkDecoder(vault.key.encryption, vault.key.chunkId);
+  }
+
+  async read(hex: string): Promise<TreeEntry[]> {
+    return this.decode(await this.fetch(hex));
+  }
+
+  /** The part's stored blob (a ranged get of its pack); `decode` checks and parses it. */
+  async fetch(hex: string): Promise<{ hex: string; blob: Buffer }> {
+    const what = `tree part ${hex}`;
+    const verify = `run 'cairn vault verify'`;
+    const id = Buffer.from(hex, 'hex');
+    const loc = id.length === ID_BYTES && id.toString('hex') === hex ? this.index.get(id) : undefined;
+    if (!loc) throw new CairnError('VAULT_CORRUPT', `${what} is in no index of the vault at ${this.vault.store.location}; ${verify}`);
+    let blob: Buffer;
+    try {
+      blob = await this.vault.store.get(packKey(loc.packId), { offset: loc.offset, length: loc.length });
+    } catch (err) {
+      if (!isCairnError(err, 'NOT_FOUND')) throw err;
+      throw new CairnError('VAULT_CORRUPT', `${what} is in pack ${loc.packId}, which is missing from ${this.vault.store.location}; ${verify}`, {
+        cause: err,
+      });
+    }
+    if (blob.length !== loc.length) throw new CairnError('VAULT_CORRUPT', `${what}: pack ${loc.packId} is shorter than its index says; ${verify}`);
+    return { hex, blob };
+  }
+
+  decode({ hex, blob }: { hex: string; blob: Buffer }): TreeEntry[] {
+    const what = `tree part ${hex}`;
+    const verify = `run 'cairn vault verify'`;
+    const id = Buffer.from(hex, 'hex');
+    const loc = this.index.get(id)!;
+    let plain: Buffer;
+    try {
+      plain = this.decoder.decode(id, blob, loc.codec, loc.rawLength, `pack ${loc.packId}`);
+    } catch (err) {
+      if (!isCairnError(err, 'VAULT_CORRUPT')) throw err;
+      throw new CairnError('VAULT_CORRUPT', `${what} is damaged (${err.message}); ${verify}`, { cause: err });
+    }
+    // The plaintext may be the decoder's scratch: parsed (and copied out) before the next read.
+    return decodeTreeEntries(plain, what);
+  }
 }
 
 /**
- * The plaintext of a part holding `entries` (in order; the caller checks it), before zstd and seal:
- * what TreeWriter stores, for tests that pin the layout.
+ * The plaintext of a part holding `entries` (in order; the caller checks it), before it is encoded
+ * as a chunk: what TreeWriter stores, for tests that pin the layout.
  */
 export function encodeTreeEntries(entries: TreeEntry[]): Buffer {
   const w = new ByteWriter();
@@ -237,19 +365,6 @@ export function encodeTreeEntries(entries: TreeEntry[]): Buffer {
     previous = e.path;
   }
   return w.take();
-}
-
-/** Opens, decompresses and parses one sealed tree part (FORMAT.md, "Trees"). */
-export function decodeTreePart(encKey: Buffer, key: string, sealed: Buffer): TreeEntry[] {
-  const what = `tree part ${key}`;
-  let plain: Buffer;
-  try {
-    plain = decompress(open(encKey, sealed, partAad(key), what));
-  } catch (err) {
-    if (err instanceof CairnError) throw err;
-    throw new CairnError('VAULT_CORRUPT', `${what} does not decompress`, { cause: err });
-  }
-  return decodeTreeEntries(plain, what);
 }
 
 /** Parses the plaintext of a part; `what` names it in errors. */

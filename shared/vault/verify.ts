@@ -34,7 +34,7 @@ export interface VerifyResult {
 }
 
 /**
- * Checks a vault. Always: every manifest, block map and tree part decodes, every chunk a backup needs (its block maps' or its files') is in an
+ * Checks a vault. Always: every manifest, block map and tree part decodes, every chunk a backup needs (its block maps', its tree parts or its files') is in an
  * index, every indexed pack exists with the size its index implies. With readData: every pack is
  * read whole, its header authenticated, and every chunk decrypted, decompressed and hashed in the
  * workers. Every problem is listed, and every backup that needs a missing or corrupt chunk is named.
@@ -46,7 +46,7 @@ export async function verifyVault(
   const problems: VerifyProblem[] = [];
   const manifests = await vault.listBackups();
   const { index } = await vault.loadIndex({ includeCondemned: true });
-  const { refs, unreadable } = await collectReferences(vault, manifests);
+  const { refs, unreadable } = await collectReferences(vault, index, manifests);
   const byId = new Map(manifests.map((m) => [m.id, m] as const));
   const affected = new Map<string, AffectedBackup>();
   const blame = (k: string, field: 'missingChunks' | 'corruptChunks') => {
@@ -58,7 +58,7 @@ export async function verifyVault(
     }
   };
   for (const u of unreadable) {
-    problems.push({ kind: u.key.startsWith('trees/') ? 'bad-tree' : 'bad-block-map', object: u.key, message: u.message });
+    problems.push({ kind: u.kind === 'tree-part' ? 'bad-tree' : 'bad-block-map', object: u.key, message: u.message });
     affected.set(u.backup.id, affected.get(u.backup.id) ?? { id: u.backup.id, name: u.backup.name, missingChunks: 0, corruptChunks: 0 });
   }
 

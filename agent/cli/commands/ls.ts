@@ -72,7 +72,8 @@ export async function listTree(vault: Vault, m: Manifest, dir: Buffer): Promise<
   const children: TreeEntry[] = [];
   // Everything below `dir` sorts together, right after `dir/`: stop once past it.
   const prefix = dir.length ? Buffer.concat([dir, Buffer.from('/')]) : Buffer.alloc(0);
-  for await (const e of readTree(vault, m.tree)) {
+  const { index } = await vault.loadIndex({ includeCondemned: true });
+  for await (const e of readTree(vault, index, m.tree)) {
     if (e.path.equals(dir)) self = e;
     else if (isAncestor(dir, e.path)) {
       if (e.path.indexOf(0x2f, prefix.length) < 0) children.push(e);

@@ -135,7 +135,6 @@ async function gc(argv: string[], out: (s: string) => void): Promise<number> {
     out(`${r.backups} backups keep ${r.packsAfter} of ${r.packsBefore} packs`);
     out(`deleted ${r.packsDeleted} packs (${formatBytes(r.bytesFreed)} freed), repacked ${r.packsRepacked} (${formatBytes(r.bytesRepacked)} copied)`);
     if (r.blockMapsDeleted) out(`deleted ${r.blockMapsDeleted} block maps of deleted backups`);
-    if (r.treePartsDeleted) out(`deleted ${r.treePartsDeleted} tree parts of deleted backups`);
     if (r.packsRetained) out(`kept ${r.packsRetained} packs with dead data that Object Lock still protects`);
     if (r.packsTooYoung) out(`kept ${r.packsTooYoung} unreferenced packs younger than the grace period or a running backup`);
     if (r.deferred) {
