@@ -148,7 +148,8 @@ async function storedTree(vaultDir: string, id: string): Promise<{ entries: Tree
   expect(m.type).toBe('filesystem');
   expect(m.disks).toEqual([]);
   const entries: TreeEntry[] = [];
-  for await (const e of readTree(vault, m.tree!)) entries.push(e);
+  const { index } = await vault.loadIndex();
+  for await (const e of readTree(vault, index, m.tree!)) entries.push(e);
   return { entries, vault };
 }
 
@@ -317,6 +318,36 @@ describe('file-system backup', () => {
     expect(byPath(after, 'big-renamed.bin').chunks).toEqual(byPath(entries, 'big.bin').chunks);
   });
 
+  it('stores only the tree parts around a change: an incremental after one edit in 3000 files', async () => {
+    // Empty files: no data chunks, so what a backup stores is its tree (and an index object).
+    const many = sb.path('many');
+    const dir = join(many, 'files');
+    mkdirSync(dir, { recursive: true });
+    for (let i = 0; i < 3000; i++) writeFileSync(join(dir, `file-${String(i).padStart(4, '0')}.conf`), '');
+    const parts = sb.path('vault-parts');
+    await sb.initVault('vault-parts');
+    const backup = () => sb.cairnJson<FileBackupJson>(['backup', `dir://${many}`, '--vault', parts, '--json']);
+    const full = await backup();
+    // Listing a folder may update its atime once (relatime): the next backup records that.
+    const first = await backup();
+    const t = new Date('2025-06-01T12:00:00Z');
+    utimesSync(join(dir, 'file-1500.conf'), t, t);
+    const edited = await backup();
+    expect(edited).toMatchObject({ kind: 'incremental', parent: first.id, newChunks: 0 });
+
+    const vault = await Vault.open(new LocalStore(parts), PASSPHRASE);
+    const trees = await Promise.all([first, edited].map(async (b) => (await vault.readManifest(b.id)).tree!.parts));
+    expect(trees[0].length).toBeGreaterThanOrEqual(6);
+    expect(trees[1].length).toBeGreaterThanOrEqual(trees[0].length - 1);
+    const fresh = trees[1].filter((id) => !trees[0].includes(id));
+    expect(fresh.length).toBeGreaterThanOrEqual(1);
+    expect(fresh.length).toBeLessThanOrEqual(2);
+    expect(edited.bytesStored * 3).toBeLessThan(full.bytesStored);
+    const entries = (await storedTree(parts, edited.id)).entries;
+    expect(byPath(entries, 'files/file-1500.conf').mtimeNs).toBe(BigInt(t.getTime()) * 1_000_000n);
+    expect(entries).toHaveLength(3002);
+  });
+
   it('refuses what is not a folder and options that do not fit', async () => {
     expectCliError(await sb.cairn(['backup', 'dir://host/x', '--vault', vault]), 'USAGE', 'host');
     expectCliError(await sb.cairn(['backup', join(src, 'small.txt'), '--type', 'filesystem', '--vault', vault]), 'USAGE', 'not a directory');
@@ -349,6 +380,32 @@ describe('file-system backup', () => {
       expect(byPath(entries, 'zz-log').warning).toMatch(/^changed while read: /);
     } finally {
       writer.kill('SIGKILL');
+    }
+  });
+
+  it('does not store a file found replaced between the walk and its read (it may be from outside the tree)', async () => {
+    const dir = sb.path('swapping');
+    mkdirSync(dir);
+    for (let i = 0; i < 200; i++) writeFileSync(join(dir, `f${String(i).padStart(3, '0')}`), randomBytes(4096));
+    writeFileSync(join(dir, 'zz-swap'), 'first\n');
+    // Another file is renamed onto the path without pause: each read finds a file the walk did not see.
+    const script = `const fs=require('fs');const d=${JSON.stringify(dir)};for(let i=0;;i++){fs.writeFileSync(d+'/.next','other '+i+'\\n');fs.renameSync(d+'/.next',d+'/zz-swap')}`;
+    const swapper = spawn(process.execPath, ['-e', script], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      let r: FileBackupJson | undefined;
+      for (let attempt = 0; attempt < 5 && !r?.unreadable.includes('zz-swap'); attempt++) {
+        const run = await sb.cairn(['backup', `dir://${dir}`, '--vault', vault, '--full', '--exclude', '.next', '--json']);
+        r = JSON.parse(run.stdout) as FileBackupJson;
+        if (r.unreadable.includes('zz-swap')) expect(run.code).toBe(exitCode('PARTIAL'));
+      }
+      expect(r!.unreadable).toContain('zz-swap');
+      const { entries } = await storedTree(vault, r!.id);
+      const e = byPath(entries, 'zz-swap');
+      expect(e.warning).toMatch(/^unreadable: another file was at its path when read/);
+      expect(e.chunks).toEqual([]);
+    } finally {
+      swapper.kill('SIGKILL');
     }
   });
 

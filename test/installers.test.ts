@@ -98,6 +98,18 @@ describe('the single executable', () => {
       expect(await sha256File(out)).toBe(await sha256File(disk));
       await runOk(['vault', 'verify', '--vault', vault, '--read-data'], e, dir);
     }
+
+    // A file-system backup uses the walk's worker thread as well as the chunk workers.
+    const tree = join(dir, 'tree');
+    mkdirSync(join(tree, 'sub'), { recursive: true });
+    writeFileSync(join(tree, 'a.txt'), 'the single executable backs up folders\n'.repeat(1000));
+    writeFileSync(join(tree, 'sub', 'b.bin'), randomBytes(300_000));
+    const fb = JSON.parse((await runOk(['backup', `dir://${tree}`, '--vault', vaults[0], '--json'], env, dir)).stdout) as { id: string; files: number };
+    expect(fb.files).toBe(2);
+    const restored = join(dir, 'restored-tree');
+    await runOk(['restore', fb.id, '--vault', vaults[0], '--to', restored], env, dir);
+    expect(readFileSync(join(restored, 'sub', 'b.bin')).equals(readFileSync(join(tree, 'sub', 'b.bin')))).toBe(true);
+    expect(readFileSync(join(restored, 'a.txt'), 'utf8')).toBe(readFileSync(join(tree, 'a.txt'), 'utf8'));
   });
 
   it('keeps its native addons in a private runtime folder and replaces a damaged one', async () => {

@@ -13,13 +13,14 @@ import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.j
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
-import { readTree, treePartKey, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
+import { readTree, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
 import { ExcludeMatcher } from '../source/dir/exclude.js';
 import { displayPath } from '../source/dir/path-bytes.js';
-import { errText, walkTree, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
+import { WalkStream } from '../source/dir/walk-stream.js';
+import { errText, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
 import { XattrReader } from '../source/dir/xattrs.js';
 
 export interface FileBackupProgress {
@@ -38,6 +39,11 @@ export interface FileBackupOptions {
   excludes?: string[];
   /** Enter mounted file systems below the root (default: record their mount points as empty directories). */
   crossFileSystems?: boolean;
+  /**
+   * The walk of `root`, started by the caller (so it runs while the vault opens: the key derivation
+   * takes a few hundred ms) with these options' excludes and crossFileSystems; runFileBackup closes it.
+   */
+  walk?: WalkStream;
   workers?: number;
   onProgress?: (p: FileBackupProgress) => void;
 }
@@ -55,10 +61,12 @@ export interface FileBackupResult {
   filesRead: number;
   newChunks: number;
   newBytes: number;
-  /** Paths (display form, path-bytes.ts) recorded without their data or contents: they could not be read. */
+  /** Paths (display form, path-bytes.ts) recorded without their data or contents: they could not be read (the first LIST_PATHS). */
   unreadable: string[];
-  /** Paths whose size or times changed while they were read: recorded as read, with a warning. */
+  unreadableCount: number;
+  /** Paths whose size or times changed while they were read: recorded as read, with a warning (the first LIST_PATHS). */
   changed: string[];
+  changedCount: number;
   warnings: string[];
 }
 
@@ -85,16 +93,19 @@ const READ_CONCURRENCY = 8;
 const LARGE_FILES = 4;
 /** Paths listed in the manifest's warnings; the rest are counted. */
 const WARN_PATHS = 20;
+/** Paths kept in the result's unreadable and changed lists (a tree may have millions); the rest are counted. */
+const LIST_PATHS = 1000;
 /** How often the walk yields to the event loop (entries). */
 const WALK_YIELD = 256;
 
 /**
  * Backs up a folder into the vault as one file-system backup (FORMAT.md, "Trees"). Write order:
- * lease, packs, index objects, tree parts, manifest. The manifest is the commit point; a failure
+ * lease, packs (file data and tree parts), index objects, manifest. The manifest is the commit point; a failure
  * or kill before it leaves only unreferenced objects (gc removes them; packs are reused by the next
  * backup).
  *
- * The walk (agent/source/dir/walker.ts) yields entries in tree order; the parent's tree is read
+ * The walk (agent/source/dir/walker.ts) runs in a thread of its own (walk-stream.ts) and yields
+ * entries in tree order, ahead of their use by up to a few thousand; the parent's tree is read
  * alongside in the same order (a merge join: memory is one entry of it, not the whole tree). A file
  * whose size, mtime, ctime and inode equal its parent entry's keeps that entry's chunk list and is
  * not opened; an entry whose ctime and inode are unchanged keeps the parent's extended attributes.
@@ -109,11 +120,26 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
   const t0 = performance.now();
   const absRoot = resolve(root);
   const resource = fileResourceKey(absRoot);
-  const excludes = ExcludeMatcher.compile(opts.excludes ?? []);
-  // Fail on a missing or non-folder root before taking the lease.
-  const walk = walkTree(absRoot, { excludes, crossFileSystems: opts.crossFileSystems });
-  const first = walk.next();
+  ExcludeMatcher.compile(opts.excludes ?? []); // a bad pattern is USAGE here, before anything starts
+  // The walk runs in its own thread from now on, beside the index, the parent's tree and the data.
+  const walk = opts.walk ?? new WalkStream(absRoot, { excludes: opts.excludes ?? [], crossFileSystems: opts.crossFileSystems });
+  try {
+    // Fail on a missing or non-folder root before taking the lease.
+    await walk.first();
+    return await backupWalk(vault, walk, resource, started, t0, opts);
+  } finally {
+    await walk.close();
+  }
+}
 
+async function backupWalk(
+  vault: Vault,
+  walk: WalkStream,
+  resource: string,
+  started: Date,
+  t0: number,
+  opts: FileBackupOptions,
+): Promise<FileBackupResult> {
   const existing = await vault.listBackups();
   const name = opts.name ?? uniqueName(vault, opts.namePrefix ?? 'manualbk', existing);
   if (existing.some((m) => m.name === name)) {
@@ -130,15 +156,15 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
-    const tree = new TreeWriter(vault, id);
+    const tree = new TreeWriter(vault, writer, index);
     const data = new FileData(vault, index, writer, pool, cdcParams(vault.config));
     await data.start();
-    const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
+    const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, index, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
     if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
 
     let n = 0;
-    for (let it = first; !it.done; it = walk.next()) {
-      await run.add(it.value);
+    for await (const entry of walk) {
+      await run.add(entry);
       if (++n % WALK_YIELD === 0) await new Promise<void>((r) => setImmediate(r));
     }
     await run.finish();
@@ -152,15 +178,15 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
     for (const [attr, count] of xattrs.skipped) {
       warnings.push(`extended attribute ${attr} was not backed up on ${count} entr${count === 1 ? 'y' : 'ies'} (only user.*, trusted.* and, as root, security.* are)`);
     }
-    if (run.unreadable.length) {
+    if (run.unreadableCount) {
       warnings.push(
-        `${run.unreadable.length} entr${run.unreadable.length === 1 ? 'y' : 'ies'} could not be read and ${run.unreadable.length === 1 ? 'is' : 'are'} recorded without data (the backup is partial): ` +
-          listPaths(run.unreadableDetail, run.unreadable.length),
+        `${run.unreadableCount} entr${run.unreadableCount === 1 ? 'y' : 'ies'} could not be read and ${run.unreadableCount === 1 ? 'is' : 'are'} recorded without data (the backup is partial): ` +
+          listPaths(run.unreadableDetail, run.unreadableCount),
       );
     }
-    if (run.changed.length) {
+    if (run.changedCount) {
       warnings.push(
-        `${run.changed.length} file${run.changed.length === 1 ? '' : 's'} changed while read (recorded as read): ` + listPaths(run.changedDetail, run.changed.length),
+        `${run.changedCount} file${run.changedCount === 1 ? '' : 's'} changed while read (recorded as read): ` + listPaths(run.changedDetail, run.changedCount),
       );
     }
 
@@ -180,11 +206,11 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
       type: 'filesystem',
       tree: record,
       bytesRead: data.bytesRead,
-      bytesStored: writer.bytesWritten + (await treeBytes(vault, record)),
+      bytesStored: writer.bytesWritten,
       ...(warnings.length ? { warnings } : {}),
     };
     countManifestBytes(vault.key.encryption, manifest);
-    await protectPacks(vault, run.packsUsed);
+    await protectPacks(vault, new Set([...run.packsUsed, ...tree.packsReused]));
     await vault.writeManifest(manifest);
     opts.onProgress?.({ files: run.files, bytesRead: data.bytesRead, bytesStored: manifest.bytesStored });
     return {
@@ -199,22 +225,16 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
       newChunks: data.newChunks,
       newBytes: data.newBytes,
       unreadable: run.unreadable,
+      unreadableCount: run.unreadableCount,
       changed: run.changed,
+      changedCount: run.changedCount,
       warnings,
     };
   } finally {
-    walk.return(undefined);
     xattrs.close();
     await pool.close();
     await lease.release().catch(() => undefined);
   }
-}
-
-/** Stored bytes of a tree's parts. */
-async function treeBytes(vault: Vault, record: TreeRecord): Promise<number> {
-  let total = 0;
-  for (let n = 0; n < record.parts; n++) total += (await vault.store.stat(treePartKey(record.key, n)))?.size ?? 0;
-  return total;
 }
 
 function listPaths(detail: string[], total: number): string {
@@ -241,8 +261,10 @@ class TreeRun {
   filesReused = 0;
   filesRead = 0;
   readonly unreadable: string[] = [];
+  unreadableCount = 0;
   readonly unreadableDetail: string[] = [];
   readonly changed: string[] = [];
+  changedCount = 0;
   readonly changedDetail: string[] = [];
   /**
    * Packs written before this backup that hold its chunks (retention on immutable vaults): a chunk
@@ -285,7 +307,9 @@ class TreeRun {
       gid: st.gid,
       size: 0,
       mtimeNs: st.mtimeNs,
-      atimeNs: st.atimeNs,
+      // A folder's atime moves whenever it is listed (this walk included), so recording it would
+      // make every tree part differ from the parent's: folders record their mtime as atime.
+      atimeNs: w.type === 'dir' ? st.mtimeNs : st.atimeNs,
       ctimeNs: st.ctimeNs,
       dev: st.dev,
       ino: st.ino,
@@ -353,7 +377,7 @@ class TreeRun {
     if (r.changed) {
       entry.warning = `changed while read: ${r.changed}`;
       const p = displayPath(entry.path);
-      this.changed.push(p);
+      if (this.changedCount++ < LIST_PATHS) this.changed.push(p);
       if (this.changedDetail.length < WARN_PATHS) this.changedDetail.push(`${p} (${r.changed})`);
     }
   }
@@ -361,7 +385,7 @@ class TreeRun {
   private noteUnreadable(entry: TreeEntry, why: string): void {
     entry.warning = `unreadable: ${why}`;
     const p = displayPath(entry.path);
-    this.unreadable.push(p);
+    if (this.unreadableCount++ < LIST_PATHS) this.unreadable.push(p);
     if (this.unreadableDetail.length < WARN_PATHS) this.unreadableDetail.push(`${p || '/'}: ${why}`);
   }
 
@@ -669,6 +693,8 @@ class FileData {
       const tailInto = this.tailBuffers.pop() ?? Buffer.allocUnsafeSlow(this.params.max);
       try {
         const before = await fstatP(fd);
+        const other = notTheWalked(st, before);
+        if (other) return { chunks: [], error: other };
         changed = differs(st, before);
         let tail: Buffer = EMPTY;
         let pos = 0;
@@ -705,7 +731,8 @@ class FileData {
             this.startBatch(slot, [job], Promise.resolve());
           });
         }
-        changed ??= differs(st, await fstatP(fd));
+        const after = await fstatP(fd);
+        changed ??= notTheWalked(st, after) ?? differs(st, after);
       } catch (err) {
         if (err instanceof CairnError) throw err;
         return { chunks: [], error: errText(err) };
@@ -780,10 +807,19 @@ async function readFully(fd: number, buf: Buffer, at: number, length: number, po
   return done;
 }
 
-/** What differs between the walk's lstat and a later fstat, or undefined. */
-function differs(st: EntryStat, now: BigIntStats): string | undefined {
+/**
+ * Why the file opened at an entry's path is not the one the walk saw, or undefined. Its data is
+ * then not stored (the entry is unreadable): the path may lead elsewhere now, through a folder above
+ * it swapped for a symlink, and a backup must not take in a file from outside its tree.
+ */
+function notTheWalked(st: EntryStat, now: BigIntStats): string | undefined {
   if (!now.isFile()) return 'it is no longer a regular file';
-  if (now.ino !== st.ino) return 'it was replaced';
+  if (now.ino !== st.ino || Number(now.dev) !== st.dev) return 'another file was at its path when read (it was replaced, or a folder above it was swapped); not backed up';
+  return undefined;
+}
+
+/** What differs between the walk's lstat and a later fstat of the same file, or undefined. */
+function differs(st: EntryStat, now: BigIntStats): string | undefined {
   if (Number(now.size) !== st.size) return `its size went from ${st.size} to ${now.size} bytes`;
   if (now.mtimeNs !== st.mtimeNs) return 'its mtime changed';
   if (now.ctimeNs !== st.ctimeNs) return 'its ctime changed';
@@ -816,7 +852,13 @@ function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer): FileReadResult
       into.fill(0, got);
       changed = `it shrank to ${got} bytes while read`;
     }
-    changed ??= differs(st, fstatSync(fd, { bigint: true }));
+    const now = fstatSync(fd, { bigint: true });
+    const other = notTheWalked(st, now);
+    if (other) {
+      into.fill(0);
+      return { chunks: [], error: other };
+    }
+    changed ??= differs(st, now);
     return { chunks: [], ...(changed ? { changed } : {}) };
   } catch (err) {
     into.fill(0);
@@ -842,7 +884,13 @@ async function readSmall(abs: Buffer, st: EntryStat, into: Buffer): Promise<File
       into.fill(0, got);
       changed = `it shrank to ${got} bytes while read`;
     }
-    changed ??= differs(st, await fstatP(fd));
+    const now = await fstatP(fd);
+    const other = notTheWalked(st, now);
+    if (other) {
+      into.fill(0);
+      return { chunks: [], error: other };
+    }
+    changed ??= differs(st, now);
     return { chunks: [], ...(changed ? { changed } : {}) };
   } catch (err) {
     into.fill(0);

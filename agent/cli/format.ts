@@ -34,3 +34,6 @@ export function table(headers: string[], rows: string[][]): string {
   const line = (cells: string[]) => cells.map((c, i) => (c ?? '').padEnd(widths[i])).join('  ').trimEnd();
   return [line(headers), ...rows.map(line)].join('\n');
 }
+
+/** Paths a `--json` list of problem entries holds (unreadable, changed, skipped); a count beside it says how many there are in all. */
+export const JSON_PATHS = 1000;

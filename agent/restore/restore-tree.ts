@@ -136,10 +136,10 @@ async function restoreWith(
   t0: number,
 ): Promise<RestoreTreeResult> {
   const force = req.force === true;
-  const plan = await planRestore(vault, m, tree, selection);
+  const { index } = await vault.loadIndex({ includeCondemned: true });
+  const plan = await planRestore(vault, index, m, tree, selection);
   const { entries, skipped } = leaveOutUnreadable(plan.entries);
   if (force) checkInTheWay(target, entries, m.name);
-  const { index } = await vault.loadIndex({ includeCondemned: true });
   const files = entries.filter((e) => e.type === 'file');
   const locations = locateChunks(vault, index, files);
   const root = process.getuid?.() === 0;
@@ -381,12 +381,12 @@ async function checkTarget(target: string, force: boolean): Promise<void> {
  * path is not selected becomes a file with that path's data (the first such link of an inode; the
  * others link to it), which may take a second read of the tree.
  */
-async function planRestore(vault: Vault, m: Manifest, record: TreeRecord, selection: Buffer[]): Promise<Plan> {
+async function planRestore(vault: Vault, index: ChunkIndex, m: Manifest, record: TreeRecord, selection: Buffer[]): Promise<Plan> {
   const all = selection.length === 0 || selection.some((p) => p.length === 0);
   const found = selection.map(() => false);
   const nearest = selection.map((): Buffer => Buffer.alloc(0));
   const entries: TreeEntry[] = [];
-  for await (const e of readTree(vault, record)) {
+  for await (const e of readTree(vault, index, record)) {
     let keep = all;
     if (!all) {
       selection.forEach((sel, i) => {
@@ -410,7 +410,7 @@ async function planRestore(vault: Vault, m: Manifest, record: TreeRecord, select
   const orphans = entries.filter((e) => e.type === 'hardlink' && e.link && !kept.has(e.link.toString('latin1')));
   if (orphans.length === 0) return { entries, warnings: [] };
   const wanted = new Map(orphans.map((e) => [e.link!.toString('latin1'), undefined as TreeEntry | undefined]));
-  for await (const e of readTree(vault, record)) {
+  for await (const e of readTree(vault, index, record)) {
     const k = e.path.toString('latin1');
     if (wanted.has(k)) wanted.set(k, e);
   }
@@ -572,10 +572,15 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
     for (const e of batch) {
       const path = ctx.abs(e.path);
       const tmp = Buffer.concat([path.subarray(0, path.lastIndexOf(0x2f) + 1), Buffer.from(`${ctx.tmpPrefix}${ctx.tmpNo++}`)]);
-      const f = { path, tmp, fd: -1 };
+      let fd: number;
+      try {
+        fd = openSync(tmp, 'wx', 0o600);
+      } catch (err) {
+        throw targetError(err, showPath(path)); // nothing of ours to remove (EEXIST: not ours either)
+      }
+      const f = { path, tmp, fd };
       open_.push(f);
       try {
-        f.fd = openSync(tmp, 'wx', 0o600);
         // Data writes set the size, unless the file ends in a hole (or is one).
         const chunks = e.chunks!;
         if (chunks.length && chunks[chunks.length - 1].id.equals(ZERO_ID)) ftruncateSync(f.fd, e.size);
@@ -609,8 +614,9 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
     await runner.drain();
     if (ctx.failed) throw new CairnError('INTERNAL', 'another batch failed');
     for (const f of open_) {
-      closeSync(f.fd);
-      f.fd = -1;
+      const fd = f.fd;
+      f.fd = -1; // closed even if close reports an error: never closed twice (the number may be reused)
+      closeSync(fd);
     }
     for (const f of open_) {
       try {
@@ -627,8 +633,17 @@ async function restoreBatch(ctx: BatchContext, batch: TreeEntry[], lane: number)
       f.tmp = Buffer.alloc(0);
     }
   } catch (err) {
+    // Every file is cleaned up, whatever one of them reports, and the first error is the one told.
     for (const f of open_) {
-      if (f.fd >= 0) closeSync(f.fd);
+      if (f.fd >= 0) {
+        const fd = f.fd;
+        f.fd = -1;
+        try {
+          closeSync(fd);
+        } catch {
+          // already failing
+        }
+      }
       if (f.tmp.length) unlinkQuietly(f.tmp);
     }
     throw err;

@@ -2,8 +2,8 @@ import { build, type Plugin } from 'esbuild';
 import { join } from 'node:path';
 
 /**
- * Bundles Cairn into two CommonJS files for the single executable: the CLI (`cairn.cjs`, entry
- * `installers/sea/entry.ts`) and the chunk worker (`chunk-worker.cjs`, started with `eval`).
+ * Bundles Cairn into CommonJS files for the single executable: the CLI (`cairn.cjs`, entry
+ * `installers/sea/entry.ts`) and the worker threads (`chunk-worker.cjs`, `walk-worker.cjs`, started with `eval`).
  * A Node.js single-executable application can `require` only built-in modules, so everything else
  * is bundled, and each native addon's own loader (which looks for `.node` files beside the package)
  * is replaced by `loadNativeAddon`, which loads the addon from the runtime folder.
@@ -31,8 +31,15 @@ function nativeAddonPlugin(repo: string): Plugin {
 
 export interface Bundles {
   cli: string;
-  worker: string;
+  /** Worker scripts by name (`chunk-worker`, `walk-worker`), for `workers/<name>.cjs` in the executable's assets. */
+  workers: Record<string, string>;
 }
+
+/** The worker threads Cairn starts (embeddedRuntime().workerSource(name)), by entry point. */
+const WORKERS: Record<string, string[]> = {
+  'chunk-worker': ['shared', 'vault', 'chunk-worker.ts'],
+  'walk-worker': ['agent', 'source', 'dir', 'walk-worker.ts'],
+};
 
 export async function bundle(repo: string, outDir: string): Promise<Bundles> {
   const common = {
@@ -53,14 +60,17 @@ export async function bundle(repo: string, outDir: string): Promise<Bundles> {
     banner: { js: 'var __cairnModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
   };
   const cli = join(outDir, 'cairn.cjs');
-  const worker = join(outDir, 'chunk-worker.cjs');
   await build({ ...common, entryPoints: [join(repo, 'installers', 'sea', 'entry.ts')], outfile: cli });
-  // The worker runs from a string (`eval`), where __filename is not a path: it gets a fixed URL.
-  await build({
-    ...common,
-    entryPoints: [join(repo, 'shared', 'vault', 'chunk-worker.ts')],
-    outfile: worker,
-    banner: { js: 'var __cairnModuleUrl = "file:///cairn/chunk-worker.cjs";' },
-  });
-  return { cli, worker };
+  const workers: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(WORKERS)) {
+    workers[name] = join(outDir, `${name}.cjs`);
+    // A worker runs from a string (`eval`), where __filename is not a path: it gets a fixed URL.
+    await build({
+      ...common,
+      entryPoints: [join(repo, ...entry)],
+      outfile: workers[name],
+      banner: { js: `var __cairnModuleUrl = "file:///cairn/${name}.cjs";` },
+    });
+  }
+  return { cli, workers };
 }

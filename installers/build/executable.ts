@@ -17,7 +17,7 @@ export async function buildExecutable(opts: { repo: string; version: string; cac
   mkdirSync(join(assetDir, 'workers'), { recursive: true });
   opts.log('bundling');
   const bundles = await bundle(opts.repo, opts.workDir);
-  copyFileSync(bundles.worker, join(assetDir, 'workers', 'chunk-worker.cjs'));
+  for (const [name, file] of Object.entries(bundles.workers)) copyFileSync(file, join(assetDir, 'workers', `${name}.cjs`));
   stageAddons(addons, assetDir);
   cpSync(join(opts.repo, 'control-plane', 'console', 'static'), join(assetDir, 'console'), { recursive: true });
   opts.log(`making the executable (Node.js ${runtime.version})`);

@@ -53,6 +53,39 @@ describe('chunk codec', () => {
     expect(encode(barely).codec).toBe(Codec.Raw);
   });
 
+  it('seals and opens chunks larger than one cipher piece, into a given buffer or a fresh one', () => {
+    // 200 KiB + 1: four 64 KiB cipher pieces and a one-byte one.
+    for (const plain of [randomBytes(200 * 1024 + 1), Buffer.alloc(200 * 1024 + 1, 'cairn ')]) {
+      const { id, blob, codec } = encode(plain);
+      expect(codec).toBe(plain[0] === 0x63 ? Codec.Zstd : Codec.Raw);
+      const roomy = Buffer.alloc(plain.length + 1, 0xee);
+      const direct = decoder.decode(id, blob, codec, plain.length, 'pack p', roomy);
+      expect(direct.equals(plain)).toBe(true);
+      expect(direct.buffer).toBe(roomy.buffer);
+      // Exactly the plaintext's length (less than the contract's rawLength + 1): still decoded right.
+      const tight = Buffer.alloc(plain.length, 0xee);
+      expect(decoder.decode(id, blob, codec, plain.length, 'pack p', tight).equals(plain)).toBe(true);
+      expect(decoder.decode(id, blob, codec, plain.length, 'pack p').equals(plain)).toBe(true);
+    }
+  });
+
+  it('refuses a tampered blob decoded into a buffer, and what it wrote there is not returned', () => {
+    const plain = randomBytes(100 * 1024);
+    const { id, blob, codec } = encode(plain);
+    blob[blob.length - SEAL_OVERHEAD - 5] ^= 1;
+    const into = Buffer.alloc(plain.length + 1);
+    expect(() => decoder.decode(id, blob, codec, plain.length, 'pack p', into)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT' }));
+  });
+
+  it('returns a raw chunk decoded without a buffer that stays valid after the next decode', () => {
+    const a = encode(randomBytes(70 * 1024));
+    const b = encode(randomBytes(70 * 1024));
+    const first = decoder.decode(a.id, a.blob, a.codec, 70 * 1024, 'pack p');
+    const copy = Buffer.from(first);
+    decoder.decode(b.id, b.blob, b.codec, 70 * 1024, 'pack p');
+    expect(first.equals(copy)).toBe(true);
+  });
+
   it('refuses a tampered blob with VAULT_CORRUPT naming the chunk and place', () => {
     for (const plain of [compressible, random]) {
       const { id, blob, codec } = encode(plain);

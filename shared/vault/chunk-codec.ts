@@ -75,17 +75,15 @@ export class ChunkDecoder {
    */
   decode(id: Buffer, blob: Buffer, codec: number, rawLength: number, where: string, into?: Buffer): Buffer {
     const what = `chunk ${id.toString('hex')} in ${where}`;
-    let body: Buffer;
-    if (codec === Codec.Raw) {
-      // Straight into `into`; without it the result must outlive the next call (callers cache it).
-      body = open(this.encryptionKey, blob, id, what, into && into.length >= blob.length ? into : undefined);
-    } else {
-      if (this.cipherScratch.length < blob.length) this.cipherScratch = Buffer.allocUnsafeSlow(Math.max(blob.length, 64 * 1024));
-      body = open(this.encryptionKey, blob, id, what, this.cipherScratch);
-    }
     let plain: Buffer;
-    if (codec === Codec.Raw) plain = into && body.buffer !== into.buffer ? into.subarray(0, body.copy(into)) : body;
-    else if (codec === Codec.Zstd) {
+    if (codec === Codec.Raw) {
+      // Straight into `into` when it has room; without it the result must outlive the next call (callers cache it).
+      const direct = into !== undefined && into.length >= blob.length - SEAL_OVERHEAD;
+      const body = open(this.encryptionKey, blob, id, what, direct ? into : undefined);
+      plain = direct || !into ? body : into.subarray(0, body.copy(into));
+    } else if (codec === Codec.Zstd) {
+      if (this.cipherScratch.length < blob.length) this.cipherScratch = Buffer.allocUnsafeSlow(Math.max(blob.length, 64 * 1024));
+      const body = open(this.encryptionKey, blob, id, what, this.cipherScratch);
       let out = into;
       if (!out || out.length < rawLength + 1) {
         if (this.scratch.length < rawLength + 1) this.scratch = Buffer.allocUnsafeSlow(Math.max(rawLength + 1, 64 * 1024 + 1));

@@ -42,12 +42,13 @@ export function encodeEntries(entries: PackEntry[], into: Buffer, at: number): n
   return at;
 }
 
+/** Entries of a header or index object; their ids are views of `buf` (not copied: an index holds many), so `buf` must not be reused. */
 export function decodeEntries(buf: Buffer, at: number, count: number, what: string): PackEntry[] {
   if (at + count * ENTRY_BYTES > buf.length) throw new CairnError('VAULT_CORRUPT', `${what} is truncated`);
   const out: PackEntry[] = new Array(count);
   for (let i = 0; i < count; i++) {
     out[i] = {
-      id: Buffer.from(buf.subarray(at, at + 32)),
+      id: buf.subarray(at, at + 32),
       offset: buf.readUInt32LE(at + 32),
       length: buf.readUInt32LE(at + 36),
       rawLength: buf.readUInt32LE(at + 40),

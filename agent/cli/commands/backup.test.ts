@@ -4,7 +4,7 @@ import type { Manifest } from '../../../shared/vault/manifest.js';
 import { fileBackupJson, JSON_PATHS } from './backup.js';
 
 function result(unreadable: number, changed: number): FileBackupResult {
-  const tree = { key: 'trees/B', parts: 1, entries: 1 + unreadable + changed, files: unreadable + changed, dirs: 1, bytes: 0, partial: unreadable + changed };
+  const tree = { parts: ['00'.repeat(32)], entries: 1 + unreadable + changed, files: unreadable + changed, dirs: 1, bytes: 0, partial: unreadable + changed };
   const manifest = { id: 'B', name: 'n', kind: 'full', parent: null, consistency: 'crash_consistent', startedAt: 's', finishedAt: 'f', tree } as unknown as Manifest;
   const paths = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}/${String(i).padStart(7, '0')}`);
   return {
@@ -18,8 +18,11 @@ function result(unreadable: number, changed: number): FileBackupResult {
     filesRead: 0,
     newChunks: 0,
     newBytes: 0,
-    unreadable: paths('locked', unreadable),
-    changed: paths('growing', changed),
+    // As runFileBackup returns them: the first 1000 paths of each list, and the counts.
+    unreadable: paths('locked', Math.min(unreadable, 1000)),
+    unreadableCount: unreadable,
+    changed: paths('growing', Math.min(changed, 1000)),
+    changedCount: changed,
     warnings: [],
   };
 }

@@ -2,7 +2,8 @@ import { resolve } from 'node:path';
 import { CairnError, errorCatalogue } from '../../../shared/errors.js';
 import { runBackup, type BackupResult } from '../../backup/backup-engine.js';
 import { runFileBackup, type FileBackupResult } from '../../backup/file-backup.js';
-import { readExcludeFile } from '../../source/dir/exclude.js';
+import { ExcludeMatcher, readExcludeFile } from '../../source/dir/exclude.js';
+import { WalkStream } from '../../source/dir/walk-stream.js';
 import { dirUrlPath, isDirUrl } from '../../source/dir/dir-url.js';
 import type { QuiesceOptions } from '../../quiesce/quiesce.js';
 import type { BlockSource } from '../../source/block-source.js';
@@ -11,7 +12,7 @@ import { parse, parseDuration, vaultOptions } from '../args.js';
 import type { StateStore } from '../../state/state-store.js';
 import type { Vault } from '../../../shared/vault/vault.js';
 import { openState, openVault } from '../context.js';
-import { formatBytes, formatDuration, formatRate } from '../format.js';
+import { formatBytes, formatDuration, formatRate, JSON_PATHS } from '../format.js';
 import { ProgressBar } from '../progress.js';
 
 export const backupHelp = `Usage:
@@ -78,8 +79,7 @@ Exit status of a file-system backup: 0 when it is written; 9 when it is written 
 could not be read (recorded without their data: see 'unreadable' and the warnings). Files that
 changed while read are recorded as read, with a warning, and alone exit 0. Other codes: it failed.`;
 
-/** Paths `--json` lists of unreadable and of changed entries; the counts say how many there are in all. */
-export const JSON_PATHS = 1000;
+export { JSON_PATHS };
 
 /** What `cairn backup --json` prints for a file-system backup. */
 export function fileBackupJson(r: FileBackupResult, location: string, source: string): Record<string, unknown> {
@@ -110,9 +110,9 @@ export function fileBackupJson(r: FileBackupResult, location: string, source: st
     newBytes: r.newBytes,
     partial: r.tree.partial > 0,
     unreadable: r.unreadable.slice(0, JSON_PATHS),
-    unreadableCount: r.unreadable.length,
+    unreadableCount: r.unreadableCount,
     changed: r.changed.slice(0, JSON_PATHS),
-    changedCount: r.changed.length,
+    changedCount: r.changedCount,
     disks: [],
   };
 }
@@ -270,8 +270,18 @@ async function fileBackupCommand(
   const root = resolve(isDirUrl(spec) ? dirUrlPath(spec) : spec);
   const excludes = [...(values.exclude ?? [])];
   for (const f of values['exclude-file'] ?? []) excludes.push(...(await readExcludeFile(f)));
-  const vault = await openVault(values, 'backup');
-  const state = openState();
+  ExcludeMatcher.compile(excludes); // a bad pattern is USAGE before anything starts
+  // The walk starts now, in its own thread, and goes on while the passphrase opens the vault.
+  const walk = new WalkStream(root, { excludes, crossFileSystems: values['cross-file-systems'] });
+  let vault: Vault;
+  let state: StateStore;
+  try {
+    vault = await openVault(values, 'backup');
+    state = openState();
+  } catch (err) {
+    await walk.close(); // a running worker would keep the process alive
+    throw err;
+  }
   const startedAt = new Date().toISOString();
   const bar = new ProgressBar('backup', !values.json && process.stderr.isTTY === true);
   try {
@@ -280,6 +290,7 @@ async function fileBackupCommand(
       full: values.full,
       excludes,
       crossFileSystems: values['cross-file-systems'],
+      walk,
       onProgress: (p) => bar.update(p.bytesRead, p.bytesRead, `${p.files} files, stored ${formatBytes(p.bytesStored)}`),
     });
     bar.done();
@@ -311,11 +322,13 @@ async function fileBackupCommand(
       for (const w of r.warnings) out(`warning: ${w}`);
     }
     // Written but partial: entries recorded without their data. Changed while read alone is not.
-    return r.unreadable.length > 0 ? errorCatalogue.PARTIAL.exit : 0;
+    return r.unreadableCount > 0 ? errorCatalogue.PARTIAL.exit : 0;
   } catch (err) {
     bar.done();
     recordFailure(state, vault, values.name, startedAt, err);
     throw err;
+  } finally {
+    await walk.close();
   }
 }
 

@@ -8,7 +8,7 @@ import { parse, vaultOptions } from '../args.js';
 import { openVault } from '../context.js';
 import type { Manifest } from '../../../shared/vault/manifest.js';
 import type { Vault } from '../../../shared/vault/vault.js';
-import { formatBytes, formatDuration, formatRate } from '../format.js';
+import { formatBytes, formatDuration, formatRate, JSON_PATHS } from '../format.js';
 import { ProgressBar } from '../progress.js';
 
 export const restoreHelp = `Usage:
@@ -35,7 +35,7 @@ nanosecond are restored; a file appears under its name only once it is written w
 an existing file, symlink or empty folder where the backup has something else is replaced; a folder
 with contents in the way is refused before anything is written. Entries the backup could not read
 are not restored (a folder it could not list is made empty): a warning names them, --json lists
-them in 'skipped', and the exit status is 9 (partial). Ctrl-C keeps the files restored so far
+the first 1000 of them in 'skipped' (skippedCount: all), and the exit status is 9 (partial). Ctrl-C keeps the files restored so far
 (temporary files are removed); run the restore again with --force to finish it.
   --path P     restore only P (a path inside the backup, as 'cairn ls' shows it); repeatable
   --disk N     restore only disk N (0-based; see 'cairn backups show')
@@ -153,7 +153,7 @@ async function restoreFiles(
   // Entries left out because the backup could not read them: the result is printed all the same.
   const exit = r.partial ? errorCatalogue.PARTIAL.exit : 0;
   if (values.json) {
-    out(JSON.stringify({ id: m.id, name: m.name, ...r, requests: vault.store.requests }));
+    out(JSON.stringify({ id: m.id, name: m.name, ...r, skipped: r.skipped.slice(0, JSON_PATHS), skippedCount: r.skipped.length, requests: vault.store.requests }));
     return exit;
   }
   out(
