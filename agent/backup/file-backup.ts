@@ -22,6 +22,7 @@ import { displayPath } from '../source/dir/path-bytes.js';
 import { WalkStream } from '../source/dir/walk-stream.js';
 import { errText, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
 import { XattrReader } from '../source/dir/xattrs.js';
+import { copyInto } from '../../shared/vault/bytes.js';
 
 export interface FileBackupProgress {
   files: number;
@@ -658,7 +659,7 @@ class FileData {
       let tail: Buffer = EMPTY;
       if (consumed < s.length) {
         if (!s.tailInto) throw new CairnError('INTERNAL', 'a final segment was left partly uncut');
-        tail = s.tailInto.subarray(0, input.copy(s.tailInto, 0, at + consumed, at + s.length));
+        tail = s.tailInto.subarray(0, copyInto(input.subarray(at + consumed, at + s.length), s.tailInto, 0));
       }
       results.push(() => s.onChunks(chunks, tail));
       at += s.length;
@@ -701,7 +702,7 @@ class FileData {
         while (pos < st.size) {
           const slot = await this.acquire();
           const input = this.inputs[slot];
-          tail.copy(input, 0);
+          copyInto(tail, input, 0);
           const want = Math.min(this.slotData - tail.length, st.size - pos);
           let got: number;
           try {

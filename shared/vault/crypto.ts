@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv, randomBytes, randomFillSync, scrypt as scryptCb } from 'node:crypto';
 import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { CairnError } from '../errors.js';
+import { copyInto } from './bytes.js';
 
 /**
  * Cryptographic primitives of the vault format (see FORMAT.md, "Encryption").
@@ -82,12 +83,12 @@ export function sealInto(key: Buffer, plaintext: Uint8Array, aad: Buffer, out: B
   const nonce = freshNonce();
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
   cipher.setAAD(aad);
-  let w = at + nonce.copy(out, at);
+  let w = at + copyInto(nonce, out, at);
   for (let p = 0; p < plaintext.length; p += CIPHER_PIECE) {
-    w += cipher.update(plaintext.subarray(p, Math.min(p + CIPHER_PIECE, plaintext.length))).copy(out, w);
+    w += copyInto(cipher.update(plaintext.subarray(p, Math.min(p + CIPHER_PIECE, plaintext.length))), out, w);
   }
-  w += cipher.final().copy(out, w);
-  w += cipher.getAuthTag().copy(out, w);
+  w += copyInto(cipher.final(), out, w);
+  w += copyInto(cipher.getAuthTag(), out, w);
   return w - at;
 }
 
@@ -114,7 +115,7 @@ export function open(key: Buffer, sealed: Buffer, aad: Buffer, what: string, int
   if (into && into.length >= cipherText.length) {
     let w = 0;
     for (let p = 0; p < cipherText.length; p += CIPHER_PIECE) {
-      w += decipher.update(cipherText.subarray(p, Math.min(p + CIPHER_PIECE, cipherText.length))).copy(into, w);
+      w += copyInto(decipher.update(cipherText.subarray(p, Math.min(p + CIPHER_PIECE, cipherText.length))), into, w);
     }
     body = into.subarray(0, w);
   } else body = decipher.update(cipherText);

@@ -4,6 +4,7 @@ import type { ChunkIndex, ChunkLocation } from './chunk-index.js';
 import type { IndexedPack } from './index-file.js';
 import { packKey, packTail, type PackEntry } from './pack.js';
 import type { Vault } from './vault.js';
+import { copyInto } from './bytes.js';
 
 /**
  * Collects encoded chunk blobs into packs and uploads them, a bounded number at a time. After every
@@ -45,7 +46,7 @@ export class PackWriter {
       if (!this.buffer || this.buffer.length < need) this.buffer = Buffer.allocUnsafeSlow(need);
     }
     const loc: ChunkLocation = { packId: this.packId, offset: this.size, length: blob.length, rawLength, codec };
-    blob.copy(this.buffer!, this.size);
+    copyInto(blob, this.buffer!, this.size); // from a batch slot (shared memory): see bytes.ts
     this.entries.push({ id: Buffer.from(id), offset: this.size, length: blob.length, rawLength, codec });
     this.size += blob.length;
     this.index.add(id, loc);

@@ -23,6 +23,7 @@ import {
 } from './nbd-protocol.js';
 import { formatNbdUrl, type NbdTarget } from './nbd-url.js';
 import { SocketReader } from './socket-reader.js';
+import { copyInto } from '../../../shared/vault/bytes.js';
 
 /**
  * A read-only NBD client over one connection (node:net only), written from the protocol document
@@ -255,7 +256,7 @@ export class NbdClient {
     if (start === offset && end === offset + length) return this.readAligned(target, offset);
     const bounce = Buffer.allocUnsafe(end - start);
     await this.readAligned(bounce, start);
-    bounce.copy(target, 0, offset - start, offset - start + length);
+    copyInto(bounce.subarray(offset - start, offset - start + length), target, 0);
   }
 
   /**

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { copyInto } from '../../../shared/vault/bytes.js';
 
 /**
  * Exact-length reads from a stream socket for a protocol parsed by one reader at a time (the
@@ -99,7 +100,7 @@ export class SocketReader {
     while (done < length) {
       const chunk = this.chunks[0]!;
       const n = Math.min(chunk.length, length - done);
-      chunk.copy(target, targetOffset + done, 0, n);
+      copyInto(chunk.subarray(0, n), target, targetOffset + done); // target may be a batch slot (shared memory)
       done += n;
       this.consume(n);
     }
