@@ -11,6 +11,8 @@
  *   the same writes into the qcow2 -> qemu-img compare -> cairn incremental, restic incremental ->
  *   cairn CBT incremental -> cairn S3 incremental, restic S3 incremental -> stop S3 server ->
  *   cairn restore, restic restore -> compare hashes.
+ * The export and NBD sections run on the latest backups before the restores; the files section
+ * (file-system backups of a copy of a real tree, file-bench.ts) runs last, in a directory of its own.
  *
  * Progress goes to stderr; the results (header and table) go to stdout. See bench/README.md.
  */
@@ -27,6 +29,7 @@ import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client }
 import { startFaultProxy, type FaultProxy, type RequestKind } from '../test/support/fault-proxy.js';
 import { s3ServerAvailable, startS3Server, type S3Server } from '../test/support/s3-server.js';
 import { mbPerSecond, runExportBench, type ExportBench } from './export-bench.js';
+import { runFileBench, type FileBench } from './file-bench.js';
 import { runNbdBench, type NbdBench } from './nbd-bench.js';
 
 const KiB = 1024;
@@ -66,8 +69,12 @@ const WORK_NAMES = {
   cairnCbtState: 'cairn-cbt-state',
   cbtPatterns: 'cbt-patterns',
   time: 'gnu-time',
+  files: 'files',
 } as const;
 const DEFAULT_JSON_NAME = 'bench.json';
+/** The files section: the tree it copies unless --files-src says otherwise, and how many files it edits. */
+const DEFAULT_FILES_SRC = '/usr/lib';
+const FILES_EDITS = 10;
 
 type Tool = 'cairn' | 'restic';
 
@@ -85,6 +92,8 @@ interface Options {
   skipCbt: boolean;
   skipExport: boolean;
   skipNbd: boolean;
+  skipFiles: boolean;
+  filesSrc: string;
 }
 
 class UsageError extends Error {
@@ -116,6 +125,9 @@ const USAGE = `usage: npm run bench -- [options]
                       the S3 server, beside restic dump piped into the same uploader)
   --skip-nbd          skip the NBD section (instant recovery: time to first byte and random 4 KiB read
                       latency of 'cairn serve-nbd' on the latest backup, beside restic dump's first byte)
+  --skip-files        skip the files section (file-system backups of a copy of a real tree, full and
+                      after ${FILES_EDITS} small edits)
+  --files-src DIR     the tree the files section copies (default ${DEFAULT_FILES_SRC})
 `;
 
 function parseOptions(argv: string[]): Options | 'help' {
@@ -139,6 +151,8 @@ function parseOptions(argv: string[]): Options | 'help' {
         'skip-cbt': { type: 'boolean', default: false },
         'skip-export': { type: 'boolean', default: false },
         'skip-nbd': { type: 'boolean', default: false },
+        'skip-files': { type: 'boolean', default: false },
+        'files-src': { type: 'string', default: DEFAULT_FILES_SRC },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -180,6 +194,8 @@ function parseOptions(argv: string[]): Options | 'help' {
     skipCbt: values['skip-cbt'],
     skipExport: values['skip-export'],
     skipNbd: values['skip-nbd'],
+    skipFiles: values['skip-files'],
+    filesSrc: path.resolve(values['files-src']),
   };
 }
 
@@ -1406,9 +1422,49 @@ function buildNbdRows(n: NbdBench): Row[] {
   ];
 }
 
-function renderTable(rows: Row[], stepWidth: number, columns = ['step', 'cairn', 'restic', 'cairn/restic']): string {
+/**
+ * Files rows: a copy of a real tree backed up by both tools, full and incremental after a few small
+ * edits (see file-bench.ts; the header line says how many). Their `ratio` is cairn / restic like
+ * every row's; the table shows it inverted for times (see formatSpeedRatio).
+ */
+function buildFilesRows(f: FileBench): Row[] {
+  const c = f.cairn;
+  const r = f.restic;
+  const rate = (t: FileBench['cairn']) => (t === undefined ? undefined : mbPerSecond(f.bytes, t.full.wallMs));
+  return [
+    row('files full backup', 'ms', c?.full.wallMs, r?.full.wallMs),
+    row('files incremental', 'ms', c?.incremental.wallMs, r?.incremental.wallMs),
+    row('files full rate', 'MB/s', rate(c), rate(r)),
+    row('files CPU full', 'ms', c?.full.cpuMs, r?.full.cpuMs),
+    row('files CPU incremental', 'ms', c?.incremental.cpuMs, r?.incremental.cpuMs),
+    row('files peak RSS full', 'bytes', c?.full.peakRssBytes, r?.full.peakRssBytes),
+    row('files peak RSS incr.', 'bytes', c?.incremental.peakRssBytes, r?.incremental.peakRssBytes),
+    row('files stored (full)', 'bytes', c?.storedFullBytes, r?.storedFullBytes),
+    row('files stored (incr.)', 'bytes', c?.storedIncrementalBytes, r?.storedIncrementalBytes),
+    row('files read (incr.)', 'count', c?.incrementalFilesRead, r?.incrementalFilesRead),
+    row('files reused (incr.)', 'count', c?.incrementalFilesReused, r?.incrementalFilesReused),
+  ];
+}
+
+/**
+ * The last column of the files table: for times restic / cairn (how many times faster Cairn is, or
+ * how many times less CPU it used), for rates and sizes cairn / restic as in the other tables.
+ */
+function formatSpeedRatio(r: Row): string {
+  if (r.ratio === null) return '-';
+  const x = (v: number): string => `${v.toFixed(v >= 10 ? 1 : 2)}x`;
+  if (r.unit !== 'ms') return x(r.ratio);
+  return r.ratio === 0 ? '-' : x(1 / r.ratio);
+}
+
+function renderTable(
+  rows: Row[],
+  stepWidth: number,
+  columns = ['step', 'cairn', 'restic', 'cairn/restic'],
+  ratioCell: (r: Row) => string = formatRatio,
+): string {
   const lines = [columns];
-  for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), formatRatio(r)]);
+  for (const r of rows) lines.push([r.step, formatCell(r.unit, r.cairn), formatCell(r.unit, r.restic), ratioCell(r)]);
   const widths = [stepWidth, 12, 12];
   const line = (cols: string[]): string =>
     cols.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('').trimEnd();
@@ -1738,6 +1794,34 @@ async function runBenchmark(
       }
     });
   }
+  // Files: file-system backups of a copy of a real tree (see file-bench.ts), last, so its copy
+  // does not share the page cache with the image's steps; its work directory goes right after.
+  let filesBench: FileBench | undefined;
+  /** Why the files section did not run, or how it failed. */
+  let filesNote: string | undefined;
+  let filesFailed = false;
+  if (opts.skipFiles) filesNote = 'skipped (--skip-files)';
+  else if (!fs.statSync(opts.filesSrc, { throwIfNoEntry: false })?.isDirectory()) {
+    filesNote = `skipped: ${opts.filesSrc} is not a directory (choose another with --files-src)`;
+    log(`files ${filesNote}`);
+  } else {
+    const filesDir = path.join(work, WORK_NAMES.files);
+    try {
+      filesBench = await runFileBench({
+        src: opts.filesSrc,
+        dir: filesDir,
+        edits: FILES_EDITS,
+        tools: opts.tools,
+        log: (s) => log(`files: ${s}`),
+      });
+    } catch (err) {
+      filesFailed = true;
+      filesNote = `FAILED: ${(err as Error).message.split('\n')[0]}`;
+      log(`files section failed:\n${(err as Error).message}`);
+    } finally {
+      if (!opts.keep) fs.rmSync(filesDir, { recursive: true, force: true });
+    }
+  }
 
   const rows = buildRows(runs.cairn, runs.restic, s3Runs.cairn, s3Runs.restic);
   const cbtRows = cbt === undefined ? [] : buildCbtRows(cbt, runs.restic);
@@ -1812,6 +1896,13 @@ async function runBenchmark(
   } else if (cbtNote !== undefined) {
     header.push(`cbt          ${cbtNote}`);
   }
+  if (filesBench !== undefined) {
+    const f = filesBench;
+    header.push(
+      `files        copy of ${f.src}: ${f.files} files, ${formatBytes(f.bytes)} (${f.bytes} bytes, du -sb); ` +
+        `${f.edits} files edited (${f.editBytes} bytes each) between full and incremental`,
+    );
+  }
   const failures: { label: string; error: string }[] = [
     ...Object.values(runs).map((r) => ({ label: r.tool, error: r.error })),
     ...Object.values(s3Runs).map((r) => ({ label: `${r.tool} S3`, error: r.error })),
@@ -1819,7 +1910,8 @@ async function runBenchmark(
   ].filter((f): f is { label: string; error: string } => f.error !== undefined);
   const mismatches = Object.values(runs).filter((r) => r.restore !== undefined && !r.restore.identical);
 
-  const stepWidth = Math.max(24, ...[...rows, ...cbtRows].map((r) => r.step.length + 2));
+  const filesRows = filesBench === undefined ? [] : buildFilesRows(filesBench);
+  const stepWidth = Math.max(24, ...[...rows, ...cbtRows, ...filesRows].map((r) => r.step.length + 2));
   process.stdout.write(`${header.join('\n')}\n\n${renderTable(rows, stepWidth)}\n`);
   if (cbt !== undefined) {
     const table = renderTable(cbtRows, stepWidth, ['CBT: qcow2 via NBD', 'cairn', 'restic raw', 'cairn/restic']);
@@ -1845,6 +1937,12 @@ async function runBenchmark(
     if (nbdBench?.error) process.stdout.write(`nbd FAILED: ${nbdBench.error.split('\n')[0]}\n`);
   } else if (nbdNote !== undefined) {
     process.stdout.write(`\nnbd          ${nbdNote}\n`);
+  }
+  if (filesRows.length > 0) {
+    const columns = ['file-system backup', 'cairn', 'restic', 'restic/cairn time, cairn/restic size'];
+    process.stdout.write(`\n${renderTable(filesRows, stepWidth, columns, formatSpeedRatio)}\n`);
+  } else if (filesNote !== undefined) {
+    process.stdout.write(`\nfiles        ${filesNote}\n`);
   }
   for (const f of failures) {
     process.stdout.write(`\n${f.label} FAILED: ${f.error.split('\n')[0]}\n`);
@@ -1873,6 +1971,8 @@ async function runBenchmark(
       skipCbt: opts.skipCbt,
       skipExport: opts.skipExport,
       skipNbd: opts.skipNbd,
+      skipFiles: opts.skipFiles,
+      filesSrc: opts.filesSrc,
     },
     image: {
       sizeBytes: opts.sizeBytes,
@@ -1896,12 +1996,13 @@ async function runBenchmark(
     },
     export: { note: exportNote ?? null, runs: exportBench ?? null },
     nbd: { note: nbdNote ?? null, run: nbdBench ?? null },
-    rows: [...rows, ...cbtRows, ...exportRows, ...nbdRows],
+    files: { note: filesNote ?? null, run: filesBench ?? null },
+    rows: [...rows, ...cbtRows, ...exportRows, ...nbdRows, ...filesRows],
   };
   fs.writeFileSync(jsonOut, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`\nresults as JSON: ${jsonOut}\n`);
 
-  return failures.length > 0 || mismatches.length > 0 || s3Failed ? 1 : 0;
+  return failures.length > 0 || mismatches.length > 0 || s3Failed || filesFailed ? 1 : 0;
 }
 
 main().then(
