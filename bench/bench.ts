@@ -29,7 +29,7 @@ import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client }
 import { startFaultProxy, type FaultProxy, type RequestKind } from '../test/support/fault-proxy.js';
 import { s3ServerAvailable, startS3Server, type S3Server } from '../test/support/s3-server.js';
 import { mbPerSecond, runExportBench, type ExportBench } from './export-bench.js';
-import { runFileBench, type FileBench } from './file-bench.js';
+import { readTimeFile, runFileBench, type FileBench } from './file-bench.js';
 import { runNbdBench, type NbdBench } from './nbd-bench.js';
 
 const KiB = 1024;
@@ -316,24 +316,6 @@ async function runMeasured(what: string, cmd: Command, timeFile: string): Promis
   const result = await runProcess(timed);
   if (result.code !== 0) throw failure(what, cmd, result);
   return { wallMs: result.wallMs, ...readTimeFile(timeFile), stdout: result.stdout };
-}
-
-/** Parses GNU time's `%M %U %S` line: peak RSS in KiB, user and system seconds. */
-function readTimeFile(timeFile: string): { cpuMs: number | null; peakRssBytes: number | null } {
-  let text: string;
-  try {
-    text = fs.readFileSync(timeFile, 'utf8');
-  } catch {
-    return { cpuMs: null, peakRssBytes: null };
-  }
-  // GNU time puts "Command exited with non-zero status N" before the format on failure.
-  const lines = text.trim().split('\n');
-  const [kib, user, sys] = (lines[lines.length - 1] ?? '').split(' ').map(Number);
-  const known = (v: number | undefined): v is number => v !== undefined && Number.isFinite(v);
-  return {
-    peakRssBytes: known(kib) ? kib * KiB : null,
-    cpuMs: known(user) && known(sys) ? (user + sys) * 1000 : null,
-  };
 }
 
 /** Apparent size of a directory tree in bytes (`du -sb`); 0 if it does not exist. */

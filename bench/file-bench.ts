@@ -18,6 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
+const FILE_BENCH_USAGE = 'usage: node dist/bench/file-bench.js [--src DIR (default /usr/lib)] [--dir WORK] [--edits N (default 10)] [--keep]\n';
 const PASSPHRASE = 'bench-pass';
 const TIME_BIN = '/usr/bin/time';
 /** Files at most this large are never edited: the edit lands in the middle of a file. */
@@ -307,8 +308,11 @@ function failed(what: string, cmd: Command, r: { code: number | null; signal: No
   return new FileBenchError(`${what} failed: ${[cmd.file, ...cmd.args].join(' ')} ${how}${stderr ? `\n--- stderr ---\n${stderr}` : ''}`);
 }
 
-/** Parses GNU time's `%M %U %S` line: peak RSS in KiB, user and system seconds. */
-function readTimeFile(timeFile: string): { cpuMs: number | null; peakRssBytes: number | null } {
+/**
+ * Parses GNU time's `%M %U %S` line: peak RSS in KiB, user and system seconds (the last line: on
+ * failure GNU time puts "Command exited with non-zero status N" before it).
+ */
+export function readTimeFile(timeFile: string): { cpuMs: number | null; peakRssBytes: number | null } {
   let text: string;
   try {
     text = fs.readFileSync(timeFile, 'utf8');
@@ -411,14 +415,25 @@ function printTable(b: FileBench): void {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      src: { type: 'string', default: '/usr/lib' },
-      dir: { type: 'string' },
-      edits: { type: 'string', default: '10' },
-      keep: { type: 'boolean', default: false },
-    },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        src: { type: 'string', default: '/usr/lib' },
+        dir: { type: 'string' },
+        edits: { type: 'string', default: '10' },
+        keep: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (err) {
+    process.stderr.write(`file-bench: ${(err as Error).message}\n${FILE_BENCH_USAGE}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(FILE_BENCH_USAGE);
+    return;
+  }
   const work = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-file-bench-'));
   try {
     const result = await runFileBench({

@@ -30,7 +30,7 @@ import { cdcParams } from '../shared/vault/config.js';
 import { ChunkHasher } from '../shared/vault/crypto.js';
 import { readTree, type TreeEntry } from '../shared/vault/tree.js';
 import { Vault } from '../shared/vault/vault.js';
-import { cliPath, exitCode, expectCliError, MiB, PASSPHRASE, Sandbox } from './helpers.js';
+import { cliPath, exitCode, expectCliError, MiB, PASSPHRASE, runAs, Sandbox } from './helpers.js';
 
 /**
  * File-system backups end to end through the CLI (`cairn backup dir:///PATH`, `--type filesystem`):
@@ -457,20 +457,3 @@ describe('file-system backup', () => {
   });
 });
 
-/** Runs the CLI as another user (setpriv), with only the given Cairn variables. */
-function runAs(uid: number, args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-  const base: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('CAIRN_') && !k.startsWith('XDG_')) base[k] = v;
-  return new Promise((resolveRun, reject) => {
-    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, cliPath, ...args], {
-      env: { ...base, HOME: '/nonexistent', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => err.push(d));
-    child.on('error', (e) => reject(new Error(`setpriv cannot run (${e.message}); install util-linux`)));
-    child.on('close', (code) => resolveRun({ code: code ?? -1, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
-  });
-}

@@ -9,7 +9,7 @@ import { ZERO_ID } from '../shared/vault/block-map.js';
 import { packKey } from '../shared/vault/pack.js';
 import { readTree, type EntryType, type FileChunk } from '../shared/vault/tree.js';
 import { Vault } from '../shared/vault/vault.js';
-import { cliPath, exitCode, expectCliError, KiB, MiB, PASSPHRASE, Sandbox, type CliResult } from './helpers.js';
+import { cliPath, exitCode, expectCliError, KiB, MiB, PASSPHRASE, runAs, Sandbox, type CliResult } from './helpers.js';
 
 /**
  * Restores of file-system backups and `cairn ls`, end to end through the CLI: a generated tree with
@@ -448,23 +448,6 @@ describe('file-system restore and ls', () => {
   });
 });
 
-/** Runs the CLI as another user (setpriv), with only the given Cairn variables. */
-function runAs(uid: number, args: string[], env: Record<string, string>): Promise<CliResult> {
-  const base: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('CAIRN_') && !k.startsWith('XDG_')) base[k] = v;
-  return new Promise((resolveRun, reject) => {
-    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, cliPath, ...args], {
-      env: { ...base, HOME: '/nonexistent', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => err.push(d));
-    child.on('error', (e) => reject(new Error(`setpriv cannot run (${e.message}); install util-linux`)));
-    child.on('close', (code) => resolveRun({ code: code ?? -1, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
-  });
-}
 
 function scanCount(dir: string, type: EntryType): number {
   return [...scan(dir).values()].filter((s) => s.type === type).length;

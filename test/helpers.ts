@@ -611,3 +611,21 @@ export function mountCommand(args: string[]): void {
     );
   }
 }
+
+/** Runs the CLI as another user (setpriv), with only the given Cairn variables. */
+export function runAs(uid: number, args: string[], env: Record<string, string>): Promise<CliResult> {
+  const base: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('CAIRN_') && !k.startsWith('XDG_')) base[k] = v;
+  return new Promise((resolveRun, reject) => {
+    const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, cliPath, ...args], {
+      env: { ...base, HOME: '/nonexistent', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    child.on('error', (e) => reject(new Error(`setpriv cannot run (${e.message}); install util-linux`)));
+    child.on('close', (code) => resolveRun({ code: code ?? -1, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
+  });
+}
