@@ -348,6 +348,27 @@ describe('file-system backup', () => {
     expect(entries).toHaveLength(3002);
   });
 
+  it('stops with VAULT_CORRUPT, naming the part, when the parent backup\'s tree is damaged, and records nothing', async () => {
+    const dir = sb.path('damaged-parent');
+    mkdirSync(dir);
+    for (let i = 0; i < 20; i++) writeFileSync(join(dir, `f${i}`), randomBytes(1000 + i));
+    const own = sb.path('damaged-parent-vault');
+    expect((await sb.cairn(['vault', 'init', own])).code).toBe(0);
+    const full = await sb.cairnJson<FileBackupJson>(['backup', `dir://${dir}`, '--vault', own, '--json']);
+    // Flip a byte inside the tree's only part, where it lies in its pack.
+    const v = await Vault.open(new LocalStore(own), PASSPHRASE);
+    const m = await v.readManifest(full.id);
+    const loc = (await v.loadIndex()).index.get(Buffer.from(m.tree!.parts[0], 'hex'))!;
+    const packFile = join(own, 'packs', loc.packId.slice(0, 2), loc.packId);
+    const pack = readFileSync(packFile);
+    pack[loc.offset + 20] ^= 0xff;
+    writeFileSync(packFile, pack);
+
+    const inc = await sb.cairn(['backup', `dir://${dir}`, '--vault', own, '--json']);
+    expectCliError(inc, 'VAULT_CORRUPT', `tree part ${m.tree!.parts[0]} is damaged`, "run 'cairn vault verify'");
+    expect((await v.listBackups()).map((b) => b.id)).toEqual([full.id]);
+  });
+
   it('refuses what is not a folder and options that do not fit', async () => {
     expectCliError(await sb.cairn(['backup', 'dir://host/x', '--vault', vault]), 'USAGE', 'host');
     expectCliError(await sb.cairn(['backup', join(src, 'small.txt'), '--type', 'filesystem', '--vault', vault]), 'USAGE', 'not a directory');
@@ -383,7 +404,7 @@ describe('file-system backup', () => {
     }
   });
 
-  it('does not store a file found replaced between the walk and its read (it may be from outside the tree)', async () => {
+  it('stores a file replaced in place (an atomic save) as changed while read, with exit 0', async () => {
     const dir = sb.path('swapping');
     mkdirSync(dir);
     for (let i = 0; i < 200; i++) writeFileSync(join(dir, `f${String(i).padStart(3, '0')}`), randomBytes(4096));
@@ -394,16 +415,14 @@ describe('file-system backup', () => {
     try {
       await new Promise((r) => setTimeout(r, 200));
       let r: FileBackupJson | undefined;
-      for (let attempt = 0; attempt < 5 && !r?.unreadable.includes('zz-swap'); attempt++) {
-        const run = await sb.cairn(['backup', `dir://${dir}`, '--vault', vault, '--full', '--exclude', '.next', '--json']);
-        r = JSON.parse(run.stdout) as FileBackupJson;
-        if (r.unreadable.includes('zz-swap')) expect(run.code).toBe(exitCode('PARTIAL'));
+      for (let attempt = 0; attempt < 5 && !r?.changed.includes('zz-swap'); attempt++) {
+        r = await sb.cairnJson<FileBackupJson>(['backup', `dir://${dir}`, '--vault', vault, '--full', '--exclude', '.next', '--json']);
       }
-      expect(r!.unreadable).toContain('zz-swap');
-      const { entries } = await storedTree(vault, r!.id);
-      const e = byPath(entries, 'zz-swap');
-      expect(e.warning).toMatch(/^unreadable: another file was at its path when read/);
-      expect(e.chunks).toEqual([]);
+      expect(r!.changed).toEqual(['zz-swap']);
+      expect(r!.unreadableCount).toBe(0);
+      const e = byPath((await storedTree(vault, r!.id)).entries, 'zz-swap');
+      expect(e.warning).toMatch(/^changed while read: /);
+      expect(e.chunks!.length).toBe(1);
     } finally {
       swapper.kill('SIGKILL');
     }

@@ -1,4 +1,4 @@
-import { close, closeSync, constants, fstat, fstatSync, open, openSync, read, readSync, type BigIntStats } from 'node:fs';
+import { close, closeSync, constants, fstat, fstatSync, open, openSync, read, readlinkSync, readSync, realpathSync, type BigIntStats } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { CairnError } from '../../shared/errors.js';
@@ -127,7 +127,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
   try {
     // Fail on a missing or non-folder root before taking the lease.
     await walk.first();
-    return await backupWalk(vault, walk, resource, started, t0, opts);
+    return await backupWalk(vault, walk, absRoot, resource, started, t0, opts);
   } finally {
     await walk.close();
   }
@@ -136,6 +136,7 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
 async function backupWalk(
   vault: Vault,
   walk: WalkStream,
+  absRoot: string,
   resource: string,
   started: Date,
   t0: number,
@@ -158,9 +159,12 @@ async function backupWalk(
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
     const tree = new TreeWriter(vault, writer, index);
-    const data = new FileData(vault, index, writer, pool, cdcParams(vault.config));
+    const data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
     await data.start();
-    const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, index, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
+    // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
+    // meanwhile; the sweep spares them): it is read through an index that has them too.
+    const parentIndex = parent && plan?.condemnedPacks.length ? (await vault.loadIndex({ includeCondemned: true })).index : index;
+    const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, parentIndex, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
     if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
 
     let n = 0;
@@ -411,6 +415,8 @@ class TreeRun {
     for (;;) {
       if (!this.parentHead) {
         if (this.parentDone) return undefined;
+        // A damaged parent tree fails the backup (VAULT_CORRUPT, naming the part): going on without
+        // it would store the same tree parts again, and dedup would point them at the damaged copy.
         const r = await this.parentIter!.next();
         if (r.done) {
           this.parentDone = true;
@@ -517,6 +523,7 @@ class FileData {
     private readonly writer: PackWriter,
     private readonly pool: WorkerPool,
     private readonly params: CdcParams,
+    private readonly place: TreePlace,
   ) {
     this.slotData = Math.max(SLOT_DATA, 2 * params.max);
   }
@@ -556,12 +563,12 @@ class FileData {
         const input = this.inputs[b.slot];
         const into = input.subarray(at, at + st.size);
         if (st.size <= SYNC_READ_MAX) {
-          result = readSmallSync(abs, st, into);
+          result = readSmallSync(abs, st, into, this.place);
           if (!result.error) this.bytesRead += st.size;
         } else {
           b.reads.push(
             this.reads.run(async () => {
-              result = await readSmall(abs, st, into);
+              result = await readSmall(abs, st, into, this.place);
               if (!result.error) this.bytesRead += st.size;
             }),
           );
@@ -694,7 +701,7 @@ class FileData {
       const tailInto = this.tailBuffers.pop() ?? Buffer.allocUnsafeSlow(this.params.max);
       try {
         const before = await fstatP(fd);
-        const other = notTheWalked(st, before);
+        const other = notTheWalked(st, before, fd, abs, this.place);
         if (other) return { chunks: [], error: other };
         changed = differs(st, before);
         let tail: Buffer = EMPTY;
@@ -733,7 +740,7 @@ class FileData {
           });
         }
         const after = await fstatP(fd);
-        changed ??= notTheWalked(st, after) ?? differs(st, after);
+        changed ??= notTheWalked(st, after, fd, abs, this.place) ?? differs(st, after);
       } catch (err) {
         if (err instanceof CairnError) throw err;
         return { chunks: [], error: errText(err) };
@@ -809,18 +816,55 @@ async function readFully(fd: number, buf: Buffer, at: number, length: number, po
 }
 
 /**
- * Why the file opened at an entry's path is not the one the walk saw, or undefined. Its data is
- * then not stored (the entry is unreadable): the path may lead elsewhere now, through a folder above
- * it swapped for a symlink, and a backup must not take in a file from outside its tree.
+ * Where the tree is on disk, to tell a file replaced in place from one reached through a folder
+ * swapped for a symlink: the kernel's path of an open file (/proc/self/fd/N) has no symlinks in it.
  */
-function notTheWalked(st: EntryStat, now: BigIntStats): string | undefined {
+const DELETED = Buffer.from(' (deleted)');
+
+export class TreePlace {
+  private readonly root: Buffer;
+  private readonly real: Buffer;
+
+  constructor(absRoot: string) {
+    this.root = Buffer.from(absRoot);
+    let real = absRoot;
+    try {
+      real = realpathSync(absRoot);
+    } catch {
+      // the walk reports an unreadable root
+    }
+    this.real = Buffer.from(real);
+  }
+
+  /** Whether `fd` is open on the file at `abs` (raw bytes, below the root) itself. */
+  holds(fd: number, abs: Buffer): boolean {
+    const want = this.real.equals(this.root) ? abs : Buffer.concat([this.real, abs.subarray(this.root.length)]);
+    try {
+      const at = readlinkSync(`/proc/self/fd/${fd}`, { encoding: 'buffer' });
+      // Replaced again since it was opened: the kernel names where it was, then ' (deleted)'.
+      return at.equals(want) || (at.length === want.length + DELETED.length && at.subarray(0, want.length).equals(want) && at.subarray(want.length).equals(DELETED));
+    } catch {
+      return false; // no /proc: only the walk's own file is trusted
+    }
+  }
+}
+
+/**
+ * Why the file opened at an entry's path must not be stored for it, or undefined. Another inode
+ * than the walk saw is fine when it is at the entry's own path (replaced in place, as an atomic
+ * save does: differs() reports it as changed); reached any other way (a folder above it swapped for
+ * a symlink, which may lead outside the tree) its data is not stored and the entry is unreadable.
+ */
+export function notTheWalked(st: EntryStat, now: BigIntStats, fd: number, abs: Buffer, place: TreePlace): string | undefined {
   if (!now.isFile()) return 'it is no longer a regular file';
-  if (now.ino !== st.ino || Number(now.dev) !== st.dev) return 'another file was at its path when read (it was replaced, or a folder above it was swapped); not backed up';
-  return undefined;
+  if (now.ino === st.ino && Number(now.dev) === st.dev) return undefined;
+  if (Number(now.dev) === st.dev && place.holds(fd, abs)) return undefined;
+  return 'another file was at its path when read, not below the backed-up folder (a folder above it was swapped); not backed up';
 }
 
 /** What differs between the walk's lstat and a later fstat of the same file, or undefined. */
 function differs(st: EntryStat, now: BigIntStats): string | undefined {
+  if (now.ino !== st.ino) return 'it was replaced';
   if (Number(now.size) !== st.size) return `its size went from ${st.size} to ${now.size} bytes`;
   if (now.mtimeNs !== st.mtimeNs) return 'its mtime changed';
   if (now.ctimeNs !== st.ctimeNs) return 'its ctime changed';
@@ -828,7 +872,7 @@ function differs(st: EntryStat, now: BigIntStats): string | undefined {
 }
 
 /** readSmall with synchronous calls (small files; see SYNC_READ_MAX). */
-function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer): FileReadResult {
+function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer, place: TreePlace): FileReadResult {
   let fd: number;
   try {
     try {
@@ -854,7 +898,7 @@ function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer): FileReadResult
       changed = `it shrank to ${got} bytes while read`;
     }
     const now = fstatSync(fd, { bigint: true });
-    const other = notTheWalked(st, now);
+    const other = notTheWalked(st, now, fd, abs, place);
     if (other) {
       into.fill(0);
       return { chunks: [], error: other };
@@ -870,7 +914,7 @@ function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer): FileReadResult
 }
 
 /** Reads a small file whole into `into` (its size as lstat said); zeros past a premature end. */
-async function readSmall(abs: Buffer, st: EntryStat, into: Buffer): Promise<FileReadResult> {
+async function readSmall(abs: Buffer, st: EntryStat, into: Buffer, place: TreePlace): Promise<FileReadResult> {
   let fd: number;
   try {
     fd = await openFile(abs);
@@ -886,7 +930,7 @@ async function readSmall(abs: Buffer, st: EntryStat, into: Buffer): Promise<File
       changed = `it shrank to ${got} bytes while read`;
     }
     const now = await fstatP(fd);
-    const other = notTheWalked(st, now);
+    const other = notTheWalked(st, now, fd, abs, place);
     if (other) {
       into.fill(0);
       return { chunks: [], error: other };

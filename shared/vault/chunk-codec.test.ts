@@ -77,6 +77,16 @@ describe('chunk codec', () => {
     expect(() => decoder.decode(id, blob, codec, plain.length, 'pack p', into)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT' }));
   });
 
+  it('refuses a raw chunk longer than its index says, decoded into a buffer sized by the index', () => {
+    const plain = randomBytes(100 * 1024);
+    const { id, blob, codec } = encode(plain);
+    expect(codec).toBe(Codec.Raw);
+    const into = Buffer.alloc(plain.length - 10 + 1);
+    expect(() => decoder.decode(id, blob, codec, plain.length - 10, 'pack p', into)).toThrow(
+      expect.objectContaining({ code: 'VAULT_CORRUPT', message: expect.stringContaining('is longer') }),
+    );
+  });
+
   it('returns a raw chunk decoded without a buffer that stays valid after the next decode', () => {
     const a = encode(randomBytes(70 * 1024));
     const b = encode(randomBytes(70 * 1024));

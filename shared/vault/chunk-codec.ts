@@ -1,7 +1,6 @@
 import binding from 'zstd-napi/binding.js';
 import { CairnError } from '../errors.js';
 import { ChunkHasher, open, SEAL_OVERHEAD, sealInto } from './crypto.js';
-import { copyInto } from './bytes.js';
 
 /**
  * How one chunk is stored (FORMAT.md, "Chunks"): the plaintext is compressed with zstd when that
@@ -81,7 +80,11 @@ export class ChunkDecoder {
       // Straight into `into` when it has room; without it the result must outlive the next call (callers cache it).
       const direct = into !== undefined && into.length >= blob.length - SEAL_OVERHEAD;
       const body = open(this.encryptionKey, blob, id, what, direct ? into : undefined);
-      plain = direct || !into ? body : into.subarray(0, copyInto(body, into, 0));
+      if (!direct && into) {
+        // `into` is at least rawLength + 1 bytes (the contract): a longer body is not this chunk.
+        throw new CairnError('VAULT_CORRUPT', `${what} is longer (${body.length} bytes) than its index says (${rawLength})`);
+      }
+      plain = body;
     } else if (codec === Codec.Zstd) {
       if (this.cipherScratch.length < blob.length) this.cipherScratch = Buffer.allocUnsafeSlow(Math.max(blob.length, 64 * 1024));
       const body = open(this.encryptionKey, blob, id, what, this.cipherScratch);

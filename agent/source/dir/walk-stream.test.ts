@@ -68,9 +68,11 @@ describe('WalkStream (the walk in a worker thread)', () => {
     const t0 = performance.now();
     await stream.close();
     expect(performance.now() - t0).toBeLessThan(5000);
-    // Closed: nothing more comes out.
-    let more = 0;
-    for await (const _ of stream) more++;
-    expect(more).toBe(0);
+    // Closed: reading on is an error, never an end that looks like the whole tree.
+    await expect(
+      (async () => {
+        for await (const _ of stream) void _;
+      })(),
+    ).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringContaining('closed before its end') });
   });
 });

@@ -78,7 +78,8 @@ export class WalkStream implements AsyncIterable<WalkEntry> {
 
   /** The next batch of entries, or undefined at the end; rethrows the walk's error. */
   private async nextBatch(): Promise<WalkEntry[] | undefined> {
-    if (this.closed) return undefined;
+    // Never an end: a walk closed early must not pass for the whole tree.
+    if (this.closed) throw new CairnError('INTERNAL', 'the walk was closed before its end');
     const m = await this.next();
     if ('batch' in m) {
       Atomics.add(this.credits, 0, 1);

@@ -4,16 +4,18 @@ import type { Readable, Writable } from 'node:stream';
 /** Extended attributes of one entry, name -> raw value, in name order. */
 export type Xattrs = [string, Buffer][];
 
-const BATCH_PATHS = 512;
-const BATCH_BYTES = 96 * 1024;
+// Large batches: each costs a sh and a getfattr start (getfattr over a copy of /usr/lib, 73 000
+// paths: 2.2 s of CPU in batches of 512, 1.1 s in batches of 4096).
+const BATCH_PATHS = 2048;
+const BATCH_BYTES = 256 * 1024;
 /** End of one batch's output: not a line getfattr's dump format can produce. */
 const BATCH_END = '# cairn-batch-end';
 
 /**
  * Reads extended attributes with the `attr` package's getfattr (Node has no xattr API), many paths
- * per run, through one helper started at the beginning: `xargs -0 -n 512 sh -c 'getfattr ...;
+ * per run, through one helper started at the beginning: `xargs -0 -n 2048 sh -c 'getfattr ...;
  * echo END'`. Paths go NUL-separated on its stdin (names with any bytes survive); a batch shorter
- * than 512 paths is padded with empty arguments (getfattr skips them), so every batch runs at once
+ * than 2048 paths is padded with empty arguments (getfattr skips them), so every batch runs at once
  * and ends with a marker line. One long-lived helper matters: spawning from a process holding
  * hundreds of MiB costs far more than from xargs. Kept: `user.*`, `trusted.*`, and `security.*`
  * when running as root; others (`system.*`: ACLs) are skipped and counted, so the backup can say so
