@@ -121,9 +121,9 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
   const t0 = performance.now();
   const absRoot = resolve(root);
   const resource = fileResourceKey(absRoot);
-  ExcludeMatcher.compile(opts.excludes ?? []); // a bad pattern is USAGE here, before anything starts
-  // The walk runs in its own thread from now on, beside the index, the parent's tree and the data.
-  const walk = opts.walk ?? new WalkStream(absRoot, { excludes: opts.excludes ?? [], crossFileSystems: opts.crossFileSystems });
+  // The walk runs in its own thread from now on, beside the index, the parent's tree and the data
+  // (a caller that started it checked the patterns); a bad pattern is USAGE before anything starts.
+  const walk = opts.walk ?? startWalk(absRoot, opts);
   try {
     // Fail on a missing or non-folder root before taking the lease.
     await walk.first();
@@ -131,6 +131,11 @@ export async function runFileBackup(vault: Vault, root: string, opts: FileBackup
   } finally {
     await walk.close();
   }
+}
+
+function startWalk(absRoot: string, opts: FileBackupOptions): WalkStream {
+  ExcludeMatcher.compile(opts.excludes ?? []);
+  return new WalkStream(absRoot, { excludes: opts.excludes ?? [], crossFileSystems: opts.crossFileSystems });
 }
 
 async function backupWalk(
@@ -877,6 +882,26 @@ function differs(st: EntryStat, now: BigIntStats): string | undefined {
   return undefined;
 }
 
+/**
+ * What a small file's read gave, once `got` bytes of it are in `into` and `now` is its fstat: zeros
+ * past a premature end (its size stays the walk's), nothing at all for a file from elsewhere
+ * (notTheWalked), and why it counts as changed while read.
+ */
+function readResult(st: EntryStat, into: Buffer, got: number, now: BigIntStats, fd: number, abs: Buffer, place: TreePlace): FileReadResult {
+  const other = notTheWalked(st, now, fd, abs, place);
+  if (other) {
+    into.fill(0);
+    return { chunks: [], error: other };
+  }
+  let changed: string | undefined;
+  if (got < into.length) {
+    into.fill(0, got);
+    changed = `it shrank to ${got} bytes while read`;
+  }
+  changed ??= differs(st, now);
+  return { chunks: [], ...(changed ? { changed } : {}) };
+}
+
 /** readSmall with synchronous calls (small files; see SYNC_READ_MAX). */
 function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer, place: TreePlace): FileReadResult {
   let fd: number;
@@ -898,19 +923,7 @@ function readSmallSync(abs: Buffer, st: EntryStat, into: Buffer, place: TreePlac
       if (n === 0) break;
       got += n;
     }
-    let changed: string | undefined;
-    if (got < into.length) {
-      into.fill(0, got);
-      changed = `it shrank to ${got} bytes while read`;
-    }
-    const now = fstatSync(fd, { bigint: true });
-    const other = notTheWalked(st, now, fd, abs, place);
-    if (other) {
-      into.fill(0);
-      return { chunks: [], error: other };
-    }
-    changed ??= differs(st, now);
-    return { chunks: [], ...(changed ? { changed } : {}) };
+    return readResult(st, into, got, fstatSync(fd, { bigint: true }), fd, abs, place);
   } catch (err) {
     into.fill(0);
     return { chunks: [], error: errText(err) };
@@ -930,19 +943,7 @@ async function readSmall(abs: Buffer, st: EntryStat, into: Buffer, place: TreePl
   }
   try {
     const got = await readFully(fd, into, 0, into.length, 0);
-    let changed: string | undefined;
-    if (got < into.length) {
-      into.fill(0, got);
-      changed = `it shrank to ${got} bytes while read`;
-    }
-    const now = await fstatP(fd);
-    const other = notTheWalked(st, now, fd, abs, place);
-    if (other) {
-      into.fill(0);
-      return { chunks: [], error: other };
-    }
-    changed ??= differs(st, now);
-    return { chunks: [], ...(changed ? { changed } : {}) };
+    return readResult(st, into, got, await fstatP(fd), fd, abs, place);
   } catch (err) {
     into.fill(0);
     return { chunks: [], error: errText(err) };

@@ -20,10 +20,10 @@ import { CairnError, fromSystemError } from '../../shared/errors.js';
 import { onInterrupt } from '../../shared/interrupt.js';
 import { ZERO_ID } from '../../shared/vault/block-map.js';
 import type { ChunkIndex, ChunkLocation } from '../../shared/vault/chunk-index.js';
-import { ID_BYTES, SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
-import { packReadJobs } from '../../shared/vault/disk-reader.js';
+import { SEAL_OVERHEAD } from '../../shared/vault/crypto.js';
+import { packReadJobs, readPackJob } from '../../shared/vault/disk-reader.js';
+import { copyInto } from '../../shared/vault/bytes.js';
 import type { Manifest } from '../../shared/vault/manifest.js';
-import { packKey } from '../../shared/vault/pack.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
 import { readTree, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
@@ -671,19 +671,8 @@ async function runJob(
   files: { fd: number }[],
   onBytes: (n: number) => void,
 ): Promise<void> {
-  const packId = job[0].loc.packId;
-  const start = job[0].loc.offset;
-  const end = job[job.length - 1].loc.offset + job[job.length - 1].loc.length;
-  let data: Buffer;
-  try {
-    data = await vault.store.get(packKey(packId), { offset: start, length: end - start }, into);
-  } catch (err) {
-    throw new CairnError('VAULT_CORRUPT', `pack ${packId} cannot be read from ${vault.store.location}: ${(err as Error).message}`, { cause: err });
-  }
-  if (data.length !== end - start) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is shorter than its index says`);
-  if (data.buffer !== into.buffer) data.copy(into);
-  const ids = Buffer.allocUnsafeSlow(job.length * ID_BYTES);
-  job.forEach((w, n) => w.id.copy(ids, n * ID_BYTES));
+  const { packId, start, data, ids } = await readPackJob(vault, job, into);
+  if (data.buffer !== into.buffer) copyInto(data, into, 0); // the worker decodes from the slot
   const items: DecodeItem[] = job.map((w) => ({
     offset: w.loc.offset - start,
     length: w.loc.length,
@@ -694,7 +683,7 @@ async function runJob(
   }));
   const reply = await pool.call(
     pool.leastBusy(),
-    { type: 'decode', job: jobNo, where: `pack ${packId}`, slot, length: end - start, ids: ids.buffer as ArrayBuffer, items },
+    { type: 'decode', job: jobNo, where: `pack ${packId}`, slot, length: data.length, ids: ids.buffer as ArrayBuffer, items },
     [ids.buffer as ArrayBuffer],
   );
   if (reply.type !== 'decoded') throw new CairnError('INTERNAL', 'unexpected worker reply');

@@ -72,17 +72,16 @@ export async function writeDiskChunks(
   await runner.drain();
 }
 
-async function runJob(
+/**
+ * The bytes of a pack read job (packReadJobs: blobs of one pack, in offset order), read into `into`
+ * when the store can (otherwise a buffer of their own), and the blobs' ids end to end for a
+ * 'decode' request; VAULT_CORRUPT when the pack cannot be read or is shorter than the index says.
+ */
+export async function readPackJob(
   vault: Vault,
-  pool: WorkerPool,
-  job: Item[],
-  jobNo: number,
-  fd: number,
-  chunkSize: number,
-  onBytes: (bytes: number) => void,
-  slot: number,
+  job: { id: Buffer; loc: ChunkLocation }[],
   into: Buffer,
-): Promise<void> {
+): Promise<{ packId: string; start: number; data: Buffer; ids: Buffer }> {
   const packId = job[0].loc.packId;
   const start = job[0].loc.offset;
   const end = job[job.length - 1].loc.offset + job[job.length - 1].loc.length;
@@ -97,6 +96,21 @@ async function runJob(
   if (data.length !== end - start) throw new CairnError('VAULT_CORRUPT', `pack ${packId} is shorter than its index says`);
   const ids = Buffer.allocUnsafeSlow(job.length * ID_BYTES);
   job.forEach((it, n) => it.id.copy(ids, n * ID_BYTES));
+  return { packId, start, data, ids };
+}
+
+async function runJob(
+  vault: Vault,
+  pool: WorkerPool,
+  job: Item[],
+  jobNo: number,
+  fd: number,
+  chunkSize: number,
+  onBytes: (bytes: number) => void,
+  slot: number,
+  into: Buffer,
+): Promise<void> {
+  const { packId, start, data, ids } = await readPackJob(vault, job, into);
   const inSlot = data.buffer === into.buffer;
   const dataBuffer = inSlot ? undefined : transferable(data);
   const reply = await pool.call(
