@@ -13,7 +13,7 @@ import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.j
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
-import { readTree, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
+import { TreeReader, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { WorkerPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
@@ -157,26 +157,33 @@ async function backupWalk(
   const lease = await Lease.acquire(vault, 'backup');
   // The getfattr helper starts first, while this process is small (a fork copies its page tables).
   const xattrs = new XattrReader();
-  const pool = new WorkerPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
+  // The chunk workers start when the first file is read: an incremental that reads few files or
+  // none does not pay for their start (a few hundred ms of CPU) while it walks.
+  let data: FileData | undefined;
   try {
     const { index, plan, packs } = await vault.loadIndex();
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
     const tree = new TreeWriter(vault, writer, index);
-    const data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
-    await data.start();
+    const pool = (): WorkerPool => new WorkerPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
+    data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
     // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
     // meanwhile; the sweep spares them): it is read through an index that has them too.
     const parentIndex = parent && plan?.condemnedPacks.length ? (await vault.loadIndex({ includeCondemned: true })).index : index;
-    const run = new TreeRun(tree, data, xattrs, index, parent ? readTree(vault, parentIndex, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
+    const run = new TreeRun(tree, data, xattrs, index, parent ? new TreeReader(vault, parentIndex, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
     if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
     run.immutable = vault.config.immutability !== undefined;
 
+    // Entries a batch at a time, each handled synchronously unless it must wait (for the parent's
+    // next part, for room in the writer, for data when too much is pending): no promise per entry.
     let n = 0;
-    for await (const entry of walk) {
-      await run.add(entry);
-      if (++n % WALK_YIELD === 0) await new Promise<void>((r) => setImmediate(r));
+    for await (const batch of walk.batches()) {
+      for (const entry of batch) {
+        const wait = run.add(entry);
+        if (wait) await wait;
+        if (++n % WALK_YIELD === 0) await new Promise<void>((r) => setImmediate(r));
+      }
     }
     await run.finish();
     const record = await tree.finish();
@@ -243,7 +250,7 @@ async function backupWalk(
     };
   } finally {
     xattrs.close();
-    await pool.close();
+    await data?.close();
     await lease.release().catch(() => undefined);
   }
 }
@@ -287,8 +294,9 @@ class TreeRun {
   private readonly queue: Pending[] = [];
   private head = 0;
   private readonly links = new Map<string, Buffer>();
-  private parentHead: TreeEntry | undefined;
-  private readonly parentIter: AsyncIterator<TreeEntry> | undefined;
+  /** The parent's part being merged, and the position in it. */
+  private parentPart: TreeEntry[] = [];
+  private parentAt = 0;
   private parentDone: boolean;
   /**
    * A parent entry changed at or after this instant (2 s before the parent started) may have been
@@ -302,15 +310,17 @@ class TreeRun {
     private readonly data: FileData,
     private readonly xattrs: XattrReader,
     private readonly index: ChunkIndex,
-    parentTree: AsyncIterable<TreeEntry> | undefined,
+    private readonly parentTree: TreeReader | undefined,
     private readonly onProgress: ((p: FileBackupProgress) => void) | undefined,
     private readonly stored: () => number,
   ) {
-    this.parentIter = parentTree?.[Symbol.asyncIterator]();
-    this.parentDone = !this.parentIter;
+    this.parentDone = !parentTree;
   }
 
-  async add(w: WalkEntry): Promise<void> {
+  /** Takes the walk's next entry; returns a promise only when it must wait: await it before the next call. */
+  add(w: WalkEntry): Promise<void> | undefined {
+    const prev = this.parentEntry(w.path);
+    if (prev === null) return this.readParent().then(() => this.add(w));
     const st = w.stat;
     const entry: TreeEntry = {
       path: w.path,
@@ -329,7 +339,6 @@ class TreeRun {
     };
     if (w.target) entry.target = w.target;
     if (w.type === 'chardev' || w.type === 'blockdev') entry.rdev = st.rdev;
-    const prev = await this.parentEntry(w.path);
     const waits: Promise<unknown>[] = [];
     if (w.type === 'file' && !w.error) {
       this.files++;
@@ -375,7 +384,7 @@ class TreeRun {
       wait.catch(() => undefined); // awaited in turn by drain; a failure fails the backup there
     }
     this.queue.push({ entry, wait });
-    await this.drain(false);
+    return this.drain(false);
   }
 
   private fileRead(entry: TreeEntry, r: FileReadResult): void {
@@ -421,32 +430,41 @@ class TreeRun {
     }
   }
 
-  /** The parent's entry at `path`, if any: advances the parent's tree past smaller paths (merge join). */
-  private async parentEntry(path: Buffer): Promise<TreeEntry | undefined> {
-    for (;;) {
-      if (!this.parentHead) {
-        if (this.parentDone) return undefined;
-        // A damaged parent tree fails the backup (VAULT_CORRUPT, naming the part): going on without
-        // it would store the same tree parts again, and dedup would point them at the damaged copy.
-        const r = await this.parentIter!.next();
-        if (r.done) {
-          this.parentDone = true;
-          return undefined;
-        }
-        this.parentHead = r.value;
-      }
-      const c = Buffer.compare(this.parentHead.path, path);
-      if (c === 0) return this.parentHead;
+  /**
+   * The parent's entry at `path`, or undefined when it has none; null when its tree must be read
+   * further first (readParent). Advances the parent's tree past smaller paths (a merge join).
+   */
+  private parentEntry(path: Buffer): TreeEntry | undefined | null {
+    const part = this.parentPart;
+    while (this.parentAt < part.length) {
+      const c = Buffer.compare(part[this.parentAt].path, path);
+      if (c === 0) return part[this.parentAt];
       if (c > 0) return undefined;
-      this.parentHead = undefined;
+      this.parentAt++;
     }
+    return this.parentDone ? undefined : null;
   }
 
-  /** Writes entries whose work is done, in order; with `all`, waits for every one. Pauses the walk when too many wait. */
-  private async drain(all: boolean): Promise<void> {
-    // Past MAX_PENDING the walk waits until half are written, so batches fill up again after.
+  private async readParent(): Promise<void> {
+    // A damaged parent tree fails the backup (VAULT_CORRUPT, naming the part): going on without
+    // it would store the same tree parts again, and dedup would point them at the damaged copy.
+    const part = await this.parentTree!.nextPart();
+    this.parentPart = part ?? [];
+    this.parentAt = 0;
+    if (!part) this.parentDone = true;
+  }
+
+  /**
+   * Writes entries whose work is done, in order; with `all`, waits for every one. Past MAX_PENDING
+   * waiting entries the walk waits until half are written, so batches fill up again after. Returns
+   * a promise only when it has to wait.
+   */
+  private drain(all: boolean): Promise<void> | undefined {
     const until = all ? 0 : this.queue.length - this.head >= MAX_PENDING ? MAX_PENDING / 2 : Infinity;
-    let flushed = false;
+    return this.drainTo(until, false);
+  }
+
+  private drainTo(until: number, flushed: boolean): Promise<void> | undefined {
     while (this.head < this.queue.length) {
       const p = this.queue[this.head];
       if (p.wait) {
@@ -457,24 +475,27 @@ class TreeRun {
           this.xattrs.flush();
           flushed = true;
         }
-        await p.wait;
-        p.wait = undefined;
+        return p.wait.then(() => {
+          p.wait = undefined;
+          return this.drainTo(until, true);
+        });
       }
-      await this.tree.add(p.entry);
+      const added = this.tree.add(p.entry);
       this.queue[this.head++] = DONE;
+      if (added) return added.then(() => this.drainTo(until, flushed));
     }
     if (this.head > 4096 && this.head * 2 > this.queue.length) {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
     this.onProgress?.({ files: this.files, bytesRead: this.data.bytesRead, bytesStored: this.stored() });
+    return undefined;
   }
 
   async finish(): Promise<void> {
     this.data.flush();
     this.xattrs.flush();
     await this.drain(true);
-    if (this.parentIter && !this.parentDone) await this.parentIter.return?.();
   }
 }
 
@@ -517,7 +538,10 @@ class FileData {
   private slots: BatchSlot[] = [];
   private inputs: Buffer[] = [];
   private outputs: Buffer[] = [];
+  /** Set by start, at the first acquire. */
+  private pool: WorkerPool | undefined;
   private runner!: SlotRunner;
+  private starting: Promise<void> | undefined;
   private batchNo = 0;
   private open: OpenBatch | undefined;
   private readonly pendingIds = new Set<string>();
@@ -532,18 +556,20 @@ class FileData {
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
     private readonly writer: PackWriter,
-    private readonly pool: WorkerPool,
+    private readonly startPool: () => WorkerPool,
     private readonly params: CdcParams,
     private readonly place: TreePlace,
   ) {
     this.slotData = Math.max(SLOT_DATA, 2 * params.max);
   }
 
-  async start(): Promise<void> {
-    const count = Math.max(4, this.pool.size * 3);
+  /** The workers and the shared slots, made by the first acquire. */
+  private async start(): Promise<void> {
+    const pool = (this.pool = this.startPool());
+    const count = Math.max(4, pool.size * 3);
     const outBytes = cutOutputBytes(this.slotData, SEGMENTS_PER_SLOT, this.params);
     for (let i = 0; i < count; i++) this.slots.push({ input: new SharedArrayBuffer(this.slotData), output: new SharedArrayBuffer(outBytes) });
-    await this.pool.broadcast({ type: 'slots', slots: this.slots });
+    await pool.broadcast({ type: 'slots', slots: this.slots });
     this.inputs = this.slots.map((s) => Buffer.from(s.input));
     this.outputs = this.slots.map((s) => Buffer.from(s.output));
     this.runner = new SlotRunner(this.slots.length);
@@ -612,6 +638,7 @@ class FileData {
 
   /** A free slot; rethrows the failure of an earlier batch. */
   private async acquire(): Promise<number> {
+    await (this.starting ??= this.start());
     const slot = await this.runner.acquire();
     if (slot !== undefined) return slot;
     await this.runner.drain();
@@ -636,7 +663,14 @@ class FileData {
     this.flush();
     await this.chain;
     await Promise.all(this.largeRuns);
+    if (!this.starting) return;
+    await this.starting;
     await this.runner.drain();
+  }
+
+  /** Stops the workers, if they were started. */
+  async close(): Promise<void> {
+    await this.pool?.close();
   }
 
   /**
@@ -645,9 +679,9 @@ class FileData {
    */
   private async cutAndStore(slot: number, segments: SegmentJob[]): Promise<void> {
     await this.writer.waitForCapacity();
-    const worker = this.pool.leastBusy();
+    const worker = this.pool!.leastBusy();
     const batch = this.batchNo++;
-    const reply = await this.pool.call(worker, {
+    const reply = await this.pool!.call(worker, {
       type: 'cut',
       batch,
       slot,
@@ -682,7 +716,7 @@ class FileData {
       results.push(() => s.onChunks(chunks, tail));
       at += s.length;
     });
-    const encoding = this.pool.call(worker, { type: 'encode', batch, which });
+    const encoding = this.pool!.call(worker, { type: 'encode', batch, which });
     for (const r of results) r();
     const encoded = await encoding;
     if (encoded.type !== 'encoded') throw new CairnError('INTERNAL', 'unexpected worker reply');

@@ -130,10 +130,10 @@ export interface TreeWriterOptions {
  * the entry's path hash has the TREE_BOUNDARY_MASK bits zero, or once it holds maxBytes: since
  * boundaries depend on paths (and the vault's seed) only, a change leaves the other parts
  * byte-identical. Each closed part is a chunk: reused when `index` has its id, else encoded and
- * added to `writer` (the caller flushes the writer, before writing the manifest). `add` resolves
- * once the entry is buffered (and, when it closed a part, that part is handed to the writer), so
- * await each call before the next. A file entry's chunk lengths must sum to its size. The writer
- * keeps no reference to the entries it was given.
+ * added to `writer` (the caller flushes the writer, before writing the manifest). `add` returns a
+ * promise only when it closed a part that must wait for room in the writer (it resolves once the
+ * part is handed over): await it, when there is one, before the next call. A file entry's chunk
+ * lengths must sum to its size. The writer keeps no reference to the entries it was given.
  */
 export class TreeWriter {
   private readonly out = new ByteWriter();
@@ -169,7 +169,7 @@ export class TreeWriter {
     this.record = { parts: this.parts, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
   }
 
-  async add(entry: TreeEntry): Promise<void> {
+  add(entry: TreeEntry): Promise<void> | undefined {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.add after finish');
     if (this.previous && Buffer.compare(this.previous, entry.path) >= 0) {
       throw new CairnError(
@@ -200,8 +200,9 @@ export class TreeWriter {
     if (entry.warning !== undefined) r.partial++;
     const size = this.out.length;
     if (size >= this.maxBytes || (size >= this.minBytes && (treeBoundaryHash(this.seed, entry.path) & this.boundaryMask) === 0)) {
-      await this.closePart();
+      return this.closePart();
     }
+    return undefined;
   }
 
   /** Hands the last part to the writer; the record is what the manifest's `tree` holds. */
@@ -212,22 +213,24 @@ export class TreeWriter {
     return { ...this.record, parts: [...this.parts] };
   }
 
-  private async closePart(): Promise<void> {
+  /** Synchronous when the part is in the index already (the common case in an incremental). */
+  private closePart(): Promise<void> | undefined {
     const plain = this.out.take();
     plain.writeUInt32LE(this.count, TREE_MAGIC.length);
     this.count = 0;
     const id = this.hasher.id(plain);
+    this.parts.push(id.toString('hex'));
     const loc = this.index.get(id);
     if (loc) {
       this.packsReused.add(loc.packId);
       this.partsReused++;
-    } else {
-      const { codec, blob } = this.encoder.encode(id, plain);
-      await this.writer.waitForCapacity();
-      this.writer.add(id, blob, codec, plain.length);
-      this.partsStored++;
+      return undefined;
     }
-    this.parts.push(id.toString('hex'));
+    const { codec, blob } = this.encoder.encode(id, plain);
+    this.partsStored++;
+    return this.writer.waitForCapacity().then(() => {
+      this.writer.add(id, blob, codec, plain.length);
+    });
   }
 }
 
@@ -248,49 +251,110 @@ export function treeParts(record: TreeRecord): string[] {
  * missing from it or damaged is VAULT_CORRUPT naming the part.
  */
 export async function* readTree(vault: Vault, index: ChunkIndex, record: TreeRecord): AsyncIterable<TreeEntry> {
-  const reader = new TreePartReader(vault, index);
-  let total = 0;
+  const reader = new TreeReader(vault, index, record);
+  for (let part = await reader.nextPart(); part; part = await reader.nextPart()) yield* part;
+}
+
+/**
+ * Reads a stored tree a part at a time, in path order, each entry checked (a clean relative path
+ * below a folder entry that came before it, links too), with a few parts fetched ahead: what
+ * readTree yields entry by entry, for callers that go through a whole tree (one await per part,
+ * not per entry). A part missing from `index` or damaged is VAULT_CORRUPT naming the part, and so
+ * is an entry count other than the record's.
+ */
+export class TreeReader {
+  private readonly parts: TreePartReader;
+  private readonly ids: string[];
+  private readonly ahead: Promise<{ hex: string; blob: Buffer }>[] = [];
+  private fetched = 0;
+  private done = 0;
+  private total = 0;
   // Every entry's parent must be a folder entry that came before it: a restore then never writes
   // below a symlink or outside its target, whatever a tree holds.
-  const dirs = new Set<string>();
-  // Parts lie apart in the packs (each a ranged get; on S3 a round trip): a few are fetched ahead.
-  const ids = treeParts(record);
-  const ahead: Promise<{ hex: string; blob: Buffer }>[] = [];
-  let fetched = 0;
-  for (const [n, id] of ids.entries()) {
-    while (fetched < ids.length && ahead.length < TREE_READ_AHEAD) {
-      const p = reader.fetch(ids[fetched++]);
-      p.catch(() => undefined); // awaited in turn below; a failure of a part not reached yet must not go unhandled
-      ahead.push(p);
-    }
-    const entries = reader.decode(await ahead.shift()!);
-    for (const e of entries) {
-      const bad = (why: string): CairnError =>
-        new CairnError(
-          'VAULT_CORRUPT',
-          `part ${n} (${id}) of a backup tree has an entry '${e.path.toString('latin1')}' that ${why}; the backup cannot be restored safely`,
-        );
-      if (!safeTreePath(e.path, e.path.length === 0)) throw bad('is not a clean relative path');
-      if (e.link !== undefined && !safeTreePath(e.link, false)) throw bad('links to a path that is not a clean relative path');
-      if (e.path.length > 0) {
-        const slash = e.path.lastIndexOf(0x2f);
-        const parent = slash < 0 ? '' : e.path.subarray(0, slash).toString('latin1');
-        if (!dirs.has(parent)) throw bad('is not inside a folder of the tree');
-      }
-      if (e.type === 'dir') dirs.add(e.path.toString('latin1'));
-    }
-    total += entries.length;
-    yield* entries;
+  private readonly dirs = new Set<string>();
+  /** The folder (a key of `dirs`) of the entry checked last. */
+  private lastParent: Buffer | undefined;
+
+  constructor(
+    vault: Vault,
+    index: ChunkIndex,
+    private readonly record: TreeRecord,
+  ) {
+    this.parts = new TreePartReader(vault, index);
+    this.ids = treeParts(record);
   }
-  if (total !== record.entries) {
-    throw new CairnError('VAULT_CORRUPT', `a backup tree of ${record.parts.length} parts holds ${total} entries, its manifest says ${record.entries}`);
+
+  /** The next part's entries (never empty), or undefined after the last. */
+  async nextPart(): Promise<TreeEntry[] | undefined> {
+    const ids = this.ids;
+    if (this.done === ids.length) {
+      if (this.total !== this.record.entries) {
+        throw new CairnError('VAULT_CORRUPT', `a backup tree of ${ids.length} parts holds ${this.total} entries, its manifest says ${this.record.entries}`);
+      }
+      return undefined;
+    }
+    // Parts lie apart in the packs (each a ranged get; on S3 a round trip): a few are fetched ahead.
+    while (this.fetched < ids.length && this.ahead.length < TREE_READ_AHEAD) {
+      const p = this.parts.fetch(ids[this.fetched++]);
+      p.catch(() => undefined); // awaited in turn; a failure of a part not reached yet must not go unhandled
+      this.ahead.push(p);
+    }
+    const n = this.done++;
+    const entries = this.parts.decode(await this.ahead.shift()!);
+    this.check(entries, n, ids[n]);
+    this.total += entries.length;
+    return entries.length ? entries : this.nextPart();
+  }
+
+  private check(entries: TreeEntry[], n: number, id: string): void {
+    const dirs = this.dirs;
+    for (const e of entries) {
+      const path = e.path;
+      if (!safeTreePath(path, path.length === 0)) throw badEntry(n, id, e, 'is not a clean relative path');
+      if (e.link !== undefined && !safeTreePath(e.link, false)) throw badEntry(n, id, e, 'links to a path that is not a clean relative path');
+      if (path.length > 0) {
+        const slash = path.lastIndexOf(0x2f);
+        // Entries of one folder mostly come in a row: the folder checked last needs no lookup.
+        const end = slash < 0 ? 0 : slash;
+        const known = this.lastParent;
+        if (!(known && known.length === end && startsWith(path, known))) {
+          if (!dirs.has(path.toString('latin1', 0, end))) throw badEntry(n, id, e, 'is not inside a folder of the tree');
+          this.lastParent = path.subarray(0, end);
+        }
+      }
+      if (e.type === 'dir') dirs.add(path.toString('latin1'));
+    }
   }
 }
 
+/** Whether `path` starts with the bytes of `prefix`. */
+function startsWith(path: Buffer, prefix: Buffer): boolean {
+  for (let i = 0; i < prefix.length; i++) if (path[i] !== prefix[i]) return false;
+  return true;
+}
+
+function badEntry(n: number, id: string, e: TreeEntry, why: string): CairnError {
+  return new CairnError(
+    'VAULT_CORRUPT',
+    `part ${n} (${id}) of a backup tree has an entry '${e.path.toString('latin1')}' that ${why}; the backup cannot be restored safely`,
+  );
+}
+
 /** A relative path of non-empty components, none of them '.' or '..' (the root: empty, when allowed). */
-export function safeTreePath(path: Buffer, emptyAllowed: boolean): boolean {
-  if (path.length === 0) return emptyAllowed;
-  for (const part of path.toString('latin1').split('/')) if (part === '' || part === '.' || part === '..' || part.includes('\0')) return false;
+export function safeTreePath(path: Uint8Array, emptyAllowed: boolean): boolean {
+  const n = path.length;
+  if (n === 0) return emptyAllowed;
+  // Byte by byte (a path is raw bytes): components run between slashes; none empty, '.', '..' or holding NUL.
+  let start = 0;
+  for (let i = 0; i <= n; i++) {
+    const b = i < n ? path[i] : 0x2f;
+    if (b === 0) return false;
+    if (b !== 0x2f) continue;
+    const len = i - start;
+    if (len === 0) return false;
+    if (path[start] === 0x2e && (len === 1 || (len === 2 && path[start + 1] === 0x2e))) return false;
+    start = i + 1;
+  }
   return true;
 }
 
@@ -341,12 +405,12 @@ class TreePartReader {
     const loc = this.index.get(id)!;
     let plain: Buffer;
     try {
-      plain = this.decoder.decode(id, blob, loc.codec, loc.rawLength, `pack ${loc.packId}`);
+      // A buffer of the part's own: its entries keep views of it (chunk ids, link targets, values).
+      plain = this.decoder.decode(id, blob, loc.codec, loc.rawLength, `pack ${loc.packId}`, Buffer.allocUnsafe(loc.rawLength + 1));
     } catch (err) {
       if (!isCairnError(err, 'VAULT_CORRUPT')) throw err;
       throw new CairnError('VAULT_CORRUPT', `${what} is damaged (${err.message}); ${verify}`, { cause: err });
     }
-    // The plaintext may be the decoder's scratch: parsed (and copied out) before the next read.
     return decodeTreeEntries(plain, what);
   }
 }
@@ -367,7 +431,10 @@ export function encodeTreeEntries(entries: TreeEntry[]): Buffer {
   return w.take();
 }
 
-/** Parses the plaintext of a part; `what` names it in errors. */
+/**
+ * Parses the plaintext of a part; `what` names it in errors. Entries hold views of `plain` (chunk
+ * ids, symlink targets, hard-link paths, attribute values): it must not be reused while they live.
+ */
 export function decodeTreeEntries(plain: Buffer, what: string): TreeEntry[] {
   if (plain.length < 12 || !plain.subarray(0, 8).equals(TREE_MAGIC)) {
     throw new CairnError('VAULT_VERSION', `${what} has an unknown format; upgrade Cairn`);
@@ -466,18 +533,18 @@ function decodeEntry(r: ByteReader, previous: Buffer | undefined): TreeEntry {
     dev: r.varint(),
     ino: r.varint64(),
   };
-  if (flags & F_TARGET) e.target = r.copy(r.varint());
-  if (flags & F_LINK) e.link = r.copy(r.varint());
+  if (flags & F_TARGET) e.target = r.take(r.varint());
+  if (flags & F_LINK) e.link = r.take(r.varint());
   if (flags & F_RDEV) e.rdev = r.varint();
   if (flags & F_XATTRS) {
     const n = r.varint();
     e.xattrs = [];
-    for (let i = 0; i < n; i++) e.xattrs.push([r.blob().toString('utf8'), r.copy(r.varint())]);
+    for (let i = 0; i < n; i++) e.xattrs.push([r.blob().toString('utf8'), r.take(r.varint())]);
   }
   if (flags & F_CHUNKS) {
     const n = r.varint();
     e.chunks = [];
-    for (let i = 0; i < n; i++) e.chunks.push({ id: r.copy(ID_BYTES), length: r.varint() });
+    for (let i = 0; i < n; i++) e.chunks.push({ id: r.take(ID_BYTES), length: r.varint() });
   }
   if (flags & F_WARNING) e.warning = r.blob().toString('utf8');
   return e;
@@ -599,13 +666,6 @@ class ByteReader {
     if (n > this.buf.length - this.at) throw this.damaged();
     const out = this.buf.subarray(this.at, this.at + n);
     this.at += n;
-    return out;
-  }
-
-  /** The next n bytes in a buffer of their own (small ones come from Node's shared pool). */
-  copy(n: number): Buffer {
-    const out = Buffer.allocUnsafe(n);
-    this.copyInto(out, 0, n);
     return out;
   }
 

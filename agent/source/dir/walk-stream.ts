@@ -25,7 +25,8 @@ type Message = { batch: WalkBatch } | { done: true } | { error: { code: ErrorCod
 /**
  * walkTree (walker.ts) in a worker thread: the same entries in the same order, read with
  * `for await`. Root errors (missing, not a folder) surface from `first()`, before the caller takes
- * any lock. close() stops the worker; call it when done or on failure.
+ * any lock; `batches()` gives the same entries a batch at a time. close() stops the worker; call
+ * it when done or on failure.
  */
 export class WalkStream implements AsyncIterable<WalkEntry> {
   private readonly worker: Worker;
@@ -95,11 +96,16 @@ export class WalkStream implements AsyncIterable<WalkEntry> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<WalkEntry> {
+    for await (const batch of this.batches()) yield* batch;
+  }
+
+  /** The entries a batch at a time (one await per batch, not per entry), in the same order. */
+  async *batches(): AsyncIterable<WalkEntry[]> {
     for (;;) {
       const batch = this.buffered ?? (await this.nextBatch());
       this.buffered = undefined;
       if (!batch) return;
-      yield* batch;
+      if (batch.length) yield batch;
     }
   }
 
