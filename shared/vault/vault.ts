@@ -18,7 +18,7 @@ import { DEFAULT_CDC, validCdcParams, type CdcParams } from './cdc.js';
 import { defaultScrypt, newMasterKey, type MasterKey } from './crypto.js';
 import { unwrapMasterKey, wrapMasterKey } from './keys.js';
 import { ChunkIndex } from './chunk-index.js';
-import { decodeIndex, encodeIndex, indexKey, type IndexedPack } from './index-file.js';
+import { decodeIndex, decodeIndexEncoded, encodeIndex, indexKey, type EncodedIndexedPack, type IndexedPack } from './index-file.js';
 import { openPackHeader, packIdFromKey, packKey, parseTrailer, PACK_TRAILER_BYTES, type PackEntry } from './pack.js';
 import { decodeManifest, encodeManifest, manifestKey, type Manifest } from './manifest.js';
 import { BlockMap, decodeBlockMap, encodeBlockMap } from './block-map.js';
@@ -196,17 +196,22 @@ export class Vault {
   }
 
   async readIndexObject(key: string): Promise<IndexedPack[]> {
+    return this.readIndexWith(key, decodeIndex);
+  }
+
+  /** Reads an index object from the cache or else the vault (then caching it), decoded by `decode`. */
+  private async readIndexWith<T>(key: string, decode: (key: Buffer, indexId: string, sealed: Buffer) => T): Promise<T> {
     const id = key.slice('index/'.length);
     const cached = this.indexCache?.getIndex(this.config.id, key);
     if (cached) {
       try {
-        return decodeIndex(this.key.encryption, id, cached);
+        return decode(this.key.encryption, id, cached);
       } catch {
         // A damaged cache entry: fall through to the vault.
       }
     }
     const body = await this.store.get(key);
-    const packs = decodeIndex(this.key.encryption, id, body);
+    const packs = decode(this.key.encryption, id, body);
     this.indexCache?.putIndex(this.config.id, key, body);
     return packs;
   }
@@ -227,11 +232,12 @@ export class Vault {
   }> {
     const plan = opts.includeCondemned ? undefined : await readGcPlan(this);
     const condemned = new Set(plan?.condemnedPacks ?? []);
-    const index = new ChunkIndex();
     const indexKeys = await this.listIndexKeys();
     this.indexCache?.retainIndexes(this.config.id, indexKeys);
-    const named: IndexedPack[] = [];
-    for (const key of indexKeys) named.push(...(await this.readIndexObject(key)));
+    // Entries stay encoded until the index holds them: no object per chunk on the way.
+    const named: EncodedIndexedPack[] = [];
+    for (const key of indexKeys) named.push(...(await this.readIndexWith(key, decodeIndexEncoded)));
+    const index = new ChunkIndex(named.reduce((sum, p) => sum + p.entries.count, 0));
     // Listed after the index objects: a pack is stored before any index names it, so every pack an
     // index names is in this listing unless it was deleted.
     const packs = await this.listPacks();
