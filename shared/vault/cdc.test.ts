@@ -149,6 +149,53 @@ describe('cut', () => {
     expect(afterDelete.filter((h) => !old.has(h)).length).toBeLessThanOrEqual(2);
   });
 
+  it('cuts exactly where adding one byte at a time does (the cuts are the vault format)', () => {
+    /** The plain formula of cutPoint's contract: fp = (fp << 1) + gear[byte] from byte min of a chunk on. */
+    function oneByteAtATime(data: Uint8Array, p: CdcParams, g: Int32Array, final: boolean): number[] {
+      const { strict, loose } = cdcMasks(p);
+      const lengths: number[] = [];
+      for (let start = 0; start < data.length; ) {
+        const rest = data.length - start;
+        const limit = Math.min(rest, p.max);
+        let length = limit;
+        let fp = 0;
+        for (let k = p.min; k < limit; k++) {
+          fp = ((fp << 1) + g[data[start + k]]) | 0;
+          if ((fp & (k < p.avg ? strict : loose)) === 0) {
+            length = k + 1;
+            break;
+          }
+        }
+        if (!final && length === rest && rest < p.max) break;
+        lengths.push(length);
+        start += length;
+      }
+      return lengths;
+    }
+    const tiny: CdcParams = { min: 1024, avg: 4096, max: 16384 };
+    // Random bytes with runs of one value (no boundary in them: cuts forced at max), so every kind of cut occurs.
+    const data = pseudoRandom(3 << 20, 'one byte at a time');
+    data.fill(0, 1 << 20, (1 << 20) + 50_000);
+    data.fill(0xa5, 2 << 20, (2 << 20) + 70_001);
+    const gears = [gear, gearTable(Buffer.alloc(32, 9))];
+    let cuts = 0;
+    // Odd offsets and lengths move the data against the 32-byte blocks and 32-bit words cutPoint reads.
+    for (const [from, to] of [[0, data.length], [1, data.length - 1], [3, data.length - 30], [17, 1_500_001], [30, 40_033]]) {
+      for (const final of [true, false]) {
+        for (const g of gears) {
+          const piece = data.subarray(from, to);
+          const want = oneByteAtATime(piece, tiny, g, final);
+          expect(cut(piece, tiny, g, final), `[${from}, ${to}) final ${final}`).toEqual(want);
+          cuts += want.length;
+        }
+      }
+    }
+    expect(cuts).toBeGreaterThan(2000);
+    // A copy in a buffer of its own (another alignment) and the SMALL parameters agree as well.
+    const copy = new Uint8Array(data.subarray(5, 1_000_005));
+    expect(cut(copy, SMALL, gear, true)).toEqual(oneByteAtATime(copy, SMALL, gear, true));
+  });
+
   it('uses a strict mask before avg and a loose one after, around log2(avg) bits', () => {
     const { strict, loose } = cdcMasks(DEFAULT_CDC);
     const bits = (m: number) => (m >>> 0).toString(2).replace(/0/g, '').length;
