@@ -15,7 +15,7 @@ import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
 import { TreeReader, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
-import { WorkerPool } from '../../shared/vault/worker-pool.js';
+import { InlineFirstPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
 import { ExcludeMatcher } from '../source/dir/exclude.js';
 import { displayPath } from '../source/dir/path-bytes.js';
@@ -83,11 +83,22 @@ const SEGMENTS_PER_SLOT = 1024;
 /** Entries waiting (in tree order) for their data or attributes before the walk pauses. */
 const MAX_PENDING = 32768;
 /**
+ * Entries queued behind a waiting one before the half-filled batches (data, attributes) are sent
+ * anyway. A full backup fills its batches long before; an incremental sends at most one batch of
+ * attribute reads (a getfattr run) per this many entries, however scattered its changes.
+ */
+const FLUSH_PENDING = 1024;
+/**
  * Files up to this size are read with synchronous calls: open, read, fstat and close of a cached
  * small file take microseconds, less than one trip through libuv's thread pool (measured on
  * /usr/lib: 2.7 s synchronous against 5.4 s with 16 asynchronous reads at a time).
  */
 const SYNC_READ_MAX = 256 * 1024;
+/**
+ * File data cut, hashed and encoded on the main thread before the worker threads start: an
+ * incremental that reads a few changed files does not pay for starting them (InlineFirstPool).
+ */
+const INLINE_BYTES = 16 * 1024 * 1024;
 /** Larger files read at once (open, read, fstat, close each in the thread pool). */
 const READ_CONCURRENCY = 8;
 /** Large files (several batches each) in flight at once. */
@@ -157,8 +168,6 @@ async function backupWalk(
   const lease = await Lease.acquire(vault, 'backup');
   // The getfattr helper starts first, while this process is small (a fork copies its page tables).
   const xattrs = new XattrReader();
-  // The chunk workers start when the first file is read: an incremental that reads few files or
-  // none does not pay for their start (a few hundred ms of CPU) while it walks.
   let data: FileData | undefined;
   try {
     const { index, plan, packs } = await vault.loadIndex();
@@ -166,7 +175,7 @@ async function backupWalk(
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
     const tree = new TreeWriter(vault, writer, index);
-    const pool = (): WorkerPool => new WorkerPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
+    const pool = (): InlineFirstPool => new InlineFirstPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
     data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
     // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
     // meanwhile; the sweep spares them): it is read through an index that has them too.
@@ -293,6 +302,8 @@ class TreeRun {
   immutable = false;
   private readonly queue: Pending[] = [];
   private head = 0;
+  /** The waiting entry the batches were last sent early for (FLUSH_PENDING). */
+  private flushedFor: Pending | undefined;
   private readonly links = new Map<string, Buffer>();
   /** The parent's part being merged, and the position in it. */
   private parentPart: TreeEntry[] = [];
@@ -378,12 +389,16 @@ class TreeRun {
         }),
       );
     }
-    let wait: Promise<void> | undefined;
+    const pending: Pending = { entry, wait: undefined };
     if (waits.length) {
-      wait = Promise.all(waits).then(() => undefined);
-      wait.catch(() => undefined); // awaited in turn by drain; a failure fails the backup there
+      // Cleared once done, so the next drain writes the entry without waiting for it; a failure
+      // stays, and fails the backup when drain awaits it.
+      pending.wait = Promise.all(waits).then(() => {
+        pending.wait = undefined;
+      });
+      pending.wait.catch(() => undefined);
     }
-    this.queue.push({ entry, wait });
+    this.queue.push(pending);
     return this.drain(false);
   }
 
@@ -468,7 +483,17 @@ class TreeRun {
     while (this.head < this.queue.length) {
       const p = this.queue[this.head];
       if (p.wait) {
-        if (this.queue.length - this.head <= until) break;
+        if (this.queue.length - this.head <= until) {
+          // The first entry waits, perhaps for a batch that would fill up only much later (a few
+          // changed files in an incremental): past FLUSH_PENDING entries queued behind it, its
+          // batches go now, rather than letting MAX_PENDING entries pile up (memory, GC).
+          if (this.queue.length - this.head > FLUSH_PENDING && this.flushedFor !== p) {
+            this.flushedFor = p;
+            this.data.flush();
+            this.xattrs.flush();
+          }
+          break;
+        }
         if (!flushed) {
           // Nothing may sit in a half-filled batch while we wait for it.
           this.data.flush();
@@ -539,9 +564,13 @@ class FileData {
   private inputs: Buffer[] = [];
   private outputs: Buffer[] = [];
   /** Set by start, at the first acquire. */
-  private pool: WorkerPool | undefined;
+  private pool: InlineFirstPool | undefined;
+  /** Bytes of files handed to readFile: past INLINE_BYTES the worker threads start. */
+  private requested = 0;
   private runner!: SlotRunner;
   private starting: Promise<void> | undefined;
+  /** More than INLINE_BYTES of files were handed over: the worker threads start (at the next batch). */
+  private grow = false;
   private batchNo = 0;
   private open: OpenBatch | undefined;
   private readonly pendingIds = new Set<string>();
@@ -556,7 +585,7 @@ class FileData {
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
     private readonly writer: PackWriter,
-    private readonly startPool: () => WorkerPool,
+    private readonly startPool: () => InlineFirstPool,
     private readonly params: CdcParams,
     private readonly place: TreePlace,
   ) {
@@ -566,6 +595,7 @@ class FileData {
   /** The workers and the shared slots, made by the first acquire. */
   private async start(): Promise<void> {
     const pool = (this.pool = this.startPool());
+    if (this.grow) pool.grow();
     const count = Math.max(4, pool.size * 3);
     const outBytes = cutOutputBytes(this.slotData, SEGMENTS_PER_SLOT, this.params);
     for (let i = 0; i < count; i++) this.slots.push({ input: new SharedArrayBuffer(this.slotData), output: new SharedArrayBuffer(outBytes) });
@@ -577,6 +607,8 @@ class FileData {
 
   /** Reads, cuts and stores a file's data; resolves with its chunks (or why it could not be read). */
   readFile(abs: Buffer, st: EntryStat): Promise<FileReadResult> {
+    this.requested += st.size;
+    if (this.requested > INLINE_BYTES) this.grow = true;
     if (st.size > this.slotData) return this.readLarge(abs, st);
     return new Promise((resolveResult, rejectResult) => {
       const go = async (): Promise<void> => {
@@ -679,6 +711,7 @@ class FileData {
    */
   private async cutAndStore(slot: number, segments: SegmentJob[]): Promise<void> {
     await this.writer.waitForCapacity();
+    if (this.grow) this.pool!.grow();
     const worker = this.pool!.leastBusy();
     const batch = this.batchNo++;
     const reply = await this.pool!.call(worker, {

@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ZERO_ID } from './block-map.js';
 import { cut, gearTable, type CdcParams } from './cdc.js';
 import { ChunkHasher, ID_BYTES, newMasterKey } from './crypto.js';
-import { WorkerPool } from './worker-pool.js';
+import { ChunkDecoder } from './chunk-codec.js';
+import { InlineFirstPool, WorkerPool } from './worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment, type DecodeItem } from './worker-protocol.js';
 
 // Needs `npm run build` first: the pool runs the compiled worker (dist/shared/vault/chunk-worker.js).
@@ -32,9 +33,17 @@ interface Chunk {
  * Chunks files the way a file backup drives the workers: several files per slot (one segment each),
  * a large file over several requests, each starting where the previous one stopped.
  */
-async function chunkFiles(pool: WorkerPool, files: Buffer[]): Promise<Chunk[][]> {
-  const slots: BatchSlot[] = [{ input: new SharedArrayBuffer(SLOT), output: new SharedArrayBuffer(cutOutputBytes(SLOT, SEGMENTS_PER_SLOT, PARAMS)) }];
-  await pool.broadcast({ type: 'slots', slots });
+async function chunkFiles(
+  pool: Pick<WorkerPool, 'call' | 'broadcast'>,
+  files: Buffer[],
+  /** The worker for a batch; `slots`: given to the workers already (else new ones are broadcast). */
+  opts: { pick?: (batch: number) => number; slots?: BatchSlot[] } = {},
+): Promise<Chunk[][]> {
+  const pick = opts.pick ?? ((batch: number) => batch % 2);
+  const slots: BatchSlot[] = opts.slots ?? [
+    { input: new SharedArrayBuffer(SLOT), output: new SharedArrayBuffer(cutOutputBytes(SLOT, SEGMENTS_PER_SLOT, PARAMS)) },
+  ];
+  if (!opts.slots) await pool.broadcast({ type: 'slots', slots });
   const input = Buffer.from(slots[0].input);
   const output = Buffer.from(slots[0].output);
   const out: Chunk[][] = files.map(() => []);
@@ -53,7 +62,7 @@ async function chunkFiles(pool: WorkerPool, files: Buffer[]): Promise<Chunk[][]>
       at += take;
       if (!segments[segments.length - 1].final) break; // the rest of this file waits for this reply
     }
-    const worker = batch % pool.size;
+    const worker = pick(batch);
     const reply = await pool.call(worker, { type: 'cut', batch, slot: 0, segments, params: PARAMS });
     if (reply.type !== 'chunked') throw new Error(`unexpected reply ${reply.type}`);
     const ids = Buffer.from(reply.ids);
@@ -243,5 +252,51 @@ describe('chunk worker: cut, encode, decode at byte offsets', () => {
       closeSync(fd);
     }
     expect(sha(readFileSync(path))).toBe(sha(data));
+  });
+});
+
+describe('InlineFirstPool', () => {
+  it('cuts and encodes on the calling thread until grow(), then on worker threads that got the slots, with the same chunks', async () => {
+    const pool = new InlineFirstPool(key, 3, 2);
+    const slots: BatchSlot[] = [{ input: new SharedArrayBuffer(SLOT), output: new SharedArrayBuffer(cutOutputBytes(SLOT, SEGMENTS_PER_SLOT, PARAMS)) }];
+    try {
+      const files = [randomBytes(300_000), randomBytes(5000), Buffer.alloc(100_000), Buffer.concat([randomBytes(40_000), Buffer.alloc(40_000, 7)])];
+      await pool.broadcast({ type: 'slots', slots });
+      expect(pool.leastBusy()).toBe(0);
+      const inline = await chunkFiles(pool, files, { pick: () => pool.leastBusy(), slots });
+      expect(pool.grown).toBe(false);
+      pool.grow();
+      expect(pool.grown).toBe(true);
+      const workers = new Set<number>();
+      // No new 'slots' request: the threads got the last one when they started.
+      const threaded = await chunkFiles(pool, files, {
+        pick: () => {
+          const w = pool.leastBusy();
+          workers.add(w);
+          return w;
+        },
+        slots,
+      });
+      expect([...workers].every((w) => w >= 1 && w <= 2)).toBe(true);
+
+      const gear = gearTable(key.chunkId);
+      const decoder = new ChunkDecoder(key.encryption, key.chunkId);
+      for (const [f, data] of files.entries()) {
+        const lengths = cut(data, PARAMS, gear, true);
+        for (const got of [inline[f], threaded[f]]) {
+          expect(got.map((c) => c.length), `file ${f}`).toEqual(lengths);
+          let at = 0;
+          for (const c of got) {
+            const plain = data.subarray(at, at + c.length);
+            at += c.length;
+            if (c.id.equals(ZERO_ID)) expect(plain.every((b) => b === 0)).toBe(true);
+            else expect(sha(decoder.decode(c.id, c.blob!, c.codec!, c.length, 'test'))).toBe(sha(plain));
+          }
+        }
+        expect(threaded[f].map((c) => c.id.toString('hex'))).toEqual(inline[f].map((c) => c.id.toString('hex')));
+      }
+    } finally {
+      await pool.close();
+    }
   });
 });

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { CairnError, type ErrorCode } from '../errors.js';
 import { embeddedRuntime } from '../runtime/embedded.js';
+import { ChunkWork } from './chunk-work.js';
 import type { MasterKey } from './crypto.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './worker-protocol.js';
 
@@ -93,5 +94,67 @@ export class WorkerPool {
 
   async close(): Promise<void> {
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
+  }
+}
+
+/**
+ * Backup chunk work that starts on the calling thread and moves to worker threads on demand: until
+ * grow() is called, every request runs here (ChunkWork, synchronously, answered on the next
+ * microtask); after it, new requests go to a WorkerPool of `size` threads. Starting a worker costs
+ * a few hundred ms of CPU (an isolate and the modules), more than an incremental backup that reads
+ * a few changed files spends on their data. Worker 0 is this thread: an 'encode' goes to the
+ * worker that cut its batch, whatever grow() did in between. The last 'slots' request is sent to
+ * the threads when they start.
+ */
+export class InlineFirstPool {
+  private readonly inline: ChunkWork;
+  private threads: WorkerPool | undefined;
+  private slotsRequest: WorkerRequest | undefined;
+  /** A failure of the threads' 'slots' request, thrown by the next call. */
+  private failure: unknown;
+
+  constructor(
+    private readonly key: MasterKey,
+    private readonly compressionLevel: number,
+    /** Worker threads once grown. */
+    readonly size = defaultWorkers(),
+  ) {
+    this.inline = new ChunkWork({ encryptionKey: key.encryption, chunkIdKey: key.chunkId, compressionLevel, writeLock: new SharedArrayBuffer(4) });
+  }
+
+  /** Whether the worker threads run. */
+  get grown(): boolean {
+    return this.threads !== undefined;
+  }
+
+  /** Starts the worker threads (once); later requests go to them. */
+  grow(): void {
+    if (this.threads) return;
+    this.threads = new WorkerPool(this.key, this.compressionLevel, this.size);
+    if (this.slotsRequest) {
+      this.threads.broadcast(this.slotsRequest).catch((err: unknown) => (this.failure ??= err));
+    }
+  }
+
+  /** This thread (0) until grown, then the least busy worker thread (1 and up). */
+  leastBusy(): number {
+    return this.threads ? 1 + this.threads.leastBusy() : 0;
+  }
+
+  call(worker: number, req: WorkerRequest): Promise<WorkerReply> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (worker > 0) return this.threads!.call(worker - 1, req);
+    return Promise.resolve().then(() => this.inline.handle(req).reply);
+  }
+
+  /** Sends the request to this thread and, when grown, to every worker thread; waits for all. */
+  async broadcast(req: WorkerRequest): Promise<void> {
+    if (req.type === 'slots') this.slotsRequest = req;
+    this.inline.handle(req);
+    if (this.threads) await this.threads.broadcast(req);
+  }
+
+  async close(): Promise<void> {
+    await this.threads?.close();
   }
 }

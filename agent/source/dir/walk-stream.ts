@@ -7,9 +7,13 @@ import { embeddedRuntime } from '../../../shared/runtime/embedded.js';
 import { decodeWalkBatch, type WalkBatch, type WalkWorkerInit } from './walk-protocol.js';
 import type { WalkEntry } from './walker.js';
 
-/** Entries per batch, and batches the worker may run ahead of the reader. */
+/**
+ * Entries per batch, and batches the worker may run ahead of the reader: 64k entries (about 10 MiB
+ * at typical path lengths), so the walk keeps going while the reader waits for the vault's key
+ * (scrypt, over half a second) and the index, instead of stalling a few thousand entries in.
+ */
 const BATCH_ENTRIES = 512;
-const CREDITS = 32;
+const CREDITS = 128;
 
 function workerScript(): string {
   const here = fileURLToPath(import.meta.url);
