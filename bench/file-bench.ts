@@ -1,7 +1,7 @@
 /**
  * Cairn against restic on a real folder (a program, not a test): a copy of a tree (default
  * /usr/lib), full backup, a few small edits, incremental backup; both tools on the same copy in the
- * same state, page cache warm for both (the copy is read once first). Prints a table with the ratio
+ * same state, page cache warm for both (the copy is read again before every timed run). Prints a table with the ratio
  * per row (restic time / Cairn time: above 1 means Cairn is faster) and the stored sizes.
  *
  *   npm run build && node dist/bench/file-bench.js [--src /usr/lib] [--dir /var/tmp/fb] [--edits 10] [--keep]
@@ -170,14 +170,14 @@ export async function runFileBench(opts: FileBenchOptions): Promise<FileBench> {
   });
   const full: Partial<Record<FileBenchTool, { cost: Measured; stored: number }>> = {};
   await each(async (tool, s) => {
-    const cost = await runMeasured(opts.log, `${tool} full backup`, s.backup, path.join(timeDir, `${tool}-full`));
+    const cost = await runMeasured(opts.log, `${tool} full backup`, s.backup, path.join(timeDir, `${tool}-full`), tree);
     full[tool] = { cost, stored: apparentSize(s.store) };
   });
   opts.log(`editing ${opts.edits} files (${EDIT_BYTES} bytes each)`);
   edit(tree, opts.edits);
   const out: FileBench = { src, files, bytes, edits: opts.edits, editBytes: EDIT_BYTES };
   await each(async (tool, s) => {
-    const cost = await runMeasured(opts.log, `${tool} incremental backup`, s.backup, path.join(timeDir, `${tool}-incremental`));
+    const cost = await runMeasured(opts.log, `${tool} incremental backup`, s.backup, path.join(timeDir, `${tool}-incremental`), tree);
     const before = full[tool]!;
     const inc = s.parse(cost.stdout);
     out[tool] = {
@@ -292,8 +292,15 @@ async function runChecked(log: (s: string) => void, what: string, cmd: Command):
  * and peak RSS of the child. A `sync` first, untimed, so writeback left by the previous step is not
  * charged to this one.
  */
-async function runMeasured(log: (s: string) => void, what: string, cmd: Command, timeFile: string): Promise<Measured> {
+/**
+ * Runs a timed backup of `tree`, after reading the tree again (its metadata and data back in the
+ * page cache: this machine pages out memory left untouched for a minute or so, and whichever tool
+ * ran second would otherwise find the tree warmed by the first) and syncing (no writeback of an
+ * earlier run's data during this one).
+ */
+async function runMeasured(log: (s: string) => void, what: string, cmd: Command, timeFile: string, tree: string): Promise<Measured> {
   log(what);
+  await readTree(tree);
   spawnSync('sync');
   const timed = fs.existsSync(TIME_BIN);
   const run: Command = timed ? { ...cmd, file: TIME_BIN, args: ['-f', '%M %U %S', '-o', timeFile, cmd.file, ...cmd.args] } : cmd;
