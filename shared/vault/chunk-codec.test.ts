@@ -30,6 +30,21 @@ describe('chunk codec', () => {
     expect(decoder.decode(id, blob, codec, compressible.length, 'test')).toEqual(compressible);
   });
 
+  it('decodes what every level writes, the tuned level 3 among them, across sizes and mixed data', () => {
+    // Text-like data with repeats at many distances, and a binary stretch: matches of 4 bytes and up.
+    const words = Array.from({ length: 3000 }, (_, i) => `w${(i * 7919) % 1201}`).join(' ');
+    const mixed = Buffer.concat([Buffer.from(words), randomBytes(5000), Buffer.from(words.split('').reverse().join(''))]);
+    for (const level of [1, 2, 3, 4]) {
+      const enc = new ChunkEncoder(encKey, level);
+      for (const plain of [mixed, mixed.subarray(0, 700), Buffer.concat([mixed, mixed, mixed])]) {
+        const id = hasher.id(plain);
+        const { blob, codec } = enc.encode(id, plain);
+        expect(codec, `level ${level}`).toBe(Codec.Zstd);
+        expect(decoder.decode(id, blob, codec, plain.length, 'test')).toEqual(plain);
+      }
+    }
+  });
+
   it('stores random data raw (sealed only) and decodes it back', () => {
     const { id, blob, codec } = encode(random);
     expect(codec).toBe(Codec.Raw);
