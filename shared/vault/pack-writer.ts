@@ -5,6 +5,7 @@ import type { IndexedPack } from './index-file.js';
 import { packKey, packTail, type PackEntry } from './pack.js';
 import type { Vault } from './vault.js';
 import { copyInto } from './bytes.js';
+import { alignedBuffer } from '../store/direct-io.js';
 
 /**
  * Collects encoded chunk blobs into packs and uploads them, a bounded number at a time. After every
@@ -43,7 +44,8 @@ export class PackWriter {
       this.packId = hexId(this.vault.ids, 16);
       this.buffer = this.spareBuffers.pop();
       const need = Math.max(this.vault.config.packSize, blob.length);
-      if (!this.buffer || this.buffer.length < need) this.buffer = Buffer.allocUnsafeSlow(need);
+      // Page-aligned: a local vault writes packs with O_DIRECT (shared/store/direct-io.ts).
+      if (!this.buffer || this.buffer.length < need) this.buffer = alignedBuffer(need);
     }
     const loc: ChunkLocation = { packId: this.packId, offset: this.size, length: blob.length, rawLength, codec };
     copyInto(blob, this.buffer!, this.size); // from a batch slot (shared memory): see bytes.ts
