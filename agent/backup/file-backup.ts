@@ -84,10 +84,12 @@ const SEGMENTS_PER_SLOT = 1024;
 const MAX_PENDING = 32768;
 /**
  * Entries queued behind a waiting one before the half-filled batches (data, attributes) are sent
- * anyway. A full backup fills its batches long before; an incremental sends at most one batch of
- * attribute reads (a getfattr run) per this many entries, however scattered its changes.
+ * anyway, and at most once per this many entries from the walk: an incremental with a few changed
+ * files does not hold MAX_PENDING entries (memory, GC) until its batches fill, and sends at most one
+ * extra batch of attribute reads (a getfattr run) per this many entries, however scattered its
+ * changes. A full backup fills its batches before (2048 paths, 1024 files).
  */
-const FLUSH_PENDING = 1024;
+const FLUSH_PENDING = 4096;
 /**
  * Files up to this size are read with synchronous calls: open, read, fstat and close of a cached
  * small file take microseconds, less than one trip through libuv's thread pool (measured on
@@ -117,12 +119,14 @@ const WALK_YIELD = 256;
  * backup).
  *
  * The walk (agent/source/dir/walker.ts) runs in a thread of its own (walk-stream.ts) and yields
- * entries in tree order, ahead of their use by up to a few thousand; the parent's tree is read
- * alongside in the same order (a merge join: memory is one entry of it, not the whole tree). A file
+ * entries in tree order, ahead of their use by up to 64k (walk-stream.ts); the parent's tree is read
+ * alongside in the same order, a part at a time (a merge join: memory is a few parts of it, not the
+ * whole tree). A file
  * whose size, mtime, ctime and inode equal its parent entry's keeps that entry's chunk list and is
  * not opened; an entry whose ctime and inode are unchanged keeps the parent's extended attributes.
- * Other files are read into shared batch slots (many small files per slot), cut and hashed by the
- * workers, and only chunks the vault lacks are encoded and stored. A file is lstat'ed before and
+ * Other files are read into shared batch slots (many small files per slot), cut and hashed (by the
+ * worker threads, or on this thread for the first INLINE_BYTES), and only chunks the vault lacks are
+ * encoded and stored. A file is lstat'ed before and
  * fstat'ed after its read: a change in between is recorded as a warning on the entry. An entry that
  * cannot be read is recorded with a warning and no data; the backup goes on and is partial.
  * Memory is bounded: at most MAX_PENDING entries wait for their data, plus the slots.
@@ -272,7 +276,7 @@ function listPaths(detail: string[], total: number): string {
 
 interface Pending {
   entry: TreeEntry;
-  /** Unsettled work (data, attributes) the entry waits for; undefined once done. */
+  /** Unsettled work (data, attributes) the entry waits for; undefined once done (a failure stays, for drain to throw). */
   wait: Promise<void> | undefined;
 }
 
@@ -302,8 +306,9 @@ class TreeRun {
   immutable = false;
   private readonly queue: Pending[] = [];
   private head = 0;
-  /** The waiting entry the batches were last sent early for (FLUSH_PENDING). */
-  private flushedFor: Pending | undefined;
+  /** Entries taken from the walk, and how many there were when batches were last sent early (FLUSH_PENDING). */
+  private added = 0;
+  private flushedAt = 0;
   private readonly links = new Map<string, Buffer>();
   /** The parent's part being merged, and the position in it. */
   private parentPart: TreeEntry[] = [];
@@ -361,6 +366,7 @@ class TreeRun {
         entry.link = first;
         entry.size = st.size;
         this.queue.push({ entry, wait: undefined });
+        this.added++;
         return this.drain(false);
       }
       if (key !== undefined) this.links.set(key, w.path);
@@ -399,6 +405,7 @@ class TreeRun {
       pending.wait.catch(() => undefined);
     }
     this.queue.push(pending);
+    this.added++;
     return this.drain(false);
   }
 
@@ -487,8 +494,8 @@ class TreeRun {
           // The first entry waits, perhaps for a batch that would fill up only much later (a few
           // changed files in an incremental): past FLUSH_PENDING entries queued behind it, its
           // batches go now, rather than letting MAX_PENDING entries pile up (memory, GC).
-          if (this.queue.length - this.head > FLUSH_PENDING && this.flushedFor !== p) {
-            this.flushedFor = p;
+          if (this.queue.length - this.head > FLUSH_PENDING && this.added - this.flushedAt > FLUSH_PENDING) {
+            this.flushedAt = this.added;
             this.data.flush();
             this.xattrs.flush();
           }
@@ -571,6 +578,7 @@ class FileData {
   private starting: Promise<void> | undefined;
   /** More than INLINE_BYTES of files were handed over: the worker threads start (at the next batch). */
   private grow = false;
+  private closed = false;
   private batchNo = 0;
   private open: OpenBatch | undefined;
   private readonly pendingIds = new Set<string>();
@@ -594,6 +602,7 @@ class FileData {
 
   /** The workers and the shared slots, made by the first acquire. */
   private async start(): Promise<void> {
+    if (this.closed) throw new CairnError('INTERNAL', 'file data was read after the backup ended');
     const pool = (this.pool = this.startPool());
     if (this.grow) pool.grow();
     const count = Math.max(4, pool.size * 3);
@@ -700,8 +709,12 @@ class FileData {
     await this.runner.drain();
   }
 
-  /** Stops the workers, if they were started. */
+  /**
+   * Stops the workers, if they were started. Work queued before a failure fails from then on (the
+   * pool refuses it) instead of starting threads nobody would stop.
+   */
   async close(): Promise<void> {
+    this.closed = true;
     await this.pool?.close();
   }
 

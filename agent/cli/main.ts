@@ -29,6 +29,8 @@ variable or --passphrase-file FILE. Local state (history, caches) lives in CAIRN
 ~/.local/state/cairn. 'cairn COMMAND --help' tells more about each command.`;
 
 
+const INTERRUPT_GRACE_MS = 10_000;
+
 /**
  * Ctrl-C or a service stop: say what state things are in, undo what is registered (leases, so gc
  * need not wait for them to expire; partial restore files) and exit 130/143. Nothing half-written
@@ -44,7 +46,10 @@ function handleSignals(command: string | undefined): void {
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
     process.once(signal, () => {
       process.stderr.write(`\ncairn: interrupted by ${signal}${after[command ?? ''] ?? ''}\n`);
-      setTimeout(() => process.exit(code), 3000).unref();
+      // Cleanup gets up to INTERRUPT_GRACE_MS (a multipart upload is aborted again once its parts in
+      // flight have settled, which a slow server takes seconds for); a second signal ends the
+      // process at once (the handler is gone, so the default action applies).
+      setTimeout(() => process.exit(code), INTERRUPT_GRACE_MS).unref();
       void runInterruptHandlers().finally(() => process.exit(code));
     });
   }

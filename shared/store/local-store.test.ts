@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CairnError, isCairnError } from '../errors.js';
 import { bytes, collect, rejection, runObjectStoreConformance } from './conformance.js';
 import { FaultInjectingStore } from './fault-store.js';
-import { alignedBuffer, directWrites, isDirectWritable } from './direct-io.js';
+import { alignedBuffer, directWrites, isDirectWritable } from '../fs/aligned-memory.js';
 import { LocalStore } from './local-store.js';
 
 const run = promisify(execFile);

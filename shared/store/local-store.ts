@@ -4,7 +4,7 @@ import { link, mkdir, open, opendir, rename, rm, stat, unlink, type FileHandle }
 import { dirname, join, resolve } from 'node:path';
 
 import { CairnError, fromSystemError } from '../errors.js';
-import { DIRECT_ALIGN, directWrites, isDirectWritable } from './direct-io.js';
+import { DIRECT_ALIGN, directWrites, isDirectWritable } from '../fs/aligned-memory.js';
 import { isValidKey, noRequests, type Body, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.js';
 
 /** Names of in-flight writes; list never yields them and keys may not use them. */
@@ -232,7 +232,7 @@ async function makeFolders(folder: string): Promise<string[]> {
   }
 }
 
-/** Objects whose first part is at least this long, in aligned memory, are written directly (direct-io.ts). */
+/** Objects whose first part is at least this long, in aligned memory, are written directly (shared/fs/aligned-memory.ts). */
 const DIRECT_MIN = 1024 * 1024;
 
 /**
@@ -264,12 +264,15 @@ async function writeDurably(path: string, body: Body): Promise<void> {
  * caller then writes everything itself, over whatever this wrote).
  */
 async function writeDirect(path: string, data: Buffer): Promise<number> {
+  // O_DIRECT is Linux's (undefined elsewhere).
+  if (constants.O_DIRECT === undefined) return 0;
   let direct: FileHandle;
   try {
     direct = await open(path, constants.O_WRONLY | constants.O_DIRECT);
-  } catch (err) {
-    if (code(err) === 'EINVAL') return 0;
-    throw err;
+  } catch {
+    // The caller's descriptor writes this file already: whatever refuses this one (EINVAL where
+    // O_DIRECT is not supported, EACCES for a file created read-only) leaves the usual way.
+    return 0;
   }
   try {
     for (let at = 0; at < data.length; ) {
@@ -281,7 +284,7 @@ async function writeDirect(path: string, data: Buffer): Promise<number> {
     directWrites.bytes += data.length;
     return data.length;
   } catch (err) {
-    if (code(err) === 'EINVAL') return 0;
+    if (code(err) === 'EINVAL' || code(err) === 'EOPNOTSUPP' || code(err) === 'ENOTSUP') return 0;
     throw err;
   } finally {
     await direct.close();

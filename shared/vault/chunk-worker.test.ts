@@ -299,4 +299,21 @@ describe('InlineFirstPool', () => {
       await pool.close();
     }
   });
+
+  it('refuses work after close and starts no threads then (work queued before a failure ends there)', async () => {
+    const pool = new InlineFirstPool(key, 3, 2);
+    await pool.close();
+    pool.grow();
+    expect(pool.grown).toBe(false);
+    await expect(pool.call(0, { type: 'encode', batch: 1, which: [] })).rejects.toMatchObject({ code: 'INTERNAL' });
+  });
+
+  it('reports a failure of inline work as a worker thread does: a CairnError keeps its code', async () => {
+    const pool = new InlineFirstPool(key, 3, 2);
+    try {
+      await expect(pool.call(0, { type: 'encode', batch: 42, which: [] })).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringContaining('no batch 42') });
+    } finally {
+      await pool.close();
+    }
+  });
 });

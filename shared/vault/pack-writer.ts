@@ -5,7 +5,7 @@ import type { IndexedPack } from './index-file.js';
 import { packKey, packTail, type PackEntry } from './pack.js';
 import type { Vault } from './vault.js';
 import { copyInto } from './bytes.js';
-import { alignedBuffer } from '../store/direct-io.js';
+import { alignedBuffer } from '../fs/aligned-memory.js';
 
 /**
  * Collects encoded chunk blobs into packs and uploads them, a bounded number at a time. After every
@@ -44,7 +44,7 @@ export class PackWriter {
       this.packId = hexId(this.vault.ids, 16);
       this.buffer = this.spareBuffers.pop();
       const need = Math.max(this.vault.config.packSize, blob.length);
-      // Page-aligned: a local vault writes packs with O_DIRECT (shared/store/direct-io.ts).
+      // Page-aligned: a local vault writes packs with O_DIRECT (shared/fs/aligned-memory.ts).
       if (!this.buffer || this.buffer.length < need) this.buffer = alignedBuffer(need);
     }
     const loc: ChunkLocation = { packId: this.packId, offset: this.size, length: blob.length, rawLength, codec };

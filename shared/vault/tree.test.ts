@@ -425,6 +425,28 @@ describe('tree paths', () => {
       await expect(drain(readTree(vault, index, record)), name).rejects.toMatchObject({ code: 'VAULT_CORRUPT' });
     }
   });
+
+  it('refuses parts out of order: a folder that comes again later as a symlink with children (VAULT_CORRUPT)', async () => {
+    const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1n };
+    const first = await writeTree(vault, [
+      { ...base, path: Buffer.alloc(0), type: 'dir' },
+      { ...base, path: Buffer.from('a'), type: 'dir' },
+      { ...base, path: Buffer.from('a/x'), type: 'file', chunks: [] },
+    ]);
+    const second = await writeTree(vault, [
+      { ...base, path: Buffer.from('a'), type: 'symlink', target: Buffer.from('/etc') },
+      { ...base, path: Buffer.from('a/passwd'), type: 'file', chunks: [] },
+    ]);
+    const { index } = await vault.loadIndex();
+    // Each part alone is in order; together 'a' comes twice, the second time as a symlink.
+    const record: TreeRecord = { ...first.record, parts: [...first.record.parts, ...second.record.parts], entries: 5 };
+    await expect(drain(readTree(vault, index, record))).rejects.toMatchObject({
+      code: 'VAULT_CORRUPT',
+      message: expect.stringContaining('does not come after the last entry of the previous part'),
+    });
+    // The parts in their own trees read fine.
+    expect(await drain(readTree(vault, index, first.record))).toBe(3);
+  });
 });
 
 async function drain<T>(it: AsyncIterable<T>): Promise<number> {

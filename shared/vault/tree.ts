@@ -81,7 +81,7 @@ export const TREE_BOUNDARY_MASK = 0xff;
 
 export const TREE_MAGIC = Buffer.from('CRNTREE1', 'ascii');
 
-/** Parts readTree fetches ahead of the one it parses. */
+/** Parts a TreeReader fetches ahead of the one it parses. */
 const TREE_READ_AHEAD = 8;
 
 const TYPES: readonly EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
@@ -274,6 +274,8 @@ export class TreeReader {
   private readonly dirs = new Set<string>();
   /** The folder (a key of `dirs`) of the entry checked last. */
   private lastParent: Buffer | undefined;
+  /** The path of the previous part's last entry. */
+  private lastPath: Buffer | undefined;
 
   constructor(
     vault: Vault,
@@ -308,6 +310,12 @@ export class TreeReader {
 
   private check(entries: TreeEntry[], n: number, id: string): void {
     const dirs = this.dirs;
+    // In order within a part (decodeTreeEntries) and across parts: a folder's path cannot come
+    // again later as another kind of entry, under which its children were checked.
+    if (entries.length && this.lastPath && Buffer.compare(this.lastPath, entries[0].path) >= 0) {
+      throw badEntry(n, id, entries[0], 'does not come after the last entry of the previous part');
+    }
+    if (entries.length) this.lastPath = entries[entries.length - 1].path;
     for (const e of entries) {
       const path = e.path;
       if (!safeTreePath(path, path.length === 0)) throw badEntry(n, id, e, 'is not a clean relative path');

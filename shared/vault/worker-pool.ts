@@ -112,6 +112,7 @@ export class InlineFirstPool {
   private slotsRequest: WorkerRequest | undefined;
   /** A failure of the threads' 'slots' request, thrown by the next call. */
   private failure: unknown;
+  private closed = false;
 
   constructor(
     private readonly key: MasterKey,
@@ -129,7 +130,7 @@ export class InlineFirstPool {
 
   /** Starts the worker threads (once); later requests go to them. */
   grow(): void {
-    if (this.threads) return;
+    if (this.threads || this.closed) return;
     this.threads = new WorkerPool(this.key, this.compressionLevel, this.size);
     if (this.slotsRequest) {
       this.threads.broadcast(this.slotsRequest).catch((err: unknown) => (this.failure ??= err));
@@ -141,10 +142,20 @@ export class InlineFirstPool {
     return this.threads ? 1 + this.threads.leastBusy() : 0;
   }
 
+  /** After close, every call fails (INTERNAL): work queued before a failure does not go on. */
   call(worker: number, req: WorkerRequest): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new CairnError('INTERNAL', 'chunk work was asked for after the pool closed'));
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (worker > 0) return this.threads!.call(worker - 1, req);
-    return Promise.resolve().then(() => this.inline.handle(req).reply);
+    // As a worker thread reports it: a CairnError keeps its code, anything else is INTERNAL.
+    return Promise.resolve().then(() => {
+      try {
+        return this.inline.handle(req).reply;
+      } catch (err) {
+        if (err instanceof CairnError) throw err;
+        throw new CairnError('INTERNAL', `chunk work failed: ${(err as Error).message}`, { cause: err });
+      }
+    });
   }
 
   /** Sends the request to this thread and, when grown, to every worker thread; waits for all. */
@@ -155,6 +166,7 @@ export class InlineFirstPool {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.threads?.close();
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Buffers a local store may write with O_DIRECT: straight from memory to the device, without
+ * Memory a local store may write with O_DIRECT: straight from memory to the device, without
  * copying every byte into the page cache first. On this kind of machine that copy (a fresh page
  * cache page per 4 KiB, then writeback) costs more CPU than compressing the data: about 3 s of
  * system time per 1.6 GB, against 0.25 s direct.
@@ -16,9 +16,9 @@ const WASM_PAGE = 64 * 1024;
 const aligned = new WeakSet<ArrayBufferLike>();
 
 /**
- * A zero-filled buffer of `size` bytes whose first byte is page-aligned (isDirectWritable), or an
- * ordinary one where the runtime will not make another WebAssembly memory (each reserves address
- * space; a process limit on it, `ulimit -v`, may refuse): it is then written as usual.
+ * A buffer of `size` bytes whose first byte is page-aligned (isDirectWritable), zero-filled; or,
+ * where the runtime will not make another WebAssembly memory (each reserves address space, which a
+ * limit such as `ulimit -v` may refuse), an ordinary uninitialised one, written as usual.
  */
 export function alignedBuffer(size: number): Buffer {
   let memory: WebAssembly.Memory;
