@@ -172,15 +172,16 @@ async function backupWalk(
   const lease = await Lease.acquire(vault, 'backup');
   // The getfattr helper starts first, while this process is small (a fork copies its page tables).
   const xattrs = new XattrReader();
-  let data: FileData | undefined;
+  // Chunk work starts on this thread; its worker threads start past INLINE_BYTES of file data.
+  const pool = new InlineFirstPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
   try {
     const { index, plan, packs } = await vault.loadIndex();
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
     const tree = new TreeWriter(vault, writer, index);
-    const pool = (): InlineFirstPool => new InlineFirstPool(vault.key, fileCompressionLevel(vault.config), opts.workers);
-    data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
+    const data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
+    await data.start();
     // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
     // meanwhile; the sweep spares them): it is read through an index that has them too.
     const parentIndex = parent && plan?.condemnedPacks.length ? (await vault.loadIndex({ includeCondemned: true })).index : index;
@@ -263,7 +264,8 @@ async function backupWalk(
     };
   } finally {
     xattrs.close();
-    await data?.close();
+    // Work queued before a failure fails from here on: a closed pool refuses it, and starts no threads.
+    await pool.close();
     await lease.release().catch(() => undefined);
   }
 }
@@ -365,9 +367,7 @@ class TreeRun {
         entry.type = 'hardlink';
         entry.link = first;
         entry.size = st.size;
-        this.queue.push({ entry, wait: undefined });
-        this.added++;
-        return this.drain(false);
+        return this.enqueue({ entry, wait: undefined });
       }
       if (key !== undefined) this.links.set(key, w.path);
       if (prev && this.reusable(prev, st)) {
@@ -404,9 +404,19 @@ class TreeRun {
       });
       pending.wait.catch(() => undefined);
     }
-    this.queue.push(pending);
+    return this.enqueue(pending);
+  }
+
+  private enqueue(p: Pending): Promise<void> | undefined {
+    this.queue.push(p);
     this.added++;
     return this.drain(false);
+  }
+
+  /** Sends the half-filled batches (file data, attribute reads) now. */
+  private flushBatches(): void {
+    this.data.flush();
+    this.xattrs.flush();
   }
 
   private fileRead(entry: TreeEntry, r: FileReadResult): void {
@@ -496,15 +506,13 @@ class TreeRun {
           // batches go now, rather than letting MAX_PENDING entries pile up (memory, GC).
           if (this.queue.length - this.head > FLUSH_PENDING && this.added - this.flushedAt > FLUSH_PENDING) {
             this.flushedAt = this.added;
-            this.data.flush();
-            this.xattrs.flush();
+            this.flushBatches();
           }
           break;
         }
         if (!flushed) {
           // Nothing may sit in a half-filled batch while we wait for it.
-          this.data.flush();
-          this.xattrs.flush();
+          this.flushBatches();
           flushed = true;
         }
         return p.wait.then(() => {
@@ -525,8 +533,7 @@ class TreeRun {
   }
 
   async finish(): Promise<void> {
-    this.data.flush();
-    this.xattrs.flush();
+    this.flushBatches();
     await this.drain(true);
   }
 }
@@ -570,15 +577,9 @@ class FileData {
   private slots: BatchSlot[] = [];
   private inputs: Buffer[] = [];
   private outputs: Buffer[] = [];
-  /** Set by start, at the first acquire. */
-  private pool: InlineFirstPool | undefined;
   /** Bytes of files handed to readFile: past INLINE_BYTES the worker threads start. */
   private requested = 0;
   private runner!: SlotRunner;
-  private starting: Promise<void> | undefined;
-  /** More than INLINE_BYTES of files were handed over: the worker threads start (at the next batch). */
-  private grow = false;
-  private closed = false;
   private batchNo = 0;
   private open: OpenBatch | undefined;
   private readonly pendingIds = new Set<string>();
@@ -593,22 +594,18 @@ class FileData {
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
     private readonly writer: PackWriter,
-    private readonly startPool: () => InlineFirstPool,
+    private readonly pool: InlineFirstPool,
     private readonly params: CdcParams,
     private readonly place: TreePlace,
   ) {
     this.slotData = Math.max(SLOT_DATA, 2 * params.max);
   }
 
-  /** The workers and the shared slots, made by the first acquire. */
-  private async start(): Promise<void> {
-    if (this.closed) throw new CairnError('INTERNAL', 'file data was read after the backup ended');
-    const pool = (this.pool = this.startPool());
-    if (this.grow) pool.grow();
-    const count = Math.max(4, pool.size * 3);
+  async start(): Promise<void> {
+    const count = Math.max(4, this.pool.size * 3);
     const outBytes = cutOutputBytes(this.slotData, SEGMENTS_PER_SLOT, this.params);
     for (let i = 0; i < count; i++) this.slots.push({ input: new SharedArrayBuffer(this.slotData), output: new SharedArrayBuffer(outBytes) });
-    await pool.broadcast({ type: 'slots', slots: this.slots });
+    await this.pool.broadcast({ type: 'slots', slots: this.slots });
     this.inputs = this.slots.map((s) => Buffer.from(s.input));
     this.outputs = this.slots.map((s) => Buffer.from(s.output));
     this.runner = new SlotRunner(this.slots.length);
@@ -617,7 +614,7 @@ class FileData {
   /** Reads, cuts and stores a file's data; resolves with its chunks (or why it could not be read). */
   readFile(abs: Buffer, st: EntryStat): Promise<FileReadResult> {
     this.requested += st.size;
-    if (this.requested > INLINE_BYTES) this.grow = true;
+    if (this.requested > INLINE_BYTES) this.pool.grow();
     if (st.size > this.slotData) return this.readLarge(abs, st);
     return new Promise((resolveResult, rejectResult) => {
       const go = async (): Promise<void> => {
@@ -679,7 +676,6 @@ class FileData {
 
   /** A free slot; rethrows the failure of an earlier batch. */
   private async acquire(): Promise<number> {
-    await (this.starting ??= this.start());
     const slot = await this.runner.acquire();
     if (slot !== undefined) return slot;
     await this.runner.drain();
@@ -704,18 +700,7 @@ class FileData {
     this.flush();
     await this.chain;
     await Promise.all(this.largeRuns);
-    if (!this.starting) return;
-    await this.starting;
     await this.runner.drain();
-  }
-
-  /**
-   * Stops the workers, if they were started. Work queued before a failure fails from then on (the
-   * pool refuses it) instead of starting threads nobody would stop.
-   */
-  async close(): Promise<void> {
-    this.closed = true;
-    await this.pool?.close();
   }
 
   /**
@@ -724,10 +709,9 @@ class FileData {
    */
   private async cutAndStore(slot: number, segments: SegmentJob[]): Promise<void> {
     await this.writer.waitForCapacity();
-    if (this.grow) this.pool!.grow();
-    const worker = this.pool!.leastBusy();
+    const worker = this.pool.leastBusy();
     const batch = this.batchNo++;
-    const reply = await this.pool!.call(worker, {
+    const reply = await this.pool.call(worker, {
       type: 'cut',
       batch,
       slot,
@@ -762,7 +746,7 @@ class FileData {
       results.push(() => s.onChunks(chunks, tail));
       at += s.length;
     });
-    const encoding = this.pool!.call(worker, { type: 'encode', batch, which });
+    const encoding = this.pool.call(worker, { type: 'encode', batch, which });
     for (const r of results) r();
     const encoded = await encoding;
     if (encoded.type !== 'encoded') throw new CairnError('INTERNAL', 'unexpected worker reply');
