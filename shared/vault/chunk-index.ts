@@ -1,6 +1,6 @@
 import { ID_BYTES } from './crypto.js';
 import type { EncodedEntries } from './index-file.js';
-import { ENTRY_BYTES, type PackEntry } from './pack.js';
+import { ENTRY_AT, ENTRY_BYTES, type PackEntry } from './pack.js';
 
 /** Where a chunk lives: its pack and the entry from that pack's header. */
 export interface ChunkLocation {
@@ -79,7 +79,9 @@ export class ChunkIndex {
     }
     this.reserve(this.count + count);
     for (let i = 0, at = entries.at; i < count; i++, at += ENTRY_BYTES) {
-      this.insertAt(body, at, pack, body.readUInt32LE(at + 32), body.readUInt32LE(at + 36), body.readUInt32LE(at + 40), body[at + 44]);
+      const offset = body.readUInt32LE(at + ENTRY_AT.offset);
+      const length = body.readUInt32LE(at + ENTRY_AT.length);
+      this.insertAt(body, at, pack, offset, length, body.readUInt32LE(at + ENTRY_AT.rawLength), body[at + ENTRY_AT.codec]);
     }
   }
 

@@ -12,6 +12,8 @@ export const PACK_TRAILER_BYTES = 4 + PACK_MAGIC.length;
 export const PACK_ID_BYTES = 16;
 /** id(32) offset(u32) length(u32) rawLength(u32) codec(u8) */
 export const ENTRY_BYTES = ID_BYTES + 4 + 4 + 4 + 1;
+/** Where each field of an entry starts, from the entry's first byte (the id is at 0). */
+export const ENTRY_AT = { offset: ID_BYTES, length: ID_BYTES + 4, rawLength: ID_BYTES + 8, codec: ID_BYTES + 12 } as const;
 
 export interface PackEntry {
   id: Buffer;
@@ -33,10 +35,10 @@ export function packIdFromKey(key: string): string | undefined {
 export function encodeEntries(entries: PackEntry[], into: Buffer, at: number): number {
   for (const e of entries) {
     e.id.copy(into, at);
-    into.writeUInt32LE(e.offset, at + 32);
-    into.writeUInt32LE(e.length, at + 36);
-    into.writeUInt32LE(e.rawLength, at + 40);
-    into.writeUInt8(e.codec, at + 44);
+    into.writeUInt32LE(e.offset, at + ENTRY_AT.offset);
+    into.writeUInt32LE(e.length, at + ENTRY_AT.length);
+    into.writeUInt32LE(e.rawLength, at + ENTRY_AT.rawLength);
+    into.writeUInt8(e.codec, at + ENTRY_AT.codec);
     at += ENTRY_BYTES;
   }
   return at;
@@ -48,11 +50,11 @@ export function decodeEntries(buf: Buffer, at: number, count: number, what: stri
   const out: PackEntry[] = new Array(count);
   for (let i = 0; i < count; i++) {
     out[i] = {
-      id: buf.subarray(at, at + 32),
-      offset: buf.readUInt32LE(at + 32),
-      length: buf.readUInt32LE(at + 36),
-      rawLength: buf.readUInt32LE(at + 40),
-      codec: buf.readUInt8(at + 44),
+      id: buf.subarray(at, at + ID_BYTES),
+      offset: buf.readUInt32LE(at + ENTRY_AT.offset),
+      length: buf.readUInt32LE(at + ENTRY_AT.length),
+      rawLength: buf.readUInt32LE(at + ENTRY_AT.rawLength),
+      codec: buf.readUInt8(at + ENTRY_AT.codec),
     };
     at += ENTRY_BYTES;
   }
