@@ -312,10 +312,12 @@ export class TreeReader {
     const dirs = this.dirs;
     // In order within a part (decodeTreeEntries) and across parts: a folder's path cannot come
     // again later as another kind of entry, under which its children were checked.
-    if (entries.length && this.lastPath && Buffer.compare(this.lastPath, entries[0].path) >= 0) {
-      throw badEntry(n, id, entries[0], 'does not come after the last entry of the previous part');
+    if (entries.length) {
+      if (this.lastPath && Buffer.compare(this.lastPath, entries[0].path) >= 0) {
+        throw badEntry(n, id, entries[0], 'does not come after the last entry of the previous part');
+      }
+      this.lastPath = entries[entries.length - 1].path;
     }
-    if (entries.length) this.lastPath = entries[entries.length - 1].path;
     for (const e of entries) {
       const path = e.path;
       if (!safeTreePath(path, path.length === 0)) throw badEntry(n, id, e, 'is not a clean relative path');

@@ -18,6 +18,11 @@ function workerScript(): string {
   return compiled;
 }
 
+/** What a ChunkWork needs, in a thread or not: the keys, the level, a write lock of its own. */
+function workerInit(key: MasterKey, compressionLevel: number): WorkerInit {
+  return { encryptionKey: key.encryption, chunkIdKey: key.chunkId, compressionLevel, writeLock: new SharedArrayBuffer(4) };
+}
+
 /** One worker per core (at most 8), or CAIRN_WORKERS. */
 export function defaultWorkers(): number {
   const env = Number(process.env.CAIRN_WORKERS);
@@ -40,12 +45,7 @@ export class WorkerPool {
   private seq = 0;
 
   constructor(key: MasterKey, compressionLevel: number, size = defaultWorkers()) {
-    const init: WorkerInit = {
-      encryptionKey: key.encryption,
-      chunkIdKey: key.chunkId,
-      compressionLevel,
-      writeLock: new SharedArrayBuffer(4),
-    };
+    const init = workerInit(key, compressionLevel);
     const embedded = embeddedRuntime();
     const script = embedded ? embedded.workerSource('chunk-worker') : workerScript();
     for (let i = 0; i < size; i++) {
@@ -120,7 +120,7 @@ export class InlineFirstPool {
     /** Worker threads once grown. */
     readonly size = defaultWorkers(),
   ) {
-    this.inline = new ChunkWork({ encryptionKey: key.encryption, chunkIdKey: key.chunkId, compressionLevel, writeLock: new SharedArrayBuffer(4) });
+    this.inline = new ChunkWork(workerInit(key, compressionLevel));
   }
 
   /** Whether the worker threads run. */
