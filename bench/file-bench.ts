@@ -1,8 +1,9 @@
 /**
  * Cairn against restic on a real folder (a program, not a test): a copy of a tree (default
  * /usr/lib), full backup, a few small edits, incremental backup; both tools on the same copy in the
- * same state, page cache warm for both (the copy is read again before every timed run). Prints a table with the ratio
- * per row (restic time / Cairn time: above 1 means Cairn is faster) and the stored sizes.
+ * same state, page cache warm for both (the copy is read again before every timed run). Prints a
+ * table with the ratio per row (restic time / Cairn time: above 1 means Cairn is faster) and the
+ * stored sizes.
  *
  *   npm run build && node dist/bench/file-bench.js [--src /usr/lib] [--dir /var/tmp/fb] [--edits 10] [--keep]
  *

@@ -271,7 +271,7 @@ async function writeDirect(path: string, data: Buffer): Promise<number> {
     direct = await open(path, constants.O_WRONLY | constants.O_DIRECT);
   } catch {
     // The caller's descriptor writes this file already: whatever refuses this one (EINVAL where
-    // O_DIRECT is not supported, EACCES for a file created read-only) leaves the usual way.
+    // O_DIRECT is not supported, EACCES for a file created read-only): the file is written the usual way.
     return 0;
   }
   try {
