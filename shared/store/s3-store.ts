@@ -468,6 +468,9 @@ export class S3Store implements ObjectStore {
     if (name === 'AccessDenied' || status === 403) {
       return new CairnError('PERMISSION_DENIED', `${what} on ${at}: ${endpoint} denied access (${name || 403}); check the credentials' permissions on the bucket`, cause);
     }
+    if (/Region is missing/i.test(e.message ?? '')) {
+      return new CairnError('USAGE', `${what} on ${at}: no AWS region is set; set AWS_REGION, or add &region=R to the URL (an S3-compatible service: &endpoint=URL)`, cause);
+    }
     if (name === 'QuotaExceeded') return new CairnError('NO_SPACE', `${what}: the quota of ${at} is used up; free space or raise the quota`, cause);
     if (status === 409 && name === 'ConditionalRequestConflict') {
       return new CairnError('STORE_UNAVAILABLE', `${what}: a concurrent write of the same key on ${at}`, { cause: err, retryable: true });

@@ -35,6 +35,8 @@ export function parseS3Url(location: string): S3Location {
     throw bad('not a valid URL');
   }
   const bucket = url.hostname;
+  // s3://host:port/... is a server, not a bucket: the URL would otherwise lose the port unnoticed.
+  if (url.port || url.username || url.password) throw bad(`"${url.host}" is not a bucket (a server goes in ?endpoint=http://host:port)`);
   if (!bucketPattern.test(bucket)) throw bad(`"${bucket}" is not a valid bucket name`);
   const path = decodeURIComponent(url.pathname).replace(/^\/+/, '').replace(/\/+$/, '');
   if (path.split('/').some((s) => s === '.' || s === '..') || /\/\//.test(path)) throw bad('the prefix has an empty, "." or ".." segment');
