@@ -28,7 +28,7 @@ import { ZERO_ID } from '../shared/vault/block-map.js';
 import { cut, gearTable } from '../shared/vault/cdc.js';
 import { cdcParams } from '../shared/vault/config.js';
 import { ChunkHasher } from '../shared/vault/crypto.js';
-import { readTree, type TreeEntry } from '../shared/vault/tree.js';
+import { readTree, treePartIds, type TreeEntry } from '../shared/vault/tree.js';
 import { Vault } from '../shared/vault/vault.js';
 import { cliPath, exitCode, expectCliError, MiB, PASSPHRASE, runAs, Sandbox } from './helpers.js';
 
@@ -336,15 +336,22 @@ describe('file-system backup', () => {
     expect(edited).toMatchObject({ kind: 'incremental', parent: first.id, newChunks: 0 });
 
     const vault = await Vault.open(new LocalStore(parts), PASSPHRASE);
-    const trees = await Promise.all([first, edited].map(async (b) => (await vault.readManifest(b.id)).tree!.parts));
-    expect(trees[0].length).toBeGreaterThanOrEqual(6);
+    const index = (await vault.loadIndex()).index;
+    const records = await Promise.all([first, edited].map(async (b) => (await vault.readManifest(b.id)).tree!));
+    const trees = await Promise.all(records.map((r) => treePartIds(vault, index, r)));
+    expect(trees[0].length).toBeGreaterThanOrEqual(12);
     expect(trees[1].length).toBeGreaterThanOrEqual(trees[0].length - 1);
     const fresh = trees[1].filter((id) => !trees[0].includes(id));
     expect(fresh.length).toBeGreaterThanOrEqual(1);
     expect(fresh.length).toBeLessThanOrEqual(2);
-    // What it stores is those parts, a pack around them, an index object and the manifest. (Part
-    // sizes depend on where the vault's keyed boundaries fall, so no fixed share of the full's.)
-    const index = (await vault.loadIndex()).index;
+    // And the part list (or two) that names them.
+    const freshLists = records[1].partLists!.filter((id) => !records[0].partLists!.includes(id));
+    expect(freshLists.length).toBeGreaterThanOrEqual(1);
+    expect(freshLists.length).toBeLessThanOrEqual(2);
+    fresh.push(...freshLists);
+    // What it stores is those parts and lists, a pack around them, an index object and the
+    // manifest. (Part sizes depend on where the vault's keyed boundaries fall, so no fixed share of
+    // the full's.)
     const freshBytes = fresh.reduce((sum, id) => sum + index.get(Buffer.from(id, 'hex'))!.length, 0);
     expect(edited.bytesStored).toBeGreaterThan(freshBytes);
     expect(edited.bytesStored).toBeLessThan(freshBytes + 8192);
@@ -364,14 +371,16 @@ describe('file-system backup', () => {
     // Flip a byte inside the tree's only part, where it lies in its pack.
     const v = await Vault.open(new LocalStore(own), PASSPHRASE);
     const m = await v.readManifest(full.id);
-    const loc = (await v.loadIndex()).index.get(Buffer.from(m.tree!.parts[0], 'hex'))!;
+    const index = (await v.loadIndex()).index;
+    const part = (await treePartIds(v, index, m.tree!))[0];
+    const loc = index.get(Buffer.from(part, 'hex'))!;
     const packFile = join(own, 'packs', loc.packId.slice(0, 2), loc.packId);
     const pack = readFileSync(packFile);
     pack[loc.offset + 20] ^= 0xff;
     writeFileSync(packFile, pack);
 
     const inc = await sb.cairn(['backup', `dir://${dir}`, '--vault', own, '--json']);
-    expectCliError(inc, 'VAULT_CORRUPT', `tree part ${m.tree!.parts[0]} is damaged`, "run 'cairn vault verify'");
+    expectCliError(inc, 'VAULT_CORRUPT', `tree part ${part} is damaged`, "run 'cairn vault verify'");
     expect((await v.listBackups()).map((b) => b.id)).toEqual([full.id]);
   });
 

@@ -13,7 +13,7 @@ import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.j
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
-import { TreeReader, TreeWriter, type FileChunk, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
+import { TreeReader, TreeWriter, type FileChunk, type StoredPart, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { InlineFirstPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
@@ -280,6 +280,9 @@ interface Pending {
   entry: TreeEntry;
   /** Unsettled work (data, attributes) the entry waits for; undefined once done (a failure stays, for drain to throw). */
   wait: Promise<void> | undefined;
+  /** The entry is the parent's entry `at` of its part `from`, as it was (TreeWriter.add). */
+  from?: StoredPart;
+  at?: number;
 }
 
 /** Written entries leave the queue at once (the writer keeps no reference either). */
@@ -313,7 +316,8 @@ class TreeRun {
   private flushedAt = 0;
   private readonly links = new Map<string, Buffer>();
   /** The parent's part being merged, and the position in it. */
-  private parentPart: TreeEntry[] = [];
+  private parentPart: StoredPart | undefined;
+  private parentEntries: TreeEntry[] = [];
   private parentAt = 0;
   private parentDone: boolean;
   /**
@@ -339,6 +343,16 @@ class TreeRun {
   add(w: WalkEntry): Promise<void> | undefined {
     const prev = this.parentEntry(w.path);
     if (prev === null) return this.readParent().then(() => this.add(w));
+    if (prev && this.asBefore(w, prev)) {
+      // Most entries of an incremental: the parent's entry is this one's, object and all, and a
+      // run of them through a whole part reuses that part without encoding it.
+      if (prev.type === 'file') {
+        this.files++;
+        this.filesReused++;
+        this.usePacks(prev.chunks!);
+      }
+      return this.enqueue({ entry: prev, wait: undefined, from: this.parentPart, at: this.parentAt });
+    }
     const st = w.stat;
     const entry: TreeEntry = {
       path: w.path,
@@ -443,6 +457,32 @@ class TreeRun {
     if (this.unreadableDetail.length < WARN_PATHS) this.unreadableDetail.push(`${p || '/'}: ${why}`);
   }
 
+  /**
+   * Whether the entry `add` would make of `w` equals the parent's entry `prev` (same path) in every
+   * field: same type, stat and link target, a file reusable as it was, attributes kept (same ctime
+   * and inode), no warning. Hard-linked files (nlink > 1) take the long way (the first path holds
+   * the data).
+   */
+  private asBefore(w: WalkEntry, prev: TreeEntry): boolean {
+    const st = w.stat;
+    if (w.error !== undefined || prev.warning !== undefined || prev.type !== w.type) return false;
+    if (prev.mtimeNs !== st.mtimeNs || prev.ctimeNs !== st.ctimeNs || prev.ino !== st.ino || prev.dev !== st.dev) return false;
+    if (prev.mode !== st.mode || prev.uid !== st.uid || prev.gid !== st.gid) return false;
+    switch (w.type) {
+      case 'dir':
+        return prev.atimeNs === st.mtimeNs && prev.size === 0;
+      case 'file':
+        return st.nlink <= 1 && prev.atimeNs === st.atimeNs && this.reusable(prev, st);
+      case 'symlink':
+        return prev.atimeNs === st.atimeNs && prev.size === 0 && w.target !== undefined && prev.target !== undefined && prev.target.equals(w.target);
+      case 'chardev':
+      case 'blockdev':
+        return prev.atimeNs === st.atimeNs && prev.size === 0 && prev.rdev === st.rdev;
+      default:
+        return prev.atimeNs === st.atimeNs && prev.size === 0;
+    }
+  }
+
   /** Same file as the parent's entry, with every chunk still in the vault. */
   private reusable(prev: TreeEntry, st: EntryStat): boolean {
     if (prev.type !== 'file' || prev.warning || !prev.chunks) return false;
@@ -467,7 +507,7 @@ class TreeRun {
    * further first (readParent). Advances the parent's tree past smaller paths (a merge join).
    */
   private parentEntry(path: Buffer): TreeEntry | undefined | null {
-    const part = this.parentPart;
+    const part = this.parentEntries;
     while (this.parentAt < part.length) {
       const c = Buffer.compare(part[this.parentAt].path, path);
       if (c === 0) return part[this.parentAt];
@@ -480,8 +520,9 @@ class TreeRun {
   private async readParent(): Promise<void> {
     // A damaged parent tree fails the backup (VAULT_CORRUPT, naming the part): going on without
     // it would store the same tree parts again, and dedup would point them at the damaged copy.
-    const part = await this.parentTree!.nextPart();
-    this.parentPart = part ?? [];
+    const part = await this.parentTree!.nextStoredPart();
+    this.parentPart = part;
+    this.parentEntries = part?.entries ?? [];
     this.parentAt = 0;
     if (!part) this.parentDone = true;
   }
@@ -520,7 +561,7 @@ class TreeRun {
           return this.drainTo(until, true);
         });
       }
-      const added = this.tree.add(p.entry);
+      const added = this.tree.add(p.entry, p.from, p.at);
       this.queue[this.head++] = DONE;
       if (added) return added.then(() => this.drainTo(until, flushed));
     }

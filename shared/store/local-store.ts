@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { constants, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { link, mkdir, open, opendir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 
@@ -64,6 +64,7 @@ export class LocalStore implements ObjectStore {
     if (range && !(isCount(range.offset) && isCount(range.length))) {
       throw new CairnError('INTERNAL', `get ${key}: invalid range ${JSON.stringify(range)} on ${this.location}`);
     }
+    if (range && range.length <= SYNC_GET_MAX) return this.getSmall(key, file, range, into);
     let handle: FileHandle;
     try {
       handle = await open(file, 'r');
@@ -86,6 +87,37 @@ export class LocalStore implements ObjectStore {
       throw fromSystemError(err, `get ${key}`, this.location);
     } finally {
       await handle.close();
+    }
+  }
+
+  /**
+   * A small ranged get with synchronous calls: open, fstat, pread and close of a cached range take
+   * microseconds, less than their four trips through libuv's thread pool (an incremental reads
+   * its parent's tree this way, a few kilobytes a part, a thousand parts for 70k files).
+   */
+  private getSmall(key: string, file: string, range: ByteRange, into?: Buffer): Buffer {
+    let fd: number;
+    try {
+      fd = openSync(file, 'r');
+    } catch (err) {
+      throw isMissing(err) ? this.notFound(key, err) : fromSystemError(err, `get ${key}`, this.location);
+    }
+    try {
+      const info = fstatSync(fd);
+      if (!info.isFile()) throw this.notFound(key);
+      const start = Math.min(range.offset, info.size);
+      const end = Math.min(info.size, start + range.length);
+      const out = into && into.length >= end - start ? into.subarray(0, end - start) : Buffer.allocUnsafe(end - start);
+      for (let filled = 0; filled < out.length; ) {
+        const n = readSync(fd, out, filled, out.length - filled, start + filled);
+        if (n === 0) throw new Error(`the file ended after ${start + filled} of ${info.size} bytes`);
+        filled += n;
+      }
+      return out;
+    } catch (err) {
+      throw fromSystemError(err, `get ${key}`, this.location);
+    } finally {
+      closeSync(fd);
     }
   }
 
@@ -234,6 +266,9 @@ async function makeFolders(folder: string): Promise<string[]> {
 
 /** Objects whose first part is at least this long, in aligned memory, are written directly (shared/fs/aligned-memory.ts). */
 const DIRECT_MIN = 1024 * 1024;
+
+/** Ranged gets up to this many bytes are read synchronously (LocalStore.getSmall). */
+const SYNC_GET_MAX = 256 * 1024;
 
 /**
  * Creates `path` (which must not exist), writes the body's parts in order and fsyncs it. A large

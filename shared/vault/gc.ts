@@ -223,7 +223,7 @@ async function marked(vault: Vault, manifests: Manifest[]): Promise<{ refs: Map<
     const u = unreadable[0];
     throw new CairnError(
       'VAULT_CORRUPT',
-      `gc stopped before deleting anything: ${u.kind === 'tree-part' ? 'tree part ' : ''}${u.key} of backup ${u.backup.name} (${u.backup.id}) cannot be read (${u.message}); ` +
+      `gc stopped before deleting anything: ${u.kind === 'tree-part' ? 'tree part ' : u.kind === 'tree-list' ? 'tree part list ' : ''}${u.key} of backup ${u.backup.name} (${u.backup.id}) cannot be read (${u.message}); ` +
         `run 'cairn vault verify', and delete that backup if it cannot be repaired`,
     );
   }

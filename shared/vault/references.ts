@@ -2,13 +2,13 @@ import { ZERO_ID } from './block-map.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { ID_BYTES } from './crypto.js';
 import type { Manifest } from './manifest.js';
-import { readTreePart, treeParts } from './tree.js';
+import { readPartList, readTreePart, treeListIds } from './tree.js';
 import type { Vault } from './vault.js';
 
-/** A block map or tree part that could not be read: `key` is the block map's object key or the part's chunk id (hex). */
+/** A block map, tree part or part list that could not be read: `key` is the block map's object key or the chunk id (hex). */
 export interface UnreadableObject {
   backup: Manifest;
-  kind: 'block-map' | 'tree-part';
+  kind: 'block-map' | 'tree-part' | 'tree-list';
   key: string;
   message: string;
 }
@@ -16,9 +16,9 @@ export interface UnreadableObject {
 /**
  * The chunk ids that a set of backups references, as latin1 keys, each with the backups that use
  * it (for naming affected backups): every id of a disk backup's block maps, and of a file-system
- * backup's tree: its parts (chunks themselves) and its files' chunks. Tree parts are located through
- * `index` (Vault.loadIndex). Block maps and tree parts that cannot be read are reported, not thrown;
- * the other parts of a tree are still read.
+ * backup's tree: its part lists and parts (chunks themselves) and its files' chunks. Tree parts
+ * and lists are located through `index` (Vault.loadIndex). Block maps, parts and lists that cannot be
+ * read are reported, not thrown; the other parts of a tree are still read.
  */
 export async function collectReferences(
   vault: Vault,
@@ -45,8 +45,19 @@ export async function collectReferences(
       }
       for (let at = 0; at < ids.length; at += ID_BYTES) use(ids.subarray(at, at + ID_BYTES), m);
     }
+    if (!m.tree) continue;
     // A tree record of another layout throws (VAULT_VERSION): gc must not go on without its chunks.
-    for (const part of m.tree ? treeParts(m.tree) : []) {
+    const lists = treeListIds(m.tree);
+    const parts = m.tree.partLists === undefined ? [...m.tree.parts!] : [];
+    for (const list of lists) {
+      use(Buffer.from(list, 'hex'), m);
+      try {
+        for (const part of await readPartList(vault, index, list)) parts.push(part);
+      } catch (err) {
+        unreadable.push({ backup: m, kind: 'tree-list', key: list, message: (err as Error).message });
+      }
+    }
+    for (const part of parts) {
       use(Buffer.from(part, 'hex'), m);
       try {
         for (const e of await readTreePart(vault, index, part)) for (const c of e.chunks ?? []) use(c.id, m);

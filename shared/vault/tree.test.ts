@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { deleteBackup } from '../../agent/backup/delete-backup.js';
 import { LocalStore } from '../store/local-store.js';
@@ -23,11 +23,14 @@ import {
   readTree,
   treeBoundaryHash,
   treeBoundarySeed,
+  treePartIds,
+  TreeReader,
   TreeWriter,
   TREE_MAGIC,
   TREE_PART_MAX,
   type EntryType,
   type FileChunk,
+  type StoredPart,
   type TreeEntry,
   type TreeRecord,
   type TreeWriterOptions,
@@ -113,7 +116,7 @@ async function writeTree(
   vault: Vault,
   entries: TreeEntry[],
   opts: TreeWriterOptions = {},
-): Promise<{ record: TreeRecord; tree: TreeWriter; index: ChunkIndex; added: number }> {
+): Promise<{ record: TreeRecord; parts: string[]; tree: TreeWriter; index: ChunkIndex; added: number }> {
   const { index } = await vault.loadIndex();
   const before = index.size;
   const writer = new PackWriter(vault, index);
@@ -121,7 +124,7 @@ async function writeTree(
   for (const e of entries) await tree.add(e);
   const record = await tree.finish();
   await writer.flush();
-  return { record, tree, index, added: index.size - before };
+  return { record, parts: await treePartIds(vault, index, record), tree, index, added: index.size - before };
 }
 
 async function readAll(vault: Vault, record: TreeRecord, index?: ChunkIndex): Promise<TreeEntry[]> {
@@ -143,14 +146,20 @@ describe('tree', () => {
 
   it('round-trips 100k entries of every type, odd-byte paths and xattrs across parts stored as chunks', async () => {
     const entries = makeEntries(100_000);
-    const { record, tree, index, added } = await writeTree(vault, entries);
-    // About one entry in 256 ends a part: some 400 parts, each a chunk in a pack, no other objects.
-    expect(record.parts.length).toBeGreaterThan(150);
-    expect(record.parts.length).toBeLessThan(1000);
-    expect(new Set(record.parts).size).toBe(record.parts.length);
-    expect(tree.partsStored).toBe(record.parts.length);
-    expect(added).toBe(record.parts.length);
-    for (const id of record.parts) expect(index.has(Buffer.from(id, 'hex')), id).toBe(true);
+    const { record, parts, tree, index, added } = await writeTree(vault, entries);
+    // About one entry in 64 ends a part past 4 KiB: some 800 parts, each a chunk in a pack, no other
+    // objects; about one part in 32 ends a part list (chunks too), which the manifest names.
+    expect(parts.length).toBeGreaterThan(400);
+    expect(parts.length).toBeLessThan(3200);
+    expect(record.partCount).toBe(parts.length);
+    expect(record.parts).toBeUndefined();
+    expect(new Set(parts).size).toBe(parts.length);
+    expect(tree.partsStored).toBe(parts.length);
+    expect(record.partLists!.length).toBeGreaterThan(parts.length / 100);
+    expect(record.partLists!.length).toBeLessThan(parts.length / 10);
+    expect(tree.listsStored).toBe(record.partLists!.length);
+    expect(added).toBe(parts.length + record.partLists!.length);
+    for (const id of [...parts, ...record.partLists!]) expect(index.has(Buffer.from(id, 'hex')), id).toBe(true);
     expect(record.entries).toBe(entries.length);
     expect(record.files).toBe(entries.filter((e) => e.type === 'file').length);
     expect(record.dirs).toBe(entries.filter((e) => e.type === 'dir').length);
@@ -277,12 +286,12 @@ describe('tree', () => {
   });
 
   it('reports a missing or damaged part as VAULT_CORRUPT naming it, an unknown layout as VAULT_VERSION', async () => {
-    const { record, index } = await writeTree(vault, makeEntries(2000));
-    expect(record.parts.length).toBeGreaterThan(2);
-    const id1 = record.parts[1];
+    const { record, parts, index } = await writeTree(vault, makeEntries(2000));
+    expect(parts.length).toBeGreaterThan(2);
+    const id1 = parts[1];
     const loc1 = index.get(Buffer.from(id1, 'hex'))!;
     const corrupt = (p: Promise<unknown>, id: string) =>
-      expect(p).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringMatching(new RegExp(`tree part ${id}.*cairn vault verify`)) });
+      expect(p).rejects.toMatchObject({ code: 'VAULT_CORRUPT', message: expect.stringMatching(new RegExp(`tree part (list )?${id}.*cairn vault verify`)) });
 
     // Not in the index (e.g. its pack was deleted and the index rebuilt).
     const without = new ChunkIndex();
@@ -290,7 +299,7 @@ describe('tree', () => {
     await corrupt(drain(readTree(vault, without, record)), id1);
     // Another part's blob under its id (a part moved or swapped) does not authenticate.
     const swapped = new ChunkIndex();
-    for (const [id, loc] of index.entries()) swapped.add(id, id.toString('hex') === id1 ? index.get(Buffer.from(record.parts[2], 'hex'))! : loc);
+    for (const [id, loc] of index.entries()) swapped.add(id, id.toString('hex') === id1 ? index.get(Buffer.from(parts[2], 'hex'))! : loc);
     await corrupt(drain(readTree(vault, swapped, record)), id1);
     // A flipped byte in its pack.
     const pack = await vault.store.get(packKey(loc1.packId));
@@ -298,9 +307,9 @@ describe('tree', () => {
     damaged[loc1.offset + 40] ^= 1;
     await vault.store.put(packKey(loc1.packId), () => damaged);
     await corrupt(drain(readTree(vault, index, record)), id1);
-    // Its pack gone: the first part it held is named.
+    // Its pack gone: the first part or part list it held is named (lists are read first).
     await vault.store.delete(packKey(loc1.packId));
-    const firstInPack = record.parts.find((id) => index.get(Buffer.from(id, 'hex'))!.packId === loc1.packId)!;
+    const firstInPack = [...record.partLists!, ...parts].find((id) => index.get(Buffer.from(id, 'hex'))!.packId === loc1.packId)!;
     await corrupt(drain(readTree(vault, index, record)), firstInPack);
 
     // A part of a layout this Cairn does not know, stored as a chunk like any part.
@@ -321,48 +330,124 @@ describe('tree', () => {
   it('shares unchanged parts between trees: one changed entry of 20 000 stores 1-2 new parts', async () => {
     const entries = makeEntries(20_000);
     const first = await writeTree(vault, entries);
-    const parts = first.record.parts.length;
-    expect(parts).toBeGreaterThan(20);
+    const parts = first.parts.length;
+    expect(parts).toBeGreaterThan(80);
 
-    // The same tree again: every part is reused, nothing is written.
+    // The same tree again: every part and list is reused, nothing is written.
     const same = await writeTree(vault, entries);
-    expect(same.record.parts).toEqual(first.record.parts);
+    expect(same.parts).toEqual(first.parts);
+    expect(same.record.partLists).toEqual(first.record.partLists);
     expect(same.added).toBe(0);
     expect(same.tree.partsReused).toBe(parts);
-    // The packs of reused parts are reported (immutable vaults extend their retention).
-    expect([...same.tree.packsReused].sort()).toEqual([...new Set(first.record.parts.map((id) => same.index.get(Buffer.from(id, 'hex'))!.packId))].sort());
+    // The packs of reused parts and lists are reported (immutable vaults extend their retention).
+    const used = [...first.parts, ...first.record.partLists!].map((id) => same.index.get(Buffer.from(id, 'hex'))!.packId);
+    expect([...same.tree.packsReused].sort()).toEqual([...new Set(used)].sort());
 
     // One entry in the middle changed (as an edited file in an incremental).
     const mid = entries.findIndex((e, i) => i >= 10_000 && e.type === 'file');
     const changed = entries.slice();
     changed[mid] = { ...entries[mid], mtimeNs: entries[mid].mtimeNs + 1n, size: 7, chunks: [{ id: randomBytes(32), length: 7 }] };
     const second = await writeTree(vault, changed);
-    expect(second.added).toBeGreaterThanOrEqual(1);
-    expect(second.added).toBeLessThanOrEqual(2);
-    expect(second.record.parts.filter((id) => !first.record.parts.includes(id)).length).toBe(second.added);
+    expect(second.tree.partsStored).toBeGreaterThanOrEqual(1);
+    expect(second.tree.partsStored).toBeLessThanOrEqual(2);
+    expect(second.parts.filter((id) => !first.parts.includes(id)).length).toBe(second.tree.partsStored);
+    // The list holding the changed part (or two, when its boundary moved), and no other.
+    expect(second.tree.listsStored).toBeGreaterThanOrEqual(1);
+    expect(second.tree.listsStored).toBeLessThanOrEqual(2);
+    expect(second.record.partLists!.filter((id) => !first.record.partLists!.includes(id)).length).toBe(second.tree.listsStored);
+    expect(second.added).toBe(second.tree.partsStored + second.tree.listsStored);
     expect((await readAll(vault, second.record)).map(canon)).toEqual(changed.map(canon));
     // The first tree still reads as it was.
     expect((await readAll(vault, first.record)).length).toBe(entries.length);
   });
 
+  it('reuses a parent part given again entry for entry without encoding it, and encodes what a change leaves of a part', async () => {
+    const entries = makeEntries(20_000);
+    const first = await writeTree(vault, entries);
+    const { index } = await vault.loadIndex();
+    const parent: StoredPart[] = [];
+    const reader = new TreeReader(vault, index, first.record);
+    for (let p = await reader.nextStoredPart(); p; p = await reader.nextStoredPart()) parent.push(p);
+    expect(parent.map((p) => p.id.toString('hex'))).toEqual(first.parts);
+
+    /** Writes the parent's entries again as an incremental merge does: each with its part and place, but for `changed`. */
+    const rewrite = async (changed: Map<number, TreeEntry | null>) => {
+      const writer = new PackWriter(vault, index);
+      const tree = new TreeWriter(vault, writer, index);
+      const encode = vi.spyOn(ChunkHasher.prototype, 'id');
+      let n = 0;
+      for (const part of parent) {
+        for (const [at, e] of part.entries.entries()) {
+          const c = changed.get(n++);
+          if (c === null) continue; // removed
+          await tree.add(c ?? e, c ? undefined : part, at);
+        }
+      }
+      const record = await tree.finish();
+      await writer.flush();
+      const hashed = encode.mock.calls.length;
+      encode.mockRestore();
+      return { record, tree, hashed, parts: await treePartIds(vault, index, record) };
+    };
+
+    // All as before: every part reused by id, nothing hashed but the part lists, nothing stored.
+    const same = await rewrite(new Map());
+    expect(same.parts).toEqual(first.parts);
+    expect(same.record.partLists).toEqual(first.record.partLists);
+    expect(same.record).toEqual(first.record);
+    expect(same.tree.partsReused).toBe(first.parts.length);
+    expect(same.tree.partsStored).toBe(0);
+    expect(same.hashed).toBe(first.record.partLists!.length);
+
+    // One entry changed, one removed (in other parts): those parts are encoded again (the entries
+    // before the change too), the others reused.
+    const mid = entries.findIndex((e, i) => i >= 10_000 && e.type === 'file');
+    const edited = { ...entries[mid], mtimeNs: entries[mid].mtimeNs + 1n };
+    const gone = 15_000;
+    const second = await rewrite(new Map([[mid, edited], [gone, null]]));
+    const want = entries.map((e, i) => (i === mid ? edited : e)).filter((_, i) => i !== gone);
+    expect((await readAll(vault, second.record)).map(canon)).toEqual(want.map(canon));
+    expect(second.tree.partsStored).toBeGreaterThanOrEqual(2);
+    expect(second.tree.partsStored).toBeLessThanOrEqual(4);
+    expect(second.tree.partsReused).toBe(second.parts.length - second.tree.partsStored);
+    expect(second.hashed).toBe(second.tree.partsStored + second.record.partLists!.length);
+    // What a writer given plain entries makes, byte for byte: it finds every part stored already.
+    const plain = await writeTree(vault, want);
+    expect(plain.parts).toEqual(second.parts);
+    expect(plain.tree.partsStored).toBe(0);
+
+    // A part the index lacks (its pack condemned by a pending gc) is encoded and stored again.
+    const without = new ChunkIndex();
+    const dropped = first.parts[3];
+    for (const [id, loc] of index.entries()) if (id.toString('hex') !== dropped) without.add(id, loc);
+    const writer = new PackWriter(vault, without);
+    const tree = new TreeWriter(vault, writer, without);
+    for (const part of parent) for (const [at, e] of part.entries.entries()) await tree.add(e, part, at);
+    const record = await tree.finish();
+    await writer.flush();
+    expect(tree.partsStored).toBe(1);
+    expect(without.has(Buffer.from(dropped, 'hex'))).toBe(true);
+    expect(await treePartIds(vault, without, record)).toEqual(first.parts);
+  });
+
   it('keeps boundaries where they were when an entry is inserted or removed', async () => {
     const entries = makeEntries(20_000);
     const first = await writeTree(vault, entries);
-    const old = new Set(first.record.parts);
+    const old = new Set(first.parts);
 
     const at = entries.findIndex((e, i) => i >= 5000 && e.type === 'file');
     const extra: TreeEntry = { ...entries[at], path: Buffer.concat([entries[at].path, Buffer.from('-new')]) };
     const inserted = [...entries.slice(0, at + 1), extra, ...entries.slice(at + 1)];
     expect(Buffer.compare(extra.path, inserted[at + 2].path)).toBeLessThan(0);
     const second = await writeTree(vault, inserted);
-    const fresh = second.record.parts.filter((id) => !old.has(id));
+    const fresh = second.parts.filter((id) => !old.has(id));
     expect(fresh.length).toBeGreaterThanOrEqual(1);
     expect(fresh.length).toBeLessThanOrEqual(2);
-    expect(second.record.parts.length - fresh.length).toBeGreaterThanOrEqual(first.record.parts.length - 2);
+    expect(second.parts.length - fresh.length).toBeGreaterThanOrEqual(first.parts.length - 2);
 
     const removed = entries.filter((_, i) => i !== at + 3000);
     const third = await writeTree(vault, removed);
-    expect(third.record.parts.filter((id) => !old.has(id)).length).toBeLessThanOrEqual(2);
+    expect(third.parts.filter((id) => !old.has(id)).length).toBeLessThanOrEqual(2);
     expect((await readAll(vault, third.record)).map(canon)).toEqual(removed.map(canon));
   });
 
@@ -370,16 +455,16 @@ describe('tree', () => {
     // No path boundary at all (mask: every hash bit): parts close at the maximum only.
     const entries = makeEntries(3000);
     const capped = await writeTree(vault, entries, { maxBytes: 16 * 1024, boundaryMask: 0xffffffff });
-    expect(capped.record.parts.length).toBeGreaterThan(3);
-    for (const id of capped.record.parts.slice(0, -1)) {
+    expect(capped.parts.length).toBeGreaterThan(3);
+    for (const id of capped.parts.slice(0, -1)) {
       const raw = capped.index.get(Buffer.from(id, 'hex'))!.rawLength;
       expect(raw).toBeGreaterThanOrEqual(16 * 1024);
       expect(raw).toBeLessThan(17 * 1024);
     }
     // Every entry a boundary: parts close as soon as they reach the minimum.
     const eager = await writeTree(vault, entries, { minBytes: 2048, boundaryMask: 0 });
-    for (const id of eager.record.parts.slice(0, -1)) expect(eager.index.get(Buffer.from(id, 'hex'))!.rawLength).toBeGreaterThanOrEqual(2048);
-    expect(eager.record.parts.length).toBeGreaterThan(capped.record.parts.length);
+    for (const id of eager.parts.slice(0, -1)) expect(eager.index.get(Buffer.from(id, 'hex'))!.rawLength).toBeGreaterThanOrEqual(2048);
+    expect(eager.parts.length).toBeGreaterThan(capped.parts.length);
     expect(TREE_PART_MAX).toBe(1024 * 1024);
     for (const r of [capped, eager]) expect((await readAll(vault, r.record)).length).toBe(entries.length);
   });
@@ -439,7 +524,8 @@ describe('tree paths', () => {
     ]);
     const { index } = await vault.loadIndex();
     // Each part alone is in order; together 'a' comes twice, the second time as a symlink.
-    const record: TreeRecord = { ...first.record, parts: [...first.record.parts, ...second.record.parts], entries: 5 };
+    // (A record of the layout before part lists: the part ids themselves.)
+    const record: TreeRecord = { ...first.record, partLists: undefined, partCount: undefined, parts: [...first.parts, ...second.parts], entries: 5 };
     await expect(drain(readTree(vault, index, record))).rejects.toMatchObject({
       code: 'VAULT_CORRUPT',
       message: expect.stringContaining('does not come after the last entry of the previous part'),
@@ -558,15 +644,18 @@ describe('trees in gc, verify and delete', () => {
     const gone = [randomBytes(120_000)];
     const kept = await storeFileBackup(vault, keep, 'kept');
     const dropped = await storeFileBackup(vault, gone, 'dropped');
-    expect(kept.tree!.parts.length).toBe(keep.length + 1);
+    const keptParts = await partsOf(vault, kept);
+    const droppedParts = await partsOf(vault, dropped);
+    expect(keptParts.length).toBe(keep.length + 1);
     const refs = (await collectReferences(vault, (await vault.loadIndex()).index, [kept])).refs;
     expect(refs.size).toBeGreaterThan(10);
-    // Tree parts are referenced chunks like file data.
-    for (const id of kept.tree!.parts) expect(refs.get(Buffer.from(id, 'hex').toString('latin1'))).toEqual(new Set([kept.id]));
+    // Tree parts and part lists are referenced chunks like file data.
+    for (const id of [...keptParts, ...kept.tree!.partLists!]) expect(refs.get(Buffer.from(id, 'hex').toString('latin1'))).toEqual(new Set([kept.id]));
     // Both trees start with the same root entry: that part is one chunk, shared.
-    expect(dropped.tree!.parts[0]).toBe(kept.tree!.parts[0]);
-    const droppedOnly = dropped.tree!.parts.filter((id) => !kept.tree!.parts.includes(id));
-    expect(droppedOnly.length).toBe(1);
+    expect(droppedParts[0]).toBe(keptParts[0]);
+    const droppedOnly = [...droppedParts, ...dropped.tree!.partLists!].filter((id) => !keptParts.includes(id) && !kept.tree!.partLists!.includes(id));
+    // Its file's part, and its list.
+    expect(droppedOnly.length).toBe(2);
 
     // Deleting a backup removes its manifest only; its parts are chunks, gc's job. No trees/ objects.
     await deleteBackup(vault, dropped);
@@ -583,13 +672,15 @@ describe('trees in gc, verify and delete', () => {
     const orphan = await unfinished.finish();
     await writer.flush();
     expect(unfinished.partsStored).toBe(1);
+    expect(unfinished.listsStored).toBe(1);
+    const orphanIds = [...(await treePartIds(vault, index, orphan)), ...orphan.partLists!];
 
     now = Date.now() + HOUR;
     const r = await collectGarbage(vault, { graceMs: 15 * 60_000 });
     expect(r.packsDeleted).toBeGreaterThan(0);
     const { index: after } = await vault.loadIndex();
-    for (const id of kept.tree!.parts) expect(after.has(Buffer.from(id, 'hex')), `kept part ${id}`).toBe(true);
-    for (const id of [...droppedOnly, ...orphan.parts]) expect(after.has(Buffer.from(id, 'hex')), `freed part ${id}`).toBe(false);
+    for (const id of [...keptParts, ...kept.tree!.partLists!]) expect(after.has(Buffer.from(id, 'hex')), `kept part ${id}`).toBe(true);
+    for (const id of [...droppedOnly, ...orphanIds]) expect(after.has(Buffer.from(id, 'hex')), `freed part ${id}`).toBe(false);
     const kinds = new Set<string>();
     for await (const o of vault.store.list('')) kinds.add(o.key.split('/')[0]);
     expect(kinds.has('trees')).toBe(false);
@@ -601,7 +692,7 @@ describe('trees in gc, verify and delete', () => {
   it('gc stops when a tree part cannot be read, before deleting anything', async () => {
     const m = await storeFileBackup(vault, [randomBytes(60_000)], 'b');
     await storeFileBackup(vault, [randomBytes(60_000)], 'c').then((c) => deleteBackup(vault, c));
-    const part = m.tree!.parts[1];
+    const part = (await partsOf(vault, m))[1];
     await damageChunk(vault, part);
     const packs = (await vault.listPacks()).size;
     now = Date.now() + HOUR;
@@ -610,6 +701,40 @@ describe('trees in gc, verify and delete', () => {
       message: expect.stringContaining(`tree part ${part} of backup b`),
     });
     expect((await vault.listPacks()).size).toBe(packs);
+  });
+
+  it('a damaged part list: reading the tree, gc and verify name it (VAULT_CORRUPT); a part count other than the lists hold is VAULT_CORRUPT', async () => {
+    const m = await storeFileBackup(vault, [randomBytes(60_000), randomBytes(30_000)], 'listed');
+    const { index } = await vault.loadIndex();
+    const lists = m.tree!.partLists!;
+    expect(lists.length).toBeGreaterThanOrEqual(1);
+    expect(await drainEntries(vault, m)).toHaveLength(3);
+    // Its part count must match what the lists hold.
+    await expect(drain(readTree(vault, index, { ...m.tree!, partCount: m.tree!.partCount! + 1 }))).rejects.toMatchObject({
+      code: 'VAULT_CORRUPT',
+      message: expect.stringContaining(`name ${m.tree!.partCount} parts, its manifest says ${m.tree!.partCount! + 1}`),
+    });
+    // A record of neither layout.
+    await expect(drain(readTree(vault, index, { ...m.tree!, partLists: 'x' as unknown as string[] }))).rejects.toMatchObject({ code: 'VAULT_VERSION' });
+
+    const list = lists[0];
+    const original = await damageChunk(vault, list);
+    await expect(drain(readTree(vault, index, m.tree!))).rejects.toMatchObject({
+      code: 'VAULT_CORRUPT',
+      message: expect.stringMatching(new RegExp(`tree part list ${list} is damaged.*cairn vault verify`)),
+    });
+    const packs = (await vault.listPacks()).size;
+    now = Date.now() + HOUR;
+    await expect(collectGarbage(vault, { graceMs: 0 })).rejects.toMatchObject({
+      code: 'VAULT_CORRUPT',
+      message: expect.stringContaining(`tree part list ${list} of backup listed`),
+    });
+    expect((await vault.listPacks()).size).toBe(packs);
+    const bad = await verifyVault(vault, { readData: false });
+    expect(bad.problems).toEqual([expect.objectContaining({ kind: 'bad-tree', object: list, message: expect.stringContaining(`tree part list ${list}`) })]);
+    expect(bad.affected.map((a) => a.id)).toEqual([m.id]);
+    await original.restore();
+    expect((await verifyVault(vault, { readData: false })).ok).toBe(true);
   });
 
   it('verify reads tree chunks: missing chunks, a damaged part and corrupt data name the backup', async () => {
@@ -622,7 +747,7 @@ describe('trees in gc, verify and delete', () => {
       expect(ok.chunksChecked).toBeGreaterThan(10);
 
       // A damaged tree part: a bad tree of this backup (and, read whole, a corrupt chunk).
-      const part = m.tree!.parts[2];
+      const part = (await partsOf(vault, m))[2];
       const original = await damageChunk(vault, part);
       const badTree = await verifyVault(vault, { readData: false });
       expect(badTree.problems).toEqual([expect.objectContaining({ kind: 'bad-tree', object: part, message: expect.stringContaining(`tree part ${part}`) })]);
@@ -655,6 +780,10 @@ describe('trees in gc, verify and delete', () => {
     }
   });
 });
+
+async function partsOf(vault: Vault, m: Manifest): Promise<string[]> {
+  return treePartIds(vault, (await vault.loadIndex()).index, m.tree!);
+}
 
 /** Flips a byte of a chunk's blob in its pack; `restore` puts the pack back as it was. */
 async function damageChunk(vault: Vault, hex: string): Promise<{ restore: () => Promise<void> }> {

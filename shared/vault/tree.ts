@@ -59,10 +59,23 @@ export interface TreeEntry {
   warning?: string;
 }
 
+/** A part of a stored tree, as TreeReader reads it: its chunk id and its entries. */
+export interface StoredPart {
+  id: Buffer;
+  entries: TreeEntry[];
+}
+
 /** What a manifest records of its tree (Manifest.tree). */
 export interface TreeRecord {
-  /** The chunk ids (hex) of the parts, in tree order. */
-  parts: string[];
+  /**
+   * The chunk ids (hex) of the part lists, in order: the ids of the tree's parts, in tree order, are
+   * their contents end to end (FORMAT.md, "Trees"). Absent in trees written before part lists.
+   */
+  partLists?: string[];
+  /** How many parts the lists hold (with partLists). */
+  partCount?: number;
+  /** Trees written before part lists: the chunk ids (hex) of the parts, in tree order. */
+  parts?: string[];
   entries: number;
   files: number;
   dirs: number;
@@ -76,13 +89,19 @@ export interface TreeRecord {
 export const TREE_PART_MIN = 4 * 1024;
 /** A part closes once its plaintext holds this many bytes, boundary or not. */
 export const TREE_PART_MAX = 1024 * 1024;
-/** Low bits of an entry's path hash that must be zero for a boundary: about one entry in 256. */
-export const TREE_BOUNDARY_MASK = 0xff;
+/** Low bits of an entry's path hash that must be zero for a boundary: about one entry in 64. */
+export const TREE_BOUNDARY_MASK = 0x3f;
 
 export const TREE_MAGIC = Buffer.from('CRNTREE1', 'ascii');
 
+/** Part lists: a list closes after a part id whose first 4 bytes (LE) have these bits zero (about one in 32)... */
+export const TREE_LIST_MASK = 0x1f;
+/** ... or once it holds this many ids. */
+export const TREE_LIST_MAX = 4096;
+export const TREE_LIST_MAGIC = Buffer.from('CRNPLST1', 'ascii');
+
 /** Parts a TreeReader fetches ahead of the one it parses. */
-const TREE_READ_AHEAD = 8;
+const TREE_READ_AHEAD = 16;
 
 const TYPES: readonly EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i] as const));
@@ -129,17 +148,30 @@ export interface TreeWriterOptions {
  * returns its record. A part closes after an entry when its plaintext holds at least minBytes and
  * the entry's path hash has the TREE_BOUNDARY_MASK bits zero, or once it holds maxBytes: since
  * boundaries depend on paths (and the vault's seed) only, a change leaves the other parts
- * byte-identical. Each closed part is a chunk: reused when `index` has its id, else encoded and
- * added to `writer` (the caller flushes the writer, before writing the manifest). `add` returns a
- * promise only when it closed a part that must wait for room in the writer (it resolves once the
- * part is handed over): await it, when there is one, before the next call. A file entry's chunk
- * lengths must sum to its size. The writer keeps no reference to the entries it was given.
+ * byte-identical. The part ids go into part lists, cut the same way by id (TREE_LIST_MASK), so the
+ * manifest names a few lists rather than every part. Parts and lists are chunks: reused when `index`
+ * has their id, else encoded and added to `writer` (the caller flushes the writer, before writing
+ * the manifest). `add` returns a promise only when it closed a part that must wait for room in the
+ * writer (it resolves once the part is handed over): await it, when there is one, before the next
+ * call. A file entry's chunk lengths must sum to its size. The writer keeps no reference to the
+ * entries it was given.
  */
 export class TreeWriter {
   private readonly out = new ByteWriter();
   private count = 0;
   private previous: Buffer | undefined;
-  private readonly parts: string[] = [];
+  /**
+   * A stored part (the parent's) whose entries come again unchanged, from its first: they are only
+   * counted, and when its last comes too the part is reused by id without being encoded again.
+   * Anything else first encodes the `copied` entries into the open part (materialize).
+   */
+  private copy: StoredPart | undefined;
+  private copied = 0;
+  /** The open part list: TREE_LIST_MAGIC, a count, ids. */
+  private readonly list = new ByteWriter();
+  private listCount = 0;
+  private readonly lists: string[] = [];
+  private partCount = 0;
   private finished = false;
   private readonly record: TreeRecord;
   private readonly minBytes: number;
@@ -148,11 +180,13 @@ export class TreeWriter {
   private readonly seed: number;
   private readonly hasher: ChunkHasher;
   private readonly encoder: ChunkEncoder;
-  /** Packs holding the parts that were reused (an immutable vault extends their retention). */
+  /** Packs holding the parts and lists that were reused (an immutable vault extends their retention). */
   readonly packsReused = new Set<string>();
   /** Parts handed to the writer, and parts found in the index. */
   partsStored = 0;
   partsReused = 0;
+  /** Part lists handed to the writer. */
+  listsStored = 0;
 
   constructor(
     vault: Vault,
@@ -166,10 +200,14 @@ export class TreeWriter {
     this.seed = treeBoundarySeed(vault.key.chunkId);
     this.hasher = new ChunkHasher(vault.key.chunkId);
     this.encoder = new ChunkEncoder(vault.key.encryption, fileCompressionLevel(vault.config));
-    this.record = { parts: this.parts, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
+    this.record = { partLists: this.lists, partCount: 0, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
   }
 
-  add(entry: TreeEntry): Promise<void> | undefined {
+  /**
+   * `from` and `at`: the entry is entry `at` of the stored part `from`, as it was (TreeReader's
+   * object): a run of them from a part's first entry to its last reuses that part as it is.
+   */
+  add(entry: TreeEntry, from?: StoredPart, at = -1): Promise<void> | undefined {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.add after finish');
     if (this.previous && Buffer.compare(this.previous, entry.path) >= 0) {
       throw new CairnError(
@@ -184,6 +222,19 @@ export class TreeWriter {
         throw new CairnError('INTERNAL', `tree entry '${entry.path.toString('latin1')}': chunks cover ${sum} bytes, its size is ${entry.size}`);
       }
     }
+    this.tally(entry);
+    if (from !== undefined && this.copy === undefined && this.count === 0 && at === 0) {
+      this.copy = from;
+      this.copied = 0;
+    }
+    if (this.copy !== undefined) {
+      if (from === this.copy && at === this.copied) {
+        this.copied++;
+        this.previous = entry.path;
+        return this.copied === from.entries.length ? this.closeCopy() : undefined;
+      }
+      this.materialize();
+    }
     if (this.count === 0) {
       this.out.bytes(TREE_MAGIC);
       this.out.u32(0); // the count, filled in when the part closes
@@ -191,13 +242,6 @@ export class TreeWriter {
     encodeEntry(this.out, entry, this.count === 0 ? undefined : this.previous);
     this.previous = Buffer.from(entry.path);
     this.count++;
-    const r = this.record;
-    r.entries++;
-    if (entry.type === 'file') {
-      r.files++;
-      r.bytes += entry.size;
-    } else if (entry.type === 'dir') r.dirs++;
-    if (entry.warning !== undefined) r.partial++;
     const size = this.out.length;
     if (size >= this.maxBytes || (size >= this.minBytes && (treeBoundaryHash(this.seed, entry.path) & this.boundaryMask) === 0)) {
       return this.closePart();
@@ -205,29 +249,99 @@ export class TreeWriter {
     return undefined;
   }
 
-  /** Hands the last part to the writer; the record is what the manifest's `tree` holds. */
+  private tally(entry: TreeEntry): void {
+    const r = this.record;
+    r.entries++;
+    if (entry.type === 'file') {
+      r.files++;
+      r.bytes += entry.size;
+    } else if (entry.type === 'dir') r.dirs++;
+    if (entry.warning !== undefined) r.partial++;
+  }
+
+  /** Hands the last part and list to the writer; the record is what the manifest's `tree` holds. */
   async finish(): Promise<TreeRecord> {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.finish called twice');
     this.finished = true;
+    if (this.copy !== undefined) this.materialize();
     if (this.count > 0) await this.closePart();
-    return { ...this.record, parts: [...this.parts] };
+    if (this.listCount > 0) await this.closeList();
+    return { ...this.record, partLists: [...this.lists], partCount: this.partCount };
   }
 
-  /** Synchronous when the part is in the index already (the common case in an incremental). */
+  /** Synchronous when the part (and the list it closed, if any) is in the index already: the common case in an incremental. */
   private closePart(): Promise<void> | undefined {
     const plain = this.out.take();
     plain.writeUInt32LE(this.count, TREE_MAGIC.length);
     this.count = 0;
     const id = this.hasher.id(plain);
-    this.parts.push(id.toString('hex'));
+    return this.listPart(id, this.store(id, plain, true));
+  }
+
+  /** The copied part, whole: reused by id (stored again, from its entries, if the index lacks it). */
+  private closeCopy(): Promise<void> | undefined {
+    const part = this.copy!;
+    const loc = this.index.get(part.id);
+    if (!loc) {
+      // In a pack a pending gc condemned: this backup stores it again, as any new part.
+      this.materialize();
+      return this.closePart();
+    }
+    this.copy = undefined;
+    this.copied = 0;
+    this.packsReused.add(loc.packId);
+    this.partsReused++;
+    return this.listPart(part.id, undefined);
+  }
+
+  /** Encodes the entries copied so far into the open part (empty until now): the copy ends. */
+  private materialize(): void {
+    const part = this.copy!;
+    this.copy = undefined;
+    this.out.bytes(TREE_MAGIC);
+    this.out.u32(0);
+    let previous: Buffer | undefined;
+    for (let i = 0; i < this.copied; i++) {
+      encodeEntry(this.out, part.entries[i], previous);
+      previous = part.entries[i].path;
+    }
+    this.count = this.copied;
+    this.copied = 0;
+  }
+
+  /** Appends a closed part's id to the open list, closing the list at its boundary; `stored`: the part's own wait. */
+  private listPart(id: Buffer, stored: Promise<void> | undefined): Promise<void> | undefined {
+    this.partCount++;
+    if (this.listCount === 0) {
+      this.list.bytes(TREE_LIST_MAGIC);
+      this.list.u32(0);
+    }
+    this.list.bytes(id);
+    this.listCount++;
+    if ((id.readUInt32LE(0) & TREE_LIST_MASK) !== 0 && this.listCount < TREE_LIST_MAX) return stored;
+    return stored ? stored.then(() => this.closeList()) : this.closeList();
+  }
+
+  private closeList(): Promise<void> | undefined {
+    const plain = this.list.take();
+    plain.writeUInt32LE(this.listCount, TREE_LIST_MAGIC.length);
+    this.listCount = 0;
+    const id = this.hasher.id(plain);
+    this.lists.push(id.toString('hex'));
+    return this.store(id, plain, false);
+  }
+
+  /** Stores a part or list chunk unless the index has it; a promise when it waits for room in the writer. */
+  private store(id: Buffer, plain: Buffer, part: boolean): Promise<void> | undefined {
     const loc = this.index.get(id);
     if (loc) {
       this.packsReused.add(loc.packId);
-      this.partsReused++;
+      if (part) this.partsReused++;
       return undefined;
     }
     const { codec, blob } = this.encoder.encode(id, plain);
-    this.partsStored++;
+    if (part) this.partsStored++;
+    else this.listsStored++;
     return this.writer.waitForCapacity().then(() => {
       this.writer.add(id, blob, codec, plain.length);
     });
@@ -235,15 +349,48 @@ export class TreeWriter {
 }
 
 /**
- * The part ids of a tree record; VAULT_VERSION for a record of another layout (trees written before
- * parts were chunks, by development builds, held a part count).
+ * The chunk ids (hex) of a tree's part lists: none for a tree written before part lists.
+ * VAULT_VERSION for a record of another layout (trees written by development builds held a part count).
  */
-export function treeParts(record: TreeRecord): string[] {
-  const parts: unknown = record.parts;
-  if (!Array.isArray(parts) || !parts.every((p) => typeof p === 'string')) {
-    throw new CairnError('VAULT_VERSION', 'a backup tree is recorded in a layout this Cairn does not read (parts are not a list of chunk ids)');
+export function treeListIds(record: TreeRecord): string[] {
+  const lists: unknown = record.partLists;
+  if (lists === undefined && isHexList(record.parts)) return [];
+  if (!isHexList(lists) || !Number.isSafeInteger(record.partCount)) {
+    throw new CairnError('VAULT_VERSION', 'a backup tree is recorded in a layout this Cairn does not read (its part lists are not a list of chunk ids)');
   }
-  return parts as string[];
+  return lists;
+}
+
+function isHexList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((p) => typeof p === 'string');
+}
+
+/** Part lists fetched at once while the part ids of a tree are read. */
+const LIST_READ_AHEAD = 8;
+
+/**
+ * The chunk ids (hex) of a tree's parts, in tree order: read from its part lists (or, for a tree
+ * written before part lists, the record's own). A list missing or damaged is VAULT_CORRUPT naming
+ * it, and so is a part count other than the record's; a record of another layout is VAULT_VERSION.
+ */
+export async function treePartIds(vault: Vault, index: ChunkIndex, record: TreeRecord): Promise<string[]> {
+  const lists = treeListIds(record);
+  if (lists.length === 0 && record.partLists === undefined) return record.parts!;
+  const reader = new TreePartReader(vault, index);
+  const ids: string[] = [];
+  for (let at = 0; at < lists.length; at += LIST_READ_AHEAD) {
+    const batch = await Promise.all(lists.slice(at, at + LIST_READ_AHEAD).map((hex) => reader.readList(hex)));
+    for (const b of batch) for (const id of b) ids.push(id);
+  }
+  if (ids.length !== record.partCount) {
+    throw new CairnError('VAULT_CORRUPT', `the part lists of a backup tree name ${ids.length} parts, its manifest says ${record.partCount}; run 'cairn vault verify'`);
+  }
+  return ids;
+}
+
+/** The part ids (hex) one part list holds; VAULT_CORRUPT naming the list when it is missing or damaged. */
+export async function readPartList(vault: Vault, index: ChunkIndex, hex: string): Promise<string[]> {
+  return new TreePartReader(vault, index).readList(hex);
 }
 
 /**
@@ -264,7 +411,8 @@ export async function* readTree(vault: Vault, index: ChunkIndex, record: TreeRec
  */
 export class TreeReader {
   private readonly parts: TreePartReader;
-  private readonly ids: string[];
+  /** The part ids, once the part lists are read. */
+  private ids: string[] | undefined;
   private readonly ahead: Promise<{ hex: string; blob: Buffer }>[] = [];
   private fetched = 0;
   private done = 0;
@@ -278,17 +426,22 @@ export class TreeReader {
   private lastPath: Buffer | undefined;
 
   constructor(
-    vault: Vault,
-    index: ChunkIndex,
+    private readonly vault: Vault,
+    private readonly index: ChunkIndex,
     private readonly record: TreeRecord,
   ) {
     this.parts = new TreePartReader(vault, index);
-    this.ids = treeParts(record);
+    treeListIds(record); // another layout: VAULT_VERSION now, not at the first part
   }
 
   /** The next part's entries (never empty), or undefined after the last. */
   async nextPart(): Promise<TreeEntry[] | undefined> {
-    const ids = this.ids;
+    return (await this.nextStoredPart())?.entries;
+  }
+
+  /** The next part (its entries never empty), or undefined after the last. */
+  async nextStoredPart(): Promise<StoredPart | undefined> {
+    const ids = (this.ids ??= await treePartIds(this.vault, this.index, this.record));
     if (this.done === ids.length) {
       if (this.total !== this.record.entries) {
         throw new CairnError('VAULT_CORRUPT', `a backup tree of ${ids.length} parts holds ${this.total} entries, its manifest says ${this.record.entries}`);
@@ -305,7 +458,7 @@ export class TreeReader {
     const entries = this.parts.decode(await this.ahead.shift()!);
     this.check(entries, n, ids[n]);
     this.total += entries.length;
-    return entries.length ? entries : this.nextPart();
+    return entries.length ? { id: Buffer.from(ids[n], 'hex'), entries } : this.nextStoredPart();
   }
 
   private check(entries: TreeEntry[], n: number, id: string): void {
@@ -373,7 +526,7 @@ export async function readTreePart(vault: Vault, index: ChunkIndex, id: string):
   return new TreePartReader(vault, index).read(id);
 }
 
-/** Reads parts one at a time through one decoder. */
+/** Reads parts and part lists one at a time through one decoder. */
 class TreePartReader {
   private readonly decoder: ChunkDecoder;
 
@@ -388,9 +541,13 @@ class TreePartReader {
     return this.decode(await this.fetch(hex));
   }
 
-  /** The part's stored blob (a ranged get of its pack); `decode` checks and parses it. */
-  async fetch(hex: string): Promise<{ hex: string; blob: Buffer }> {
-    const what = `tree part ${hex}`;
+  async readList(hex: string): Promise<string[]> {
+    const what = `tree part list ${hex}`;
+    return decodePartList(this.open(await this.fetch(hex, what), what), what);
+  }
+
+  /** The chunk's stored blob (a ranged get of its pack); `decode` checks and parses it. */
+  async fetch(hex: string, what = `tree part ${hex}`): Promise<{ hex: string; blob: Buffer }> {
     const verify = `run 'cairn vault verify'`;
     const id = Buffer.from(hex, 'hex');
     const loc = id.length === ID_BYTES && id.toString('hex') === hex ? this.index.get(id) : undefined;
@@ -408,21 +565,37 @@ class TreePartReader {
     return { hex, blob };
   }
 
-  decode({ hex, blob }: { hex: string; blob: Buffer }): TreeEntry[] {
-    const what = `tree part ${hex}`;
-    const verify = `run 'cairn vault verify'`;
+  decode(fetched: { hex: string; blob: Buffer }): TreeEntry[] {
+    const what = `tree part ${fetched.hex}`;
+    return decodeTreeEntries(this.open(fetched, what), what);
+  }
+
+  /** The plaintext of a fetched chunk, checked (authenticated, its length and id). */
+  private open({ hex, blob }: { hex: string; blob: Buffer }, what: string): Buffer {
     const id = Buffer.from(hex, 'hex');
     const loc = this.index.get(id)!;
-    let plain: Buffer;
     try {
-      // A buffer of the part's own: its entries keep views of it (chunk ids, link targets, values).
-      plain = this.decoder.decode(id, blob, loc.codec, loc.rawLength, `pack ${loc.packId}`, Buffer.allocUnsafe(loc.rawLength + 1));
+      // A buffer of the chunk's own: a part's entries keep views of it (chunk ids, link targets, values).
+      return this.decoder.decode(id, blob, loc.codec, loc.rawLength, `pack ${loc.packId}`, Buffer.allocUnsafe(loc.rawLength + 1));
     } catch (err) {
       if (!isCairnError(err, 'VAULT_CORRUPT')) throw err;
-      throw new CairnError('VAULT_CORRUPT', `${what} is damaged (${err.message}); ${verify}`, { cause: err });
+      throw new CairnError('VAULT_CORRUPT', `${what} is damaged (${err.message}); run 'cairn vault verify'`, { cause: err });
     }
-    return decodeTreeEntries(plain, what);
   }
+}
+
+/** The part ids (hex) in the plaintext of a part list; `what` names it in errors. */
+function decodePartList(plain: Buffer, what: string): string[] {
+  if (plain.length < 12 || !plain.subarray(0, 8).equals(TREE_LIST_MAGIC)) {
+    throw new CairnError('VAULT_VERSION', `${what} has an unknown format; upgrade Cairn`);
+  }
+  const count = plain.readUInt32LE(8);
+  if (count === 0 || plain.length !== 12 + count * ID_BYTES) {
+    throw new CairnError('VAULT_CORRUPT', `${what} is damaged (${plain.length} bytes for ${count} part ids); run 'cairn vault verify'`);
+  }
+  const ids: string[] = [];
+  for (let at = 12; at < plain.length; at += ID_BYTES) ids.push(plain.toString('hex', at, at + ID_BYTES));
+  return ids;
 }
 
 /**

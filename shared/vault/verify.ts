@@ -58,7 +58,7 @@ export async function verifyVault(
     }
   };
   for (const u of unreadable) {
-    problems.push({ kind: u.kind === 'tree-part' ? 'bad-tree' : 'bad-block-map', object: u.key, message: u.message });
+    problems.push({ kind: u.kind !== 'block-map' ? 'bad-tree' : 'bad-block-map', object: u.key, message: u.message });
     affected.set(u.backup.id, affected.get(u.backup.id) ?? { id: u.backup.id, name: u.backup.name, missingChunks: 0, corruptChunks: 0 });
   }
 
