@@ -25,6 +25,12 @@ function nativeAddonPlugin(repo: string): Plugin {
       b.onLoad({ filter: /^blake$/, namespace: 'cairn-native' }, () => ({ contents: stub('blake'), resolveDir: repo, loader: 'js' }));
       // zstd-napi: `require(\`./build/${buildType}/binding.node\`)` in binding.js.
       b.onLoad({ filter: /[\\/]zstd-napi[\\/]binding\.js$/ }, () => ({ contents: stub('zstd'), resolveDir: repo, loader: 'js' }));
+      // Cairn's own walk addon (build/Release/cairn_walk.node in the repo), in the walk's worker thread too.
+      b.onLoad({ filter: /[\\/]agent[\\/]source[\\/]dir[\\/]native[\\/]load-walk-addon\.ts$/ }, () => ({
+        contents: `import { loadNativeAddon } from ${JSON.stringify(loader)}; export const loadWalkAddon = () => loadNativeAddon('cairn_walk');`,
+        resolveDir: repo,
+        loader: 'js',
+      }));
     },
   };
 }

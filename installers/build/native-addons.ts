@@ -9,8 +9,9 @@ import type { RuntimeNode } from './runtime-node.js';
  * The native addons Cairn loads, as files built for the executable's runtime. The names are the
  * ones `installers/sea/native-addons.ts` loads.
  *
- * - `blake` (@napi-rs/blake-hash) and `zstd` (zstd-napi) use Node-API, whose binary interface is the
- *   same in every Node.js version: the files npm installed are used as they are.
+ * - `blake` (@napi-rs/blake-hash), `zstd` (zstd-napi) and Cairn's own `cairn_walk` (binding.gyp,
+ *   built by `npm install` into build/Release) use Node-API, whose binary interface is the same in
+ *   every Node.js version: the files npm installed or built are used as they are.
  * - `better_sqlite3` uses V8's C++ API, which changes with each Node.js major: it is compiled again
  *   against the runtime's headers with npm's own node-gyp (cached per addon and runtime version).
  */
@@ -65,7 +66,10 @@ export function nativeAddons(repo: string, runtime: RuntimeNode, cacheDir: strin
     { name: 'better_sqlite3', file: sqliteNode },
     { name: 'blake', file: join(blakeDir, 'blake.linux-x64-gnu.node') },
     { name: 'zstd', file: join(zstdDir, 'build', 'Release', 'binding.node') },
+    { name: 'cairn_walk', file: join(repo, 'build', 'Release', 'cairn_walk.node') },
   ];
+  const missing = addons.find((a) => !existsSync(a.file));
+  if (missing) throw new Error(`native addon ${missing.name} is not built: ${missing.file} is missing (npm install builds it)`);
   // Each must load in the runtime it ships with.
   const probe = addons.map((a) => `process.dlopen({ exports: {} }, ${JSON.stringify(a.file)});`).join('');
   execFileSync(runtime.binary, ['-e', probe], { stdio: ['ignore', 'ignore', 'inherit'] });
