@@ -22,7 +22,7 @@ import { displayPath } from '../source/dir/path-bytes.js';
 import { WalkStream } from '../source/dir/walk-stream.js';
 import { errText, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
 import { XattrReader } from '../source/dir/xattrs.js';
-import { copyInto } from '../../shared/vault/bytes.js';
+import { compareBytes, copyInto } from '../../shared/vault/bytes.js';
 
 export interface FileBackupProgress {
   files: number;
@@ -109,6 +109,8 @@ const LARGE_FILES = 4;
 const WARN_PATHS = 20;
 /** Paths kept in the result's unreadable and changed lists (a tree may have millions); the rest are counted. */
 const LIST_PATHS = 1000;
+/** How often the merge reports progress (ms). */
+const PROGRESS_MS = 100;
 /** How often the walk yields to the event loop (entries). */
 const WALK_YIELD = 256;
 
@@ -179,13 +181,16 @@ async function backupWalk(
     const recoveredPacks = await vault.recoverUnindexedPacks(index, plan, packs);
     const id = vault.newBackupId();
     const writer = new PackWriter(vault, index);
-    const tree = new TreeWriter(vault, writer, index);
+    // Tree parts go into packs of their own, in tree order: the next backup reads the parts it
+    // needs in a few long ranged gets rather than one per part scattered among the file data.
+    const treePacks = new PackWriter(vault, index);
+    const tree = new TreeWriter(vault, treePacks, index);
     const data = new FileData(vault, index, writer, pool, cdcParams(vault.config), new TreePlace(absRoot));
     await data.start();
     // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
     // meanwhile; the sweep spares them): it is read through an index that has them too.
     const parentIndex = parent && plan?.condemnedPacks.length ? (await vault.loadIndex({ includeCondemned: true })).index : index;
-    const run = new TreeRun(tree, data, xattrs, index, parent ? new TreeReader(vault, parentIndex, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten);
+    const run = new TreeRun(tree, data, xattrs, index, parent ? new TreeReader(vault, parentIndex, parent.tree!, { pathsUsed: false }) : undefined, opts.onProgress, () => writer.bytesWritten + treePacks.bytesWritten);
     if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
     run.immutable = vault.config.immutability !== undefined;
 
@@ -202,7 +207,7 @@ async function backupWalk(
     await run.finish();
     const record = await tree.finish();
     await data.drain();
-    await writer.flush();
+    await Promise.all([writer.flush(), treePacks.flush()]);
 
     const warnings: string[] = [];
     if (xattrs.unavailable) warnings.push(xattrs.unavailable);
@@ -238,7 +243,7 @@ async function backupWalk(
       type: 'filesystem',
       tree: record,
       bytesRead: data.bytesRead,
-      bytesStored: writer.bytesWritten,
+      bytesStored: writer.bytesWritten + treePacks.bytesWritten,
       ...(warnings.length ? { warnings } : {}),
     };
     countManifestBytes(vault.key.encryption, manifest);
@@ -314,6 +319,9 @@ class TreeRun {
   /** Entries taken from the walk, and how many there were when batches were last sent early (FLUSH_PENDING). */
   private added = 0;
   private flushedAt = 0;
+  /** Entries taken, and the time, when progress was last reported. */
+  private reportedAt = 0;
+  private reportedTime = 0;
   private readonly links = new Map<string, Buffer>();
   /** The parent's part being merged, and the position in it. */
   private parentPart: StoredPart | undefined;
@@ -509,7 +517,7 @@ class TreeRun {
   private parentEntry(path: Buffer): TreeEntry | undefined | null {
     const part = this.parentEntries;
     while (this.parentAt < part.length) {
-      const c = Buffer.compare(part[this.parentAt].path, path);
+      const c = compareBytes(part[this.parentAt].path, path);
       if (c === 0) return part[this.parentAt];
       if (c > 0) return undefined;
       this.parentAt++;
@@ -569,7 +577,15 @@ class TreeRun {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    this.onProgress?.({ files: this.files, bytesRead: this.data.bytesRead, bytesStored: this.stored() });
+    // Progress at most every PROGRESS_MS (a report per entry cost more than the merge's compares).
+    if (this.onProgress && this.added - this.reportedAt >= 256) {
+      this.reportedAt = this.added;
+      const now = performance.now();
+      if (now - this.reportedTime >= PROGRESS_MS) {
+        this.reportedTime = now;
+        this.onProgress({ files: this.files, bytesRead: this.data.bytesRead, bytesStored: this.stored() });
+      }
+    }
     return undefined;
   }
 

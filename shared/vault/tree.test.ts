@@ -170,11 +170,17 @@ describe('tree', () => {
     expect([...kinds].sort()).toEqual(['config', 'index', 'keys', 'packs']);
 
     let n = 0;
-    for await (const e of readTree(vault, (await vault.loadIndex()).index, record)) {
+    const loaded = (await vault.loadIndex()).index;
+    const gets = vault.store.requests.GET;
+    for await (const e of readTree(vault, loaded, record)) {
       const want = entries[n++];
       if (canon(e) !== canon(want)) expect(e).toEqual(want);
     }
     expect(n).toBe(entries.length);
+    // Parts that follow each other in a pack come in one ranged get: a get per pack, not per part.
+    const packs = new Set(parts.map((id) => index.get(Buffer.from(id, 'hex'))!.packId));
+    expect(packs.size).toBeLessThan(parts.length / 5);
+    expect(vault.store.requests.GET - gets).toBeLessThanOrEqual(record.partLists!.length + packs.size + 1);
     // Every type and flag occurred.
     expect(new Set(entries.map((e) => e.type))).toEqual(new Set(TYPES));
   });

@@ -1,7 +1,8 @@
 import { CairnError, isCairnError } from '../errors.js';
-import type { ChunkIndex } from './chunk-index.js';
+import type { ChunkIndex, ChunkLocation } from './chunk-index.js';
 import { ChunkDecoder, ChunkEncoder } from './chunk-codec.js';
 import { fileCompressionLevel } from './config.js';
+import { compareBytes } from './bytes.js';
 import { ChunkHasher, ID_BYTES } from './crypto.js';
 import { packKey } from './pack.js';
 import type { PackWriter } from './pack-writer.js';
@@ -102,6 +103,10 @@ export const TREE_LIST_MAGIC = Buffer.from('CRNPLST1', 'ascii');
 
 /** Parts a TreeReader fetches ahead of the one it parses. */
 const TREE_READ_AHEAD = 16;
+/** Parts of one pack fetched in one get may lie this far apart (bytes of other chunks read for nothing)... */
+const RUN_GAP = 64 * 1024;
+/** ... and span at most this much. */
+const RUN_BYTES = 4 * 1024 * 1024;
 
 const TYPES: readonly EntryType[] = ['dir', 'file', 'symlink', 'hardlink', 'fifo', 'socket', 'chardev', 'blockdev'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i] as const));
@@ -209,13 +214,14 @@ export class TreeWriter {
    */
   add(entry: TreeEntry, from?: StoredPart, at = -1): Promise<void> | undefined {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.add after finish');
-    if (this.previous && Buffer.compare(this.previous, entry.path) >= 0) {
+    if (this.previous && compareBytes(this.previous, entry.path) >= 0) {
       throw new CairnError(
         'INTERNAL',
         `tree entries out of order: '${entry.path.toString('latin1')}' after '${this.previous.toString('latin1')}'`,
       );
     }
-    if (entry.type === 'file' && entry.chunks) {
+    // (An entry of a stored part goes back as it was.)
+    if (from === undefined && entry.type === 'file' && entry.chunks) {
       let sum = 0;
       for (const c of entry.chunks) sum += c.length;
       if (sum !== entry.size) {
@@ -402,6 +408,15 @@ export async function* readTree(vault: Vault, index: ChunkIndex, record: TreeRec
   for (let part = await reader.nextPart(); part; part = await reader.nextPart()) yield* part;
 }
 
+export interface TreeReaderOptions {
+  /**
+   * false: the caller uses no path of the tree to write or open anything (an incremental backup
+   * matches its parent's entries to the paths it walked): entries are checked for order only, not
+   * for clean paths below folder entries.
+   */
+  pathsUsed?: boolean;
+}
+
 /**
  * Reads a stored tree a part at a time, in path order, each entry checked (a clean relative path
  * below a folder entry that came before it, links too), with a few parts fetched ahead: what
@@ -429,6 +444,7 @@ export class TreeReader {
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
     private readonly record: TreeRecord,
+    private readonly opts: TreeReaderOptions = {},
   ) {
     this.parts = new TreePartReader(vault, index);
     treeListIds(record); // another layout: VAULT_VERSION now, not at the first part
@@ -448,11 +464,15 @@ export class TreeReader {
       }
       return undefined;
     }
-    // Parts lie apart in the packs (each a ranged get; on S3 a round trip): a few are fetched ahead.
+    // Parts are fetched ahead (each ranged get is a round trip on S3), parts that follow each
+    // other in one pack in a single get (a backup writes its new parts in tree order).
     while (this.fetched < ids.length && this.ahead.length < TREE_READ_AHEAD) {
-      const p = this.parts.fetch(ids[this.fetched++]);
-      p.catch(() => undefined); // awaited in turn; a failure of a part not reached yet must not go unhandled
-      this.ahead.push(p);
+      const run = this.parts.fetchRun(ids, this.fetched);
+      this.fetched += run.length;
+      for (const p of run) {
+        p.catch(() => undefined); // awaited in turn; a failure of a part not reached yet must not go unhandled
+        this.ahead.push(p);
+      }
     }
     const n = this.done++;
     const entries = this.parts.decode(await this.ahead.shift()!);
@@ -471,6 +491,7 @@ export class TreeReader {
       }
       this.lastPath = entries[entries.length - 1].path;
     }
+    if (this.opts.pathsUsed === false) return;
     for (const e of entries) {
       const path = e.path;
       if (!safeTreePath(path, path.length === 0)) throw badEntry(n, id, e, 'is not a clean relative path');
@@ -548,21 +569,57 @@ class TreePartReader {
 
   /** The chunk's stored blob (a ranged get of its pack); `decode` checks and parses it. */
   async fetch(hex: string, what = `tree part ${hex}`): Promise<{ hex: string; blob: Buffer }> {
-    const verify = `run 'cairn vault verify'`;
+    const loc = this.locate(hex, what);
+    return { hex, blob: await this.getRange(loc, loc.offset, loc.length, what) };
+  }
+
+  /**
+   * Fetches parts ids[from], ids[from + 1], ... that lie one after the other in one pack (gaps up
+   * to RUN_GAP, at most RUN_BYTES in all) with one ranged get: a promise per part, at least one.
+   */
+  fetchRun(ids: string[], from: number): Promise<{ hex: string; blob: Buffer }>[] {
+    const what = (hex: string) => `tree part ${hex}`;
+    let first: ChunkLocation;
+    try {
+      first = this.locate(ids[from], what(ids[from]));
+    } catch (err) {
+      return [Promise.reject(err)];
+    }
+    const locs = [first];
+    let end = first.offset + first.length;
+    for (let i = from + 1; i < ids.length; i++) {
+      const id = Buffer.from(ids[i], 'hex');
+      const loc = id.length === ID_BYTES ? this.index.get(id) : undefined;
+      if (!loc || loc.packId !== first.packId || loc.offset < end || loc.offset - end > RUN_GAP) break;
+      if (loc.offset + loc.length - first.offset > RUN_BYTES) break;
+      locs.push(loc);
+      end = loc.offset + loc.length;
+    }
+    const range = this.getRange(first, first.offset, end - first.offset, what(ids[from]));
+    return locs.map((loc, k) => range.then((b) => ({ hex: ids[from + k], blob: b.subarray(loc.offset - first.offset, loc.offset - first.offset + loc.length) })));
+  }
+
+  private locate(hex: string, what: string): ChunkLocation {
     const id = Buffer.from(hex, 'hex');
     const loc = id.length === ID_BYTES && id.toString('hex') === hex ? this.index.get(id) : undefined;
-    if (!loc) throw new CairnError('VAULT_CORRUPT', `${what} is in no index of the vault at ${this.vault.store.location}; ${verify}`);
+    if (!loc) throw new CairnError('VAULT_CORRUPT', `${what} is in no index of the vault at ${this.vault.store.location}; run 'cairn vault verify'`);
+    return loc;
+  }
+
+  /** Bytes [offset, offset + length) of the pack holding `loc`; `what` (the first chunk in them) names errors. */
+  private async getRange(loc: ChunkLocation, offset: number, length: number, what: string): Promise<Buffer> {
+    const verify = `run 'cairn vault verify'`;
     let blob: Buffer;
     try {
-      blob = await this.vault.store.get(packKey(loc.packId), { offset: loc.offset, length: loc.length });
+      blob = await this.vault.store.get(packKey(loc.packId), { offset, length });
     } catch (err) {
       if (!isCairnError(err, 'NOT_FOUND')) throw err;
       throw new CairnError('VAULT_CORRUPT', `${what} is in pack ${loc.packId}, which is missing from ${this.vault.store.location}; ${verify}`, {
         cause: err,
       });
     }
-    if (blob.length !== loc.length) throw new CairnError('VAULT_CORRUPT', `${what}: pack ${loc.packId} is shorter than its index says; ${verify}`);
-    return { hex, blob };
+    if (blob.length !== length) throw new CairnError('VAULT_CORRUPT', `${what}: pack ${loc.packId} is shorter than its index says; ${verify}`);
+    return blob;
   }
 
   decode(fetched: { hex: string; blob: Buffer }): TreeEntry[] {

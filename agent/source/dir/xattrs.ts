@@ -1,4 +1,6 @@
-import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, isAbsolute, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 
 /** Extended attributes of one entry, name -> raw value, in name order. */
@@ -42,8 +44,7 @@ export class XattrReader {
   private current: Xattrs | undefined;
 
   constructor(private readonly command = 'getfattr') {
-    const probe = spawnSync(command, ['--version'], { stdio: 'ignore' });
-    this.unavailable = probe.error ? `extended attributes were not backed up: ${command} was not found (install the 'attr' package)` : undefined;
+    this.unavailable = onPath(command) ? undefined : `extended attributes were not backed up: ${command} was not found (install the 'attr' package)`;
     if (this.unavailable) return;
     const script = `${command} --absolute-names --no-dereference --dump --match=- --encoding=base64 -- "$@" 2>/dev/null; echo '${BATCH_END}'`;
     const helper = spawn('xargs', ['-0', '-n', String(BATCH_PATHS), '-s', String(4 * BATCH_BYTES), 'sh', '-c', script, 'sh'], {
@@ -162,4 +163,17 @@ function decodeValue(text: string): Buffer {
   if (text.startsWith('0x')) return Buffer.from(text.slice(2), 'hex');
   if (text.startsWith('"') && text.endsWith('"')) return Buffer.from(unescape(text.slice(1, -1)), 'latin1');
   return Buffer.from(text, 'latin1');
+}
+
+/** Whether `command` is an executable file: itself when it has a slash, else in a folder of PATH (as a shell finds it). */
+function onPath(command: string): boolean {
+  const candidates = command.includes('/') ? [command] : (process.env.PATH ?? '').split(delimiter).filter((d) => isAbsolute(d)).map((d) => join(d, command));
+  return candidates.some((file) => {
+    try {
+      accessSync(file, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
