@@ -1882,7 +1882,7 @@ async function runBenchmark(
     const f = filesBench;
     header.push(
       `files        copy of ${f.src}: ${f.files} files, ${formatBytes(f.bytes)} (${f.bytes} bytes, du -sb); ` +
-        `${f.edits} files edited (${f.editBytes} bytes each) between full and incremental`,
+        `${f.edits} files edited (${f.editBytes} bytes each) before each of ${f.rounds} incrementals (the median is shown)`,
     );
   }
   const failures: { label: string; error: string }[] = [

@@ -19,7 +19,9 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-const FILE_BENCH_USAGE = 'usage: node dist/bench/file-bench.js [--src DIR (default /usr/lib)] [--dir WORK] [--edits N (default 10)] [--keep]\n';
+const FILE_BENCH_USAGE = 'usage: node dist/bench/file-bench.js [--src DIR (default /usr/lib)] [--dir WORK] [--edits N (default 10)] [--rounds N (default 3)] [--keep]\n';
+/** Incremental rounds unless asked otherwise: one run of each tool varies by a second or more here. */
+export const FILE_BENCH_ROUNDS = 3;
 const PASSPHRASE = 'bench-pass';
 const TIME_BIN = '/usr/bin/time';
 /** Files at most this large are never edited: the edit lands in the middle of a file. */
@@ -47,8 +49,13 @@ export interface FileBenchOptions {
    * lie inside `src`. runFileBench leaves everything it made there; the caller removes it.
    */
   dir: string;
-  /** How many files get one small in-place edit between the full and the incremental backup. */
+  /** How many files get one small in-place edit before each incremental backup. */
   edits: number;
+  /**
+   * Incremental rounds (FILE_BENCH_ROUNDS unless set): each edits `edits` files and backs up with
+   * every tool, the tools taking turns to go first; the median round is reported.
+   */
+  rounds?: number;
   tools: FileBenchTool[];
   /** Progress lines; the results are only returned. */
   log: (s: string) => void;
@@ -66,13 +73,17 @@ export interface FileBackupCost {
 
 export interface FileBenchToolResult {
   full: FileBackupCost;
+  /** The incremental of the median round by wall time. */
   incremental: FileBackupCost;
+  /** Every round's incremental, in order. */
+  incrementalRounds: FileBackupCost[];
   /** `du -sb` of the vault or repository after the full backup (init included). */
   storedFullBytes: number;
-  /** `du -sb` after the incremental minus after the full backup. */
+  /** What an incremental added to `du -sb`: the median of the rounds. */
   storedIncrementalBytes: number;
+  storedIncrementalRounds: number[];
   /**
-   * Files the incremental read again, and files it took over from the full backup unread. Cairn:
+   * Files the median incremental read again, and files it took over from its parent unread. Cairn:
    * filesRead / filesReused of its --json; restic: files_new + files_changed / files_unmodified of
    * its summary. null when the tool did not report them.
    */
@@ -89,6 +100,8 @@ export interface FileBench {
   files: number;
   bytes: number;
   edits: number;
+  /** Incremental rounds run. */
+  rounds: number;
   /** Bytes overwritten in each edited file. */
   editBytes: number;
   cairn?: FileBenchToolResult;
@@ -128,6 +141,8 @@ export async function runFileBench(opts: FileBenchOptions): Promise<FileBench> {
   const src = path.resolve(opts.src);
   const dir = path.resolve(opts.dir);
   if (!Number.isInteger(opts.edits) || opts.edits < 0) throw new FileBenchError(`edits must be a whole number >= 0, not ${opts.edits}`);
+  const rounds = opts.rounds ?? FILE_BENCH_ROUNDS;
+  if (!Number.isInteger(rounds) || rounds < 1) throw new FileBenchError(`rounds must be a whole number >= 1, not ${rounds}`);
   if (!fs.statSync(src, { throwIfNoEntry: false })?.isDirectory()) throw new FileBenchError(`${src} is not a directory`);
   const fromSrc = path.relative(src, dir);
   const outside = fromSrc === '..' || fromSrc.startsWith(`..${path.sep}`) || path.isAbsolute(fromSrc);
@@ -174,18 +189,34 @@ export async function runFileBench(opts: FileBenchOptions): Promise<FileBench> {
     const cost = await runMeasured(opts.log, `${tool} full backup`, s.backup, path.join(timeDir, `${tool}-full`), tree);
     full[tool] = { cost, stored: apparentSize(s.store) };
   });
-  opts.log(`editing ${opts.edits} files (${EDIT_BYTES} bytes each)`);
-  edit(tree, opts.edits);
-  const out: FileBench = { src, files, bytes, edits: opts.edits, editBytes: EDIT_BYTES };
+  const incs: Partial<Record<FileBenchTool, { cost: Measured; stored: number }[]>> = {};
+  for (let round = 1; round <= rounds; round++) {
+    opts.log(`round ${round} of ${rounds}: editing ${opts.edits} files (${EDIT_BYTES} bytes each)`);
+    edit(tree, opts.edits);
+    // Taking turns: whichever goes second finds the edited files' metadata warmer.
+    const order: FileBenchTool[] = round % 2 === 1 ? ['cairn', 'restic'] : ['restic', 'cairn'];
+    for (const tool of order) {
+      const s = subjects[tool];
+      if (s === undefined) continue;
+      const before = apparentSize(s.store);
+      const cost = await runMeasured(opts.log, `${tool} incremental backup`, s.backup, path.join(timeDir, `${tool}-incremental-${round}`), tree);
+      (incs[tool] ??= []).push({ cost, stored: apparentSize(s.store) - before });
+    }
+  }
+  const out: FileBench = { src, files, bytes, edits: opts.edits, rounds, editBytes: EDIT_BYTES };
   await each(async (tool, s) => {
-    const cost = await runMeasured(opts.log, `${tool} incremental backup`, s.backup, path.join(timeDir, `${tool}-incremental`), tree);
+    const runs = incs[tool]!;
+    const mid = [...runs].sort((a, b) => a.cost.wallMs - b.cost.wallMs)[Math.floor(runs.length / 2)];
+    const stored = runs.map((r) => r.stored);
     const before = full[tool]!;
-    const inc = s.parse(cost.stdout);
+    const inc = s.parse(mid.cost.stdout);
     out[tool] = {
       full: costOf(before.cost),
-      incremental: costOf(cost),
+      incremental: costOf(mid.cost),
+      incrementalRounds: runs.map((r) => costOf(r.cost)),
       storedFullBytes: before.stored,
-      storedIncrementalBytes: apparentSize(s.store) - before.stored,
+      storedIncrementalBytes: [...stored].sort((a, b) => a - b)[Math.floor(stored.length / 2)],
+      storedIncrementalRounds: stored,
       incrementalFilesRead: inc.filesRead,
       incrementalFilesReused: inc.filesReused,
       fullReport: s.parse(before.cost.stdout).report,
@@ -405,7 +436,7 @@ function printTable(b: FileBench): void {
   const MB = 1e6;
   const rows: [string, number, number][] = [
     ['full backup (s)', c.full.wallMs, r.full.wallMs],
-    [`incremental after ${b.edits} edits (s)`, c.incremental.wallMs, r.incremental.wallMs],
+    [`incremental after ${b.edits} edits (s, median of ${b.rounds})`, c.incremental.wallMs, r.incremental.wallMs],
   ];
   const rate = (ms: number): string => `${(b.bytes / MB / (ms / 1000)).toFixed(0)}, ${(b.files / (ms / 1000)).toFixed(0)}`;
   console.log(`tree: ${b.src}, ${b.files} files, ${(b.bytes / MB).toFixed(0)} MB; ${os.cpus().length} cores`);
@@ -414,7 +445,11 @@ function printTable(b: FileBench): void {
   for (const [name, cm, rm] of rows) console.log(`| ${name} | ${(cm / 1000).toFixed(2)} | ${(rm / 1000).toFixed(2)} | ${(rm / cm).toFixed(2)}x |`);
   console.log(`| full: MB/s, files/s | ${rate(c.full.wallMs)} | ${rate(r.full.wallMs)} | |`);
   console.log(`| stored after full (MB) | ${(c.storedFullBytes / MB).toFixed(0)} | ${(r.storedFullBytes / MB).toFixed(0)} | |`);
-  console.log(`| stored by incremental (MB) | ${(c.storedIncrementalBytes / MB).toFixed(1)} | ${(r.storedIncrementalBytes / MB).toFixed(1)} | |`);
+  console.log(`| stored by incremental (MB, median) | ${(c.storedIncrementalBytes / MB).toFixed(2)} | ${(r.storedIncrementalBytes / MB).toFixed(2)} | |`);
+  const each = (t: FileBenchToolResult) => t.incrementalRounds.map((x) => (x.wallMs / 1000).toFixed(2)).join(', ');
+  const kb = (t: FileBenchToolResult) => t.storedIncrementalRounds.map((x) => (x / 1000).toFixed(0)).join(', ');
+  console.log(`incremental rounds (s): Cairn ${each(c)}; restic ${each(r)}`);
+  console.log(`stored by each incremental (kB): Cairn ${kb(c)}; restic ${kb(r)}`);
   const bytesRead = numberField(c.incrementalReport, 'bytesRead');
   console.log(
     `Cairn incremental: ${c.incrementalFilesRead ?? '-'} files read, ${c.incrementalFilesReused ?? '-'} reused, ` +
@@ -430,6 +465,7 @@ async function main(): Promise<void> {
         src: { type: 'string', default: '/usr/lib' },
         dir: { type: 'string' },
         edits: { type: 'string', default: '10' },
+        rounds: { type: 'string', default: String(FILE_BENCH_ROUNDS) },
         keep: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -448,6 +484,7 @@ async function main(): Promise<void> {
       src: values.src!,
       dir: work,
       edits: Number(values.edits),
+      rounds: Number(values.rounds),
       tools: ['cairn', 'restic'],
       log: (s) => process.stderr.write(`${s}...\n`),
     });
