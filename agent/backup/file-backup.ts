@@ -13,12 +13,13 @@ import { countManifestBytes, type Manifest } from '../../shared/vault/manifest.j
 import { PackWriter } from '../../shared/vault/pack-writer.js';
 import { protectPacks } from '../../shared/vault/retention.js';
 import { SlotRunner } from '../../shared/vault/slot-runner.js';
-import { TreeReader, TreeWriter, type FileChunk, type StoredPart, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
+import { PartCursor, TreeReader, TreeWriter, TREE_FLAGS, TREE_TYPE_CODES, type FileChunk, type RawTreePart, type TreeEntry, type TreeRecord } from '../../shared/vault/tree.js';
 import type { Vault } from '../../shared/vault/vault.js';
 import { InlineFirstPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
 import { ExcludeMatcher } from '../source/dir/exclude.js';
 import { displayPath } from '../source/dir/path-bytes.js';
+import { NUMS, type WalkBatchView } from '../source/dir/walk-protocol.js';
 import { WalkStream } from '../source/dir/walk-stream.js';
 import { errText, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
 import { XattrReader } from '../source/dir/xattrs.js';
@@ -46,6 +47,11 @@ export interface FileBackupOptions {
    */
   walk?: WalkStream;
   workers?: number;
+  /**
+   * false: every entry is compared with its parent's as objects, none in place (for tests: both
+   * ways must give the same tree).
+   */
+  compareInPlace?: boolean;
   onProgress?: (p: FileBackupProgress) => void;
 }
 
@@ -190,19 +196,18 @@ async function backupWalk(
     // The parent's tree may lie in packs a pending gc condemned (reused by a backup that finished
     // meanwhile; the sweep spares them): it is read through an index that has them too.
     const parentIndex = parent && plan?.condemnedPacks.length ? (await vault.loadIndex({ includeCondemned: true })).index : index;
-    const run = new TreeRun(tree, data, xattrs, index, parent ? new TreeReader(vault, parentIndex, parent.tree!, { pathsUsed: false }) : undefined, opts.onProgress, () => writer.bytesWritten + treePacks.bytesWritten);
-    if (parent) run.racyFromNs = BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n;
+    const run = new TreeRun(tree, data, xattrs, index, parent ? new TreeReader(vault, parentIndex, parent.tree!) : undefined, opts.onProgress, () => writer.bytesWritten + treePacks.bytesWritten);
+    if (parent) run.setRacyFrom(BigInt(Date.parse(parent.startedAt) - 2000) * 1_000_000n);
     run.immutable = vault.config.immutability !== undefined;
+    run.inPlace = opts.compareInPlace ?? true;
 
     // Entries a batch at a time, each handled synchronously unless it must wait (for the parent's
     // next part, for room in the writer, for data when too much is pending): no promise per entry.
-    let n = 0;
-    for await (const batch of walk.batches()) {
-      for (const entry of batch) {
-        const wait = run.add(entry);
-        if (wait) await wait;
-        if (++n % WALK_YIELD === 0) await new Promise<void>((r) => setImmediate(r));
-      }
+    // Between batches, I/O callbacks (file reads, worker results) get their turn.
+    for await (const view of walk.views()) {
+      const wait = run.addBatch(view);
+      if (wait) await wait;
+      await new Promise<void>((r) => setImmediate(r));
     }
     await run.finish();
     const record = await tree.finish();
@@ -281,17 +286,28 @@ function listPaths(detail: string[], total: number): string {
 
 // ---- the walk, merged with the parent's tree ---------------------------------------------------
 
+/** An entry to write, or a run of the parent's entries to write as they were (TreeWriter.addStored). */
 interface Pending {
-  entry: TreeEntry;
+  entry: TreeEntry | undefined;
   /** Unsettled work (data, attributes) the entry waits for; undefined once done (a failure stays, for drain to throw). */
   wait: Promise<void> | undefined;
-  /** The entry is the parent's entry `at` of its part `from`, as it was (TreeWriter.add). */
-  from?: StoredPart;
+  /** Without entry: entries at, at + 1, ... at + n - 1 of the parent's part `from`. */
+  from?: RawTreePart;
   at?: number;
+  n?: number;
 }
 
 /** Written entries leave the queue at once (the writer keeps no reference either). */
-const DONE: Pending = { entry: undefined as unknown as TreeEntry, wait: undefined };
+const DONE: Pending = { entry: undefined, wait: undefined };
+
+/** Whether the chunk id at bytes[at..at+32) is the zero id (an all-zero run: never stored). */
+function isZeroId(bytes: Buffer, at: number): boolean {
+  for (let i = 0; i < ID_BYTES; i++) if (bytes[at + i] !== 0) return false;
+  return true;
+}
+
+/** Tree type codes (tree.ts) of the walk's (walk-protocol.ts: no hard links). */
+const TREE_TYPE_OF_WALK = [0, 1, 2, 4, 5, 6, 7];
 
 /**
  * Turns walk entries into tree entries in tree order: merges with the parent's tree, decides what
@@ -314,6 +330,8 @@ class TreeRun {
   readonly packsUsed = new Set<string>();
   /** The vault keeps backups under Object Lock: packsUsed is collected. */
   immutable = false;
+  /** Entries equal to their parent's are found in place (sameAsParent), not as objects. */
+  inPlace = true;
   private readonly queue: Pending[] = [];
   private head = 0;
   /** Entries taken from the walk, and how many there were when batches were last sent early (FLUSH_PENDING). */
@@ -323,11 +341,13 @@ class TreeRun {
   private reportedAt = 0;
   private reportedTime = 0;
   private readonly links = new Map<string, Buffer>();
-  /** The parent's part being merged, and the position in it. */
-  private parentPart: StoredPart | undefined;
-  private parentEntries: TreeEntry[] = [];
-  private parentAt = 0;
+  /** The parent's tree, an entry at a time; `atEntry`: the cursor holds an entry not yet passed by the walk. */
+  private readonly cursor = new PartCursor();
+  private atEntry = false;
   private parentDone: boolean;
+  /** racyFromNs as the two int32 halves of an int64. */
+  private racyHigh = 0;
+  private racyLow = 0;
   /**
    * A parent entry changed at or after this instant (2 s before the parent started) may have been
    * written again within the same timestamp tick after it was read (file times are coarser than a
@@ -347,20 +367,137 @@ class TreeRun {
     this.parentDone = !parentTree;
   }
 
-  /** Takes the walk's next entry; returns a promise only when it must wait: await it before the next call. */
-  add(w: WalkEntry): Promise<void> | undefined {
-    const prev = this.parentEntry(w.path);
-    if (prev === null) return this.readParent().then(() => this.add(w));
-    if (prev && this.asBefore(w, prev)) {
-      // Most entries of an incremental: the parent's entry is this one's, object and all, and a
-      // run of them through a whole part reuses that part without encoding it.
-      if (prev.type === 'file') {
-        this.files++;
-        this.filesReused++;
-        this.usePacks(prev.chunks!);
-      }
-      return this.enqueue({ entry: prev, wait: undefined, from: this.parentPart, at: this.parentAt });
+  /** Sets the racy instant (see racyFromNs). */
+  setRacyFrom(ns: bigint): void {
+    this.racyFromNs = ns;
+    this.racyHigh = Number(BigInt.asIntN(32, ns >> 32n));
+    this.racyLow = Number(BigInt.asUintN(32, ns));
+  }
+
+  /**
+   * Takes a batch of the walk from entry `from` on; returns a promise only when it must wait:
+   * await it before the next call.
+   */
+  addBatch(view: WalkBatchView, from = 0): Promise<void> | undefined {
+    for (let i = from; i < view.length; i++) {
+      const match = this.parentMatch(view, i);
+      if (match === null) return this.readParent().then(() => this.addBatch(view, i));
+      let wait: Promise<void> | undefined;
+      if (match && this.inPlace && this.sameAsParent(view, i)) wait = this.addAsBefore();
+      else wait = this.add(view.entry(i), match ? this.cursor.entry() : undefined);
+      if (wait) return wait.then(() => this.addBatch(view, i + 1));
     }
+    return undefined;
+  }
+
+  /**
+   * The cursor's entry, equal to the walk's (sameAsParent), goes into the new tree as it was: most
+   * entries of an incremental. A run of them through a whole part reuses that part as it is.
+   */
+  private addAsBefore(): Promise<void> | undefined {
+    const c = this.cursor;
+    const part = c.part!;
+    if (c.type === TREE_TYPE_CODES.file) {
+      this.files++;
+      this.filesReused++;
+      if (this.immutable) this.usePacks(c.entry().chunks!);
+    }
+    this.added++;
+    if (this.head === this.queue.length) return this.tree.addStored(part, c.n, 1);
+    // Behind entries that wait: one queue item for the run.
+    const last = this.queue[this.queue.length - 1];
+    if (last.entry === undefined && last.from === part && last.at! + last.n! === c.n) last.n!++;
+    else this.queue.push({ entry: undefined, wait: undefined, from: part, at: c.n, n: 1 });
+    return this.drain(false);
+  }
+
+  /**
+   * Whether the entry add() would make of the walk's entry i equals the cursor's entry (same path)
+   * in every field, read in place: same type, stat and link target, a file reusable as it was
+   * (reusable()), attributes kept (same ctime and inode), no warning. Hard-linked files (nlink > 1)
+   * and inode numbers of 2^53 or more take the long way.
+   */
+  private sameAsParent(v: WalkBatchView, i: number): boolean {
+    const c = this.cursor;
+    const k = i * NUMS;
+    const nums = v.nums;
+    const type = TREE_TYPE_OF_WALK[nums[k]];
+    const flags = c.flags;
+    if (c.type !== type || (flags & (TREE_FLAGS.WARNING | TREE_FLAGS.LINK)) !== 0) return false;
+    if (c.mode !== nums[k + 1] || c.uid !== nums[k + 2] || c.gid !== nums[k + 3] || c.dev !== nums[k + 5]) return false;
+    const inoHigh = v.inoWords[i * 2 + 1];
+    if (c.ino < 0 || inoHigh >= 0x200000 || c.ino !== inoHigh * 0x100000000 + v.inoWords[i * 2]) return false;
+    const x = v.extra(i);
+    if (x?.error !== undefined) return false;
+    // mtime, atime (a folder records its mtime), ctime: the stored bytes against the walk's.
+    const plain = c.part!.plain;
+    const t = c.timesAt;
+    const w = i * 6;
+    const tw = v.timeWords;
+    const aw = type === TREE_TYPE_CODES.dir ? w : w + 2;
+    if (plain.readInt32LE(t) !== tw[w] || plain.readInt32LE(t + 4) !== tw[w + 1]) return false;
+    if (plain.readInt32LE(t + 8) !== tw[aw] || plain.readInt32LE(t + 12) !== tw[aw + 1]) return false;
+    if (plain.readInt32LE(t + 16) !== tw[w + 4] || plain.readInt32LE(t + 20) !== tw[w + 5]) return false;
+    const kinds = flags & (TREE_FLAGS.TARGET | TREE_FLAGS.RDEV | TREE_FLAGS.CHUNKS);
+    switch (type) {
+      case TREE_TYPE_CODES.file: {
+        if (kinds !== TREE_FLAGS.CHUNKS || nums[k + 6] > 1 || c.size !== nums[k + 4]) return false;
+        // reusable(): not changed in the racy window, every chunk still in the vault.
+        if (this.racyFromNs >= 0n) {
+          const high = plain.readInt32LE(t + 20);
+          if (high > this.racyHigh || (high === this.racyHigh && plain.readUInt32LE(t + 16) >= this.racyLow)) return false;
+        }
+        let at = c.chunksAt;
+        for (let n = c.chunkCount; n > 0; n--) {
+          if (!isZeroId(plain, at) && !this.index.hasAt(plain, at)) return false;
+          at += ID_BYTES;
+          while (plain[at++] & 0x80);
+        }
+        return true;
+      }
+      case TREE_TYPE_CODES.symlink: {
+        const target = x?.target;
+        if (kinds !== TREE_FLAGS.TARGET || c.size !== 0 || !target || target.length !== c.targetLength) return false;
+        for (let b = 0; b < target.length; b++) if (target[b] !== plain[c.targetAt + b]) return false;
+        return true;
+      }
+      case TREE_TYPE_CODES.chardev:
+      case TREE_TYPE_CODES.blockdev:
+        return kinds === TREE_FLAGS.RDEV && c.size === 0 && c.rdev === nums[k + 7];
+      default:
+        return kinds === 0 && c.size === 0;
+    }
+  }
+
+  /**
+   * Moves the parent's cursor to the walk's entry i (a merge join): true when it holds the same
+   * path, false when the parent has no such entry; null when its next part must be read first.
+   */
+  private parentMatch(v: WalkBatchView, i: number): boolean | null {
+    if (this.parentDone) return false;
+    const c = this.cursor;
+    const paths = v.paths;
+    const start = v.start(i);
+    const end = v.ends[i];
+    for (;;) {
+      if (!this.atEntry) {
+        if (!c.part || !c.next()) return null;
+        this.atEntry = true;
+      }
+      // The cursor's path against the walk's, byte by byte.
+      const p = c.path;
+      const pl = c.pathLength;
+      let cmp = 0;
+      for (let b = 0; cmp === 0 && b < pl && start + b < end; b++) cmp = p[b] - paths[start + b];
+      if (cmp === 0) cmp = pl - (end - start);
+      if (cmp === 0) return true;
+      if (cmp > 0) return false;
+      this.atEntry = false;
+    }
+  }
+
+  /** Takes the walk's entry `w`, its parent's entry being `prev`; returns a promise as addBatch does. */
+  add(w: WalkEntry, prev: TreeEntry | undefined): Promise<void> | undefined {
     const st = w.stat;
     const entry: TreeEntry = {
       path: w.path,
@@ -465,32 +602,6 @@ class TreeRun {
     if (this.unreadableDetail.length < WARN_PATHS) this.unreadableDetail.push(`${p || '/'}: ${why}`);
   }
 
-  /**
-   * Whether the entry `add` would make of `w` equals the parent's entry `prev` (same path) in every
-   * field: same type, stat and link target, a file reusable as it was, attributes kept (same ctime
-   * and inode), no warning. Hard-linked files (nlink > 1) take the long way (the first path holds
-   * the data).
-   */
-  private asBefore(w: WalkEntry, prev: TreeEntry): boolean {
-    const st = w.stat;
-    if (w.error !== undefined || prev.warning !== undefined || prev.type !== w.type) return false;
-    if (prev.mtimeNs !== st.mtimeNs || prev.ctimeNs !== st.ctimeNs || prev.ino !== st.ino || prev.dev !== st.dev) return false;
-    if (prev.mode !== st.mode || prev.uid !== st.uid || prev.gid !== st.gid) return false;
-    switch (w.type) {
-      case 'dir':
-        return prev.atimeNs === st.mtimeNs && prev.size === 0;
-      case 'file':
-        return st.nlink <= 1 && prev.atimeNs === st.atimeNs && this.reusable(prev, st);
-      case 'symlink':
-        return prev.atimeNs === st.atimeNs && prev.size === 0 && w.target !== undefined && prev.target !== undefined && prev.target.equals(w.target);
-      case 'chardev':
-      case 'blockdev':
-        return prev.atimeNs === st.atimeNs && prev.size === 0 && prev.rdev === st.rdev;
-      default:
-        return prev.atimeNs === st.atimeNs && prev.size === 0;
-    }
-  }
-
   /** Same file as the parent's entry, with every chunk still in the vault. */
   private reusable(prev: TreeEntry, st: EntryStat): boolean {
     if (prev.type !== 'file' || prev.warning || !prev.chunks) return false;
@@ -510,29 +621,13 @@ class TreeRun {
     }
   }
 
-  /**
-   * The parent's entry at `path`, or undefined when it has none; null when its tree must be read
-   * further first (readParent). Advances the parent's tree past smaller paths (a merge join).
-   */
-  private parentEntry(path: Buffer): TreeEntry | undefined | null {
-    const part = this.parentEntries;
-    while (this.parentAt < part.length) {
-      const c = compareBytes(part[this.parentAt].path, path);
-      if (c === 0) return part[this.parentAt];
-      if (c > 0) return undefined;
-      this.parentAt++;
-    }
-    return this.parentDone ? undefined : null;
-  }
-
   private async readParent(): Promise<void> {
     // A damaged parent tree fails the backup (VAULT_CORRUPT, naming the part): going on without
     // it would store the same tree parts again, and dedup would point them at the damaged copy.
-    const part = await this.parentTree!.nextStoredPart();
-    this.parentPart = part;
-    this.parentEntries = part?.entries ?? [];
-    this.parentAt = 0;
-    if (!part) this.parentDone = true;
+    const part = await this.parentTree!.nextRawPart();
+    if (part) this.cursor.start(part);
+    else this.parentDone = true;
+    this.atEntry = false;
   }
 
   /**
@@ -569,7 +664,7 @@ class TreeRun {
           return this.drainTo(until, true);
         });
       }
-      const added = this.tree.add(p.entry, p.from, p.at);
+      const added = p.entry ? this.tree.add(p.entry) : this.tree.addStored(p.from!, p.at!, p.n!);
       this.queue[this.head++] = DONE;
       if (added) return added.then(() => this.drainTo(until, flushed));
     }

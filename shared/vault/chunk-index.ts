@@ -93,7 +93,12 @@ export class ChunkIndex {
   }
 
   has(id: Buffer): boolean {
-    return this.find(id) >= 0;
+    return id.length === ID_BYTES && this.findAt(id, 0) >= 0;
+  }
+
+  /** has() for the id at `bytes[at..at+32)`, without a view of it. */
+  hasAt(bytes: Buffer, at: number): boolean {
+    return at >= 0 && at + ID_BYTES <= bytes.length && this.findAt(bytes, at) >= 0;
   }
 
   /** The chunk's location: a new object on each call, which the caller may keep or change. */
@@ -170,12 +175,16 @@ export class ChunkIndex {
 
   /** The chunk number holding `id`, or -1. */
   private find(id: Buffer): number {
-    if (id.length !== ID_BYTES) return -1;
-    const w0 = id.readInt32LE(0);
+    return id.length === ID_BYTES ? this.findAt(id, 0) : -1;
+  }
+
+  /** The chunk number holding the id at `bytes[at..at+32)` (in range), or -1. */
+  private findAt(bytes: Buffer, at: number): number {
+    const w0 = bytes.readInt32LE(at);
     const mask = this.slots.length - 1;
-    let s = hash(w0, id.readInt32LE(12), id.readInt32LE(28), this.slotBits);
+    let s = hash(w0, bytes.readInt32LE(at + 12), bytes.readInt32LE(at + 28), this.slotBits);
     for (let held = this.slots[s]; held !== 0; held = this.slots[s]) {
-      if (this.ids[(held - 1) * ID_WORDS] === w0 && this.sameId(held - 1, id, 0)) return held - 1;
+      if (this.ids[(held - 1) * ID_WORDS] === w0 && this.sameId(held - 1, bytes, at)) return held - 1;
       s = (s + 1) & mask;
     }
     return -1;

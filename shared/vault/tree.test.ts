@@ -24,13 +24,16 @@ import {
   treeBoundaryHash,
   treeBoundarySeed,
   treePartIds,
+  PartCursor,
+  RawTreePart,
+  TREE_FLAGS,
+  TREE_TYPE_CODES,
   TreeReader,
   TreeWriter,
   TREE_MAGIC,
   TREE_PART_MAX,
   type EntryType,
   type FileChunk,
-  type StoredPart,
   type TreeEntry,
   type TreeRecord,
   type TreeWriterOptions,
@@ -371,35 +374,50 @@ describe('tree', () => {
     const entries = makeEntries(20_000);
     const first = await writeTree(vault, entries);
     const { index } = await vault.loadIndex();
-    const parent: StoredPart[] = [];
+    const parent: RawTreePart[] = [];
     const reader = new TreeReader(vault, index, first.record);
-    for (let p = await reader.nextStoredPart(); p; p = await reader.nextStoredPart()) parent.push(p);
+    for (let p = await reader.nextRawPart(); p; p = await reader.nextRawPart()) parent.push(p);
     expect(parent.map((p) => p.id.toString('hex'))).toEqual(first.parts);
 
-    /** Writes the parent's entries again as an incremental merge does: each with its part and place, but for `changed`. */
-    const rewrite = async (changed: Map<number, TreeEntry | null>) => {
-      const writer = new PackWriter(vault, index);
-      const tree = new TreeWriter(vault, writer, index);
-      const encode = vi.spyOn(ChunkHasher.prototype, 'id');
+    /**
+     * Writes the parent's entries again as an incremental merge does: runs of unchanged entries
+     * with addStored (in runs of up to 3, as they queue behind waiting entries), the others with add.
+     */
+    const rewrite = async (changed: Map<number, TreeEntry | null>, into = index) => {
+      const writer = new PackWriter(vault, into);
+      const tree = new TreeWriter(vault, writer, into);
+      const hash = vi.spyOn(ChunkHasher.prototype, 'id');
       let n = 0;
       for (const part of parent) {
-        for (const [at, e] of part.entries.entries()) {
+        const cursor = new PartCursor();
+        cursor.start(part);
+        let run = 0;
+        const flush = async (at: number) => {
+          if (run) await tree.addStored(part, at - run, run);
+          run = 0;
+        };
+        while (cursor.next()) {
           const c = changed.get(n++);
-          if (c === null) continue; // removed
-          await tree.add(c ?? e, c ? undefined : part, at);
+          if (c === undefined) {
+            run++;
+            if (run === 3) await flush(cursor.n + 1);
+            continue;
+          }
+          await flush(cursor.n);
+          if (c !== null) await tree.add(c); // null: removed
         }
+        await flush(part.count);
       }
       const record = await tree.finish();
       await writer.flush();
-      const hashed = encode.mock.calls.length;
-      encode.mockRestore();
-      return { record, tree, hashed, parts: await treePartIds(vault, index, record) };
+      const hashed = hash.mock.calls.length;
+      hash.mockRestore();
+      return { record, tree, hashed, parts: await treePartIds(vault, into, record) };
     };
 
     // All as before: every part reused by id, nothing hashed but the part lists, nothing stored.
     const same = await rewrite(new Map());
     expect(same.parts).toEqual(first.parts);
-    expect(same.record.partLists).toEqual(first.record.partLists);
     expect(same.record).toEqual(first.record);
     expect(same.tree.partsReused).toBe(first.parts.length);
     expect(same.tree.partsStored).toBe(0);
@@ -413,6 +431,7 @@ describe('tree', () => {
     const second = await rewrite(new Map([[mid, edited], [gone, null]]));
     const want = entries.map((e, i) => (i === mid ? edited : e)).filter((_, i) => i !== gone);
     expect((await readAll(vault, second.record)).map(canon)).toEqual(want.map(canon));
+    expect(second.record).toMatchObject({ entries: want.length, files: want.filter((e) => e.type === 'file').length, partial: want.filter((e) => e.warning).length });
     expect(second.tree.partsStored).toBeGreaterThanOrEqual(2);
     expect(second.tree.partsStored).toBeLessThanOrEqual(4);
     expect(second.tree.partsReused).toBe(second.parts.length - second.tree.partsStored);
@@ -420,20 +439,83 @@ describe('tree', () => {
     // What a writer given plain entries makes, byte for byte: it finds every part stored already.
     const plain = await writeTree(vault, want);
     expect(plain.parts).toEqual(second.parts);
+    expect(plain.record).toEqual(second.record);
     expect(plain.tree.partsStored).toBe(0);
 
     // A part the index lacks (its pack condemned by a pending gc) is encoded and stored again.
     const without = new ChunkIndex();
     const dropped = first.parts[3];
     for (const [id, loc] of index.entries()) if (id.toString('hex') !== dropped) without.add(id, loc);
-    const writer = new PackWriter(vault, without);
-    const tree = new TreeWriter(vault, writer, without);
-    for (const part of parent) for (const [at, e] of part.entries.entries()) await tree.add(e, part, at);
-    const record = await tree.finish();
-    await writer.flush();
-    expect(tree.partsStored).toBe(1);
+    const again = await rewrite(new Map(), without);
+    expect(again.tree.partsStored).toBe(1);
     expect(without.has(Buffer.from(dropped, 'hex'))).toBe(true);
-    expect(await treePartIds(vault, without, record)).toEqual(first.parts);
+    expect(again.parts).toEqual(first.parts);
+    expect(again.record).toEqual(first.record);
+  });
+
+  it('reads parts in place with a PartCursor: the same fields as decodeTreeEntries, order and counts checked', async () => {
+    const entries = makeEntries(5000);
+    const { record } = await writeTree(vault, entries);
+    const { index } = await vault.loadIndex();
+    const reader = new TreeReader(vault, index, record);
+    const cursor = new PartCursor();
+    let n = 0;
+    for (let part = await reader.nextRawPart(); part; part = await reader.nextRawPart()) {
+      cursor.start(part);
+      while (cursor.next()) {
+        const e = entries[n++];
+        const plain = part.plain;
+        expect(Buffer.from(cursor.path.subarray(0, cursor.pathLength))).toEqual(e.path);
+        expect(cursor.entry()).toEqual(e);
+        expect([cursor.type, cursor.mode, cursor.uid, cursor.gid, cursor.size, cursor.dev]).toEqual([TREE_TYPE_CODES[e.type], e.mode, e.uid, e.gid, e.size, e.dev]);
+        expect(cursor.ino).toBe(e.ino < 2n ** 53n ? Number(e.ino) : -1);
+        expect([0, 8, 16].map((d) => plain.readBigInt64LE(cursor.timesAt + d))).toEqual([e.mtimeNs, e.atimeNs, e.ctimeNs]);
+        if (e.target) expect(plain.subarray(cursor.targetAt, cursor.targetAt + cursor.targetLength)).toEqual(e.target);
+        if (e.rdev !== undefined) expect(cursor.rdev).toBe(e.rdev);
+        if (e.chunks) {
+          expect(cursor.chunkCount).toBe(e.chunks.length);
+          if (e.chunks.length) expect(plain.subarray(cursor.chunksAt, cursor.chunksAt + 32)).toEqual(e.chunks[0].id);
+        }
+        expect(cursor.flags & TREE_FLAGS.WARNING).toBe(e.warning === undefined ? 0 : TREE_FLAGS.WARNING);
+      }
+      // A part's totals, once read through.
+      const own = part.entries();
+      expect([part.files, part.dirs, part.bytes, part.partial]).toEqual([
+        own.filter((e) => e.type === 'file').length,
+        own.filter((e) => e.type === 'dir').length,
+        own.filter((e) => e.type === 'file').reduce((s, e) => s + e.size, 0),
+        own.filter((e) => e.warning !== undefined).length,
+      ]);
+    }
+    expect(n).toBe(entries.length);
+
+    // Out of order within a part, across parts, a count the bytes do not hold, bytes after the last entry.
+    const base = { mode: 0o644, uid: 0, gid: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, dev: 1, ino: 1n, type: 'fifo' as const };
+    const raw = (paths: string[], edit?: (b: Buffer) => Buffer) => {
+      const plain = encodeTreeEntries(paths.map((p) => ({ ...base, path: Buffer.from(p) })));
+      const b = edit ? edit(plain) : plain;
+      return new RawTreePart(Buffer.alloc(32), b, b.readUInt32LE(8), 'tree part x');
+    };
+    const readAllOf = (...parts: RawTreePart[]) => {
+      const c = new PartCursor();
+      for (const p of parts) {
+        c.start(p);
+        while (c.next());
+      }
+    };
+    expect(() => readAllOf(raw(['a', 'b']), raw(['c']))).not.toThrow();
+    const swapped = raw(['a', 'b'], (b) => Buffer.from(b.toString('latin1').replace('\x01a', '\x01c'), 'latin1'));
+    expect(() => readAllOf(swapped)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT', message: expect.stringContaining('out of order') }));
+    expect(() => readAllOf(raw(['a', 'b']), raw(['b']))).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT', message: expect.stringContaining('does not come after the last entry of the previous part') }));
+    expect(() => readAllOf(raw(['a', 'ab']), raw(['a']))).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT' }));
+    const more = raw(['a'], (b) => {
+      const c = Buffer.from(b);
+      c.writeUInt32LE(2, 8);
+      return c;
+    });
+    expect(() => readAllOf(more)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT', message: expect.stringContaining('damaged') }));
+    const trailing = raw(['a'], (b) => Buffer.concat([b, Buffer.from([0])]));
+    expect(() => readAllOf(trailing)).toThrow(expect.objectContaining({ code: 'VAULT_CORRUPT', message: expect.stringContaining('1 bytes after its last entry') }));
   });
 
   it('keeps boundaries where they were when an entry is inserted or removed', async () => {

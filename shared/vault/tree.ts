@@ -66,6 +66,34 @@ export interface StoredPart {
   entries: TreeEntry[];
 }
 
+/**
+ * A part of a stored tree as its checked plaintext (TreeReader.nextRawPart): a PartCursor reads it
+ * entry by entry without an object per entry, and entries() decodes them all when they are needed.
+ */
+export class RawTreePart {
+  /** Totals of the first `counted` entries, which cursors have read (the whole part's once one read it all). */
+  files = 0;
+  dirs = 0;
+  bytes = 0;
+  partial = 0;
+  counted = 0;
+  private decoded: TreeEntry[] | undefined;
+
+  constructor(
+    readonly id: Buffer,
+    readonly plain: Buffer,
+    /** Its entry count, as its header says (a cursor checks it). */
+    readonly count: number,
+    /** Names it in errors ('tree part <hex>'). */
+    readonly what: string,
+  ) {}
+
+  /** Every entry, decoded once (views of `plain`, as decodeTreeEntries gives). */
+  entries(): TreeEntry[] {
+    return (this.decoded ??= decodeTreeEntries(this.plain, this.what));
+  }
+}
+
 /** What a manifest records of its tree (Manifest.tree). */
 export interface TreeRecord {
   /**
@@ -119,6 +147,11 @@ const F_CHUNKS = 16;
 const F_WARNING = 32;
 const F_KNOWN = 63;
 
+/** An entry's type byte, by type (FORMAT.md, "Trees"), for readers of PartCursor. */
+export const TREE_TYPE_CODES = { dir: 0, file: 1, symlink: 2, hardlink: 3, fifo: 4, socket: 5, chardev: 6, blockdev: 7 } as const;
+/** An entry's flag bits: which optional fields it has. */
+export const TREE_FLAGS = { TARGET: F_TARGET, LINK: F_LINK, RDEV: F_RDEV, XATTRS: F_XATTRS, CHUNKS: F_CHUNKS, WARNING: F_WARNING } as const;
+
 /** The per-vault seed of boundary hashes: the first 4 bytes of the keyed id of a fixed label. */
 export function treeBoundarySeed(chunkIdKey: Buffer): number {
   return new ChunkHasher(chunkIdKey).id(Buffer.from('cairn/tree-boundary/v1')).readUInt32LE(0);
@@ -166,11 +199,12 @@ export class TreeWriter {
   private count = 0;
   private previous: Buffer | undefined;
   /**
-   * A stored part (the parent's) whose entries come again unchanged, from its first: they are only
-   * counted, and when its last comes too the part is reused by id without being encoded again.
-   * Anything else first encodes the `copied` entries into the open part (materialize).
+   * A stored part (the parent's) whose entries come again unchanged, from its first (addStored):
+   * they are only counted, and when its last comes too the part is reused by id without being
+   * decoded or encoded again. Anything else first encodes the `copied` entries into the open part
+   * (materialize).
    */
-  private copy: StoredPart | undefined;
+  private copy: RawTreePart | undefined;
   private copied = 0;
   /** The open part list: TREE_LIST_MAGIC, a count, ids. */
   private readonly list = new ByteWriter();
@@ -208,11 +242,7 @@ export class TreeWriter {
     this.record = { partLists: this.lists, partCount: 0, entries: 0, files: 0, dirs: 0, bytes: 0, partial: 0 };
   }
 
-  /**
-   * `from` and `at`: the entry is entry `at` of the stored part `from`, as it was (TreeReader's
-   * object): a run of them from a part's first entry to its last reuses that part as it is.
-   */
-  add(entry: TreeEntry, from?: StoredPart, at = -1): Promise<void> | undefined {
+  add(entry: TreeEntry): Promise<void> | undefined {
     if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.add after finish');
     if (this.previous && compareBytes(this.previous, entry.path) >= 0) {
       throw new CairnError(
@@ -220,27 +250,51 @@ export class TreeWriter {
         `tree entries out of order: '${entry.path.toString('latin1')}' after '${this.previous.toString('latin1')}'`,
       );
     }
-    // (An entry of a stored part goes back as it was.)
-    if (from === undefined && entry.type === 'file' && entry.chunks) {
+    if (entry.type === 'file' && entry.chunks) {
       let sum = 0;
       for (const c of entry.chunks) sum += c.length;
       if (sum !== entry.size) {
         throw new CairnError('INTERNAL', `tree entry '${entry.path.toString('latin1')}': chunks cover ${sum} bytes, its size is ${entry.size}`);
       }
     }
+    if (this.copy !== undefined) this.materialize();
     this.tally(entry);
-    if (from !== undefined && this.copy === undefined && this.count === 0 && at === 0) {
-      this.copy = from;
+    return this.encode(entry);
+  }
+
+  /**
+   * Entries at, at + 1, ..., at + n - 1 of the stored part `part`, unchanged (each as its cursor
+   * read it: the caller found them equal to what it would write). From a part's first entry to its
+   * last they reuse that part as it is; otherwise they are decoded and added as any entry. Returns
+   * a promise as add does.
+   */
+  addStored(part: RawTreePart, at: number, n: number): Promise<void> | undefined {
+    if (this.finished) throw new CairnError('INTERNAL', 'TreeWriter.addStored after finish');
+    if (this.copy === undefined && this.count === 0 && at === 0) {
+      // (No order check against the entry before: the reader checked the stored order and the
+      // caller merges in order. The next part starts afresh.)
+      this.copy = part;
       this.copied = 0;
+      this.previous = undefined;
     }
-    if (this.copy !== undefined) {
-      if (from === this.copy && at === this.copied) {
-        this.copied++;
-        this.previous = entry.path;
-        return this.copied === from.entries.length ? this.closeCopy() : undefined;
-      }
-      this.materialize();
+    if (this.copy === part && at === this.copied) {
+      this.copied += n;
+      return this.copied === part.count ? this.closeCopy() : undefined;
     }
+    const entries = part.entries();
+    return this.addEach(entries, at, at + n);
+  }
+
+  /** add() of entries[from, to), waiting where add must. */
+  private addEach(entries: TreeEntry[], from: number, to: number): Promise<void> | undefined {
+    for (let k = from; k < to; k++) {
+      const wait = this.add(entries[k]);
+      if (wait) return wait.then(() => this.addEach(entries, k + 1, to));
+    }
+    return undefined;
+  }
+
+  private encode(entry: TreeEntry): Promise<void> | undefined {
     if (this.count === 0) {
       this.out.bytes(TREE_MAGIC);
       this.out.u32(0); // the count, filled in when the part closes
@@ -288,13 +342,20 @@ export class TreeWriter {
   private closeCopy(): Promise<void> | undefined {
     const part = this.copy!;
     const loc = this.index.get(part.id);
-    if (!loc) {
-      // In a pack a pending gc condemned: this backup stores it again, as any new part.
+    if (!loc || part.counted !== part.count) {
+      // In a pack a pending gc condemned: this backup stores it again, as any new part. (Or, never
+      // so far, copied without a cursor having read it all: its totals come from its entries.)
       this.materialize();
       return this.closePart();
     }
     this.copy = undefined;
     this.copied = 0;
+    const r = this.record;
+    r.entries += part.count;
+    r.files += part.files;
+    r.dirs += part.dirs;
+    r.bytes += part.bytes;
+    r.partial += part.partial;
     this.packsReused.add(loc.packId);
     this.partsReused++;
     return this.listPart(part.id, undefined);
@@ -304,13 +365,17 @@ export class TreeWriter {
   private materialize(): void {
     const part = this.copy!;
     this.copy = undefined;
+    if (this.copied === 0) return;
+    const entries = part.entries();
     this.out.bytes(TREE_MAGIC);
     this.out.u32(0);
     let previous: Buffer | undefined;
     for (let i = 0; i < this.copied; i++) {
-      encodeEntry(this.out, part.entries[i], previous);
-      previous = part.entries[i].path;
+      this.tally(entries[i]);
+      encodeEntry(this.out, entries[i], previous);
+      previous = entries[i].path;
     }
+    this.previous = previous;
     this.count = this.copied;
     this.copied = 0;
   }
@@ -408,15 +473,6 @@ export async function* readTree(vault: Vault, index: ChunkIndex, record: TreeRec
   for (let part = await reader.nextPart(); part; part = await reader.nextPart()) yield* part;
 }
 
-export interface TreeReaderOptions {
-  /**
-   * false: the caller uses no path of the tree to write or open anything (an incremental backup
-   * matches its parent's entries to the paths it walked): entries are checked for order only, not
-   * for clean paths below folder entries.
-   */
-  pathsUsed?: boolean;
-}
-
 /**
  * Reads a stored tree a part at a time, in path order, each entry checked (a clean relative path
  * below a folder entry that came before it, links too), with a few parts fetched ahead: what
@@ -444,7 +500,6 @@ export class TreeReader {
     private readonly vault: Vault,
     private readonly index: ChunkIndex,
     private readonly record: TreeRecord,
-    private readonly opts: TreeReaderOptions = {},
   ) {
     this.parts = new TreePartReader(vault, index);
     treeListIds(record); // another layout: VAULT_VERSION now, not at the first part
@@ -457,6 +512,35 @@ export class TreeReader {
 
   /** The next part (its entries never empty), or undefined after the last. */
   async nextStoredPart(): Promise<StoredPart | undefined> {
+    const fetched = await this.nextFetched();
+    if (!fetched) return undefined;
+    const { n, hex } = fetched;
+    const entries = this.parts.decode(fetched);
+    this.check(entries, n, hex);
+    this.total += entries.length;
+    return entries.length ? { id: Buffer.from(hex, 'hex'), entries } : this.nextStoredPart();
+  }
+
+  /**
+   * The next part as its checked plaintext (authenticated, its magic known), for a PartCursor:
+   * the cursor checks its entries' order and count, not their paths (a caller that writes or opens
+   * nothing by them, as an incremental's merge). Not to be mixed with nextPart on one reader.
+   */
+  async nextRawPart(): Promise<RawTreePart | undefined> {
+    const fetched = await this.nextFetched();
+    if (!fetched) return undefined;
+    const what = `tree part ${fetched.hex}`;
+    const plain = this.parts.plain(fetched, what);
+    if (plain.length < 12 || !plain.subarray(0, 8).equals(TREE_MAGIC)) {
+      throw new CairnError('VAULT_VERSION', `${what} has an unknown format; upgrade Cairn`);
+    }
+    const count = plain.readUInt32LE(8);
+    this.total += count;
+    return new RawTreePart(Buffer.from(fetched.hex, 'hex'), plain, count, what);
+  }
+
+  /** The next part's blob, fetched (a few ahead); undefined after the last, once the entry total is checked. */
+  private async nextFetched(): Promise<{ n: number; hex: string; blob: Buffer } | undefined> {
     const ids = (this.ids ??= await treePartIds(this.vault, this.index, this.record));
     if (this.done === ids.length) {
       if (this.total !== this.record.entries) {
@@ -475,10 +559,7 @@ export class TreeReader {
       }
     }
     const n = this.done++;
-    const entries = this.parts.decode(await this.ahead.shift()!);
-    this.check(entries, n, ids[n]);
-    this.total += entries.length;
-    return entries.length ? { id: Buffer.from(ids[n], 'hex'), entries } : this.nextStoredPart();
+    return { n, ...(await this.ahead.shift()!) };
   }
 
   private check(entries: TreeEntry[], n: number, id: string): void {
@@ -491,7 +572,6 @@ export class TreeReader {
       }
       this.lastPath = entries[entries.length - 1].path;
     }
-    if (this.opts.pathsUsed === false) return;
     for (const e of entries) {
       const path = e.path;
       if (!safeTreePath(path, path.length === 0)) throw badEntry(n, id, e, 'is not a clean relative path');
@@ -627,6 +707,10 @@ class TreePartReader {
     return decodeTreeEntries(this.open(fetched, what), what);
   }
 
+  plain(fetched: { hex: string; blob: Buffer }, what: string): Buffer {
+    return this.open(fetched, what);
+  }
+
   /** The plaintext of a fetched chunk, checked (authenticated, its length and id). */
   private open({ hex, blob }: { hex: string; blob: Buffer }, what: string): Buffer {
     const id = Buffer.from(hex, 'hex');
@@ -693,6 +777,142 @@ export function decodeTreeEntries(plain: Buffer, what: string): TreeEntry[] {
   if (r.at !== plain.length) throw new CairnError('VAULT_CORRUPT', `${what} has ${plain.length - r.at} bytes after its last entry`);
   return entries;
 }
+
+/**
+ * Reads the entries of a part one after the other without an object per entry (an incremental's
+ * merge compares most of its parent's entries and keeps none): the current entry's path in a
+ * buffer reused for each, its fixed fields, and where its variable ones lie. One cursor goes
+ * through a whole tree, part after part (`start`), and checks what decodeTreeEntries and TreeReader
+ * check of order: strictly increasing paths within a part and across parts, the entry count, no
+ * bytes after the last entry. The layout is encodeEntry's (decodeEntry reads it into objects).
+ */
+export class PartCursor {
+  part: RawTreePart | undefined;
+  /** The current entry's number in its part (-1 before the first). */
+  n = -1;
+  /** The current entry's path: path[0, pathLength). */
+  path = Buffer.allocUnsafe(256);
+  pathLength = 0;
+  type = 0;
+  flags = 0;
+  mode = 0;
+  uid = 0;
+  gid = 0;
+  size = 0;
+  /** Offset in the part of its mtimeNs, atimeNs, ctimeNs (8 bytes each, little-endian). */
+  timesAt = 0;
+  dev = 0;
+  /** Its inode number, or -1 when 2^53 or more. */
+  ino = 0;
+  /** Symlink target: offset and length (flags & F_TARGET). */
+  targetAt = 0;
+  targetLength = 0;
+  rdev = 0;
+  /** Offset of the first chunk id (flags & F_CHUNKS), and how many: each is id[32] | varint length. */
+  chunksAt = 0;
+  chunkCount = 0;
+  private r: ByteReader | undefined;
+  /** Paths read in this tree so far (the order check across parts needs the last one). */
+  private any = false;
+
+  /** Goes on with the next part of the tree. */
+  start(part: RawTreePart): void {
+    this.part = part;
+    this.n = -1;
+    this.r = new ByteReader(part.plain, part.what);
+    this.r.at = 12;
+  }
+
+  /** Reads the next entry of the part; false after its last (the part was read exactly). */
+  next(): boolean {
+    const part = this.part!;
+    const r = this.r!;
+    if (this.n + 1 >= part.count) {
+      if (r.at !== part.plain.length) throw new CairnError('VAULT_CORRUPT', `${part.what} has ${part.plain.length - r.at} bytes after its last entry`);
+      return false;
+    }
+    this.n++;
+    const shared = r.varint();
+    const suffix = r.varint();
+    if (shared > (this.n === 0 ? 0 : this.pathLength)) throw r.damaged();
+    const length = shared + suffix;
+    if (suffix > part.plain.length - r.at) throw r.damaged();
+    // In order: the new path against the last one (its first `shared` bytes are the same).
+    const plain = part.plain;
+    const from = r.at;
+    if (this.any) {
+      let c = 0;
+      const old = this.path;
+      const oldLength = this.pathLength;
+      for (let i = shared; c === 0 && i < length && i < oldLength; i++) c = plain[from + i - shared] - old[i];
+      if (c < 0 || (c === 0 && length <= oldLength)) {
+        throw new CairnError('VAULT_CORRUPT', this.n === 0 ? `${part.what} does not come after the last entry of the previous part` : `${part.what} has entries out of order`);
+      }
+    }
+    if (length > this.path.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(length, this.path.length * 2));
+      this.path.copy(bigger, 0, 0, shared);
+      this.path = bigger;
+    }
+    for (let i = 0; i < suffix; i++) this.path[shared + i] = plain[from + i];
+    r.at = from + suffix;
+    this.pathLength = length;
+    this.any = true;
+    this.type = r.u8();
+    this.flags = r.u8();
+    if (this.type >= TYPES.length || (this.flags & ~F_KNOWN) !== 0) {
+      throw new CairnError('VAULT_VERSION', `${part.what} has an entry of a kind this Cairn does not know; upgrade Cairn`);
+    }
+    this.mode = r.varint();
+    this.uid = r.varint();
+    this.gid = r.varint();
+    this.size = r.varint();
+    this.timesAt = r.at;
+    r.skip(24);
+    this.dev = r.varint();
+    this.ino = r.varint64Number();
+    const flags = this.flags;
+    if (flags & F_TARGET) {
+      this.targetLength = r.varint();
+      this.targetAt = r.at;
+      r.skip(this.targetLength);
+    }
+    if (flags & F_LINK) r.skip(r.varint());
+    if (flags & F_RDEV) this.rdev = r.varint();
+    if (flags & F_XATTRS) {
+      for (let n = r.varint(); n > 0; n--) {
+        r.skip(r.varint());
+        r.skip(r.varint());
+      }
+    }
+    if (flags & F_CHUNKS) {
+      this.chunkCount = r.varint();
+      this.chunksAt = r.at;
+      for (let n = this.chunkCount; n > 0; n--) {
+        r.skip(ID_BYTES);
+        r.varint();
+      }
+    }
+    if (flags & F_WARNING) r.skip(r.varint());
+    if (this.n === part.counted) {
+      part.counted++;
+      if (flags & F_WARNING) part.partial++;
+      if (this.type === TYPE_FILE) {
+        part.files++;
+        part.bytes += this.size;
+      } else if (this.type === TYPE_DIR) part.dirs++;
+    }
+    return true;
+  }
+
+  /** The current entry as an object (decodeTreeEntries' own, with views of the part). */
+  entry(): TreeEntry {
+    return this.part!.entries()[this.n];
+  }
+}
+
+const TYPE_DIR = TREE_TYPE_CODES.dir;
+const TYPE_FILE = TREE_TYPE_CODES.file;
 
 function sharedPrefix(a: Buffer, b: Buffer): number {
   const n = Math.min(a.length, b.length);
@@ -975,5 +1195,27 @@ class ByteReader {
 
   blob(): Buffer {
     return this.take(this.varint());
+  }
+
+  skip(n: number): void {
+    if (n > this.buf.length - this.at) throw this.damaged();
+    this.at += n;
+  }
+
+  /** A varint64 as a number, or -1 when it is 2^53 or more (its bytes are read either way). */
+  varint64Number(): number {
+    const start = this.at;
+    let n = 0;
+    let scale = 1;
+    for (let i = 0; i < 8; i++) {
+      const b = this.u8();
+      n += (b & 0x7f) * scale;
+      // (Rounding keeps a value of 2^53 or more at 2^53 or more.)
+      if (b < 0x80) return n <= Number.MAX_SAFE_INTEGER ? n : -1;
+      scale *= 0x80;
+    }
+    this.at = start;
+    this.varint64();
+    return -1;
   }
 }

@@ -30,7 +30,7 @@ export interface WalkBatch {
 
 const TYPES: readonly WalkEntry['type'][] = ['dir', 'file', 'symlink', 'fifo', 'socket', 'chardev', 'blockdev'];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i] as const));
-const NUMS = 8;
+export const NUMS = 8;
 
 export function encodeWalkBatch(entries: WalkEntry[]): { batch: WalkBatch; transfer: ArrayBuffer[] } {
   const n = entries.length;
@@ -73,10 +73,57 @@ export function encodeWalkBatch(entries: WalkEntry[]): { batch: WalkBatch; trans
 
 /** The entries of a batch; `abs` is made from `root` (absolute, raw bytes) when first asked for. */
 export function decodeWalkBatch(batch: WalkBatch, root: Buffer): WalkEntry[] {
-  const paths = Buffer.from(batch.paths);
+  const view = new WalkBatchView(batch, root);
   const out: WalkEntry[] = [];
-  let start = 0;
-  for (let i = 0; i < batch.ends.length; i++) {
+  for (let i = 0; i < view.length; i++) out.push(view.entry(i));
+  return out;
+}
+
+/** Type codes of a batch's `nums` (walk types: no 'hardlink'), by code. */
+export const WALK_TYPES = TYPES;
+
+/**
+ * A batch as it came, read in place: an entry's fields by its number, without an object per entry
+ * (an incremental's merge compares most entries with its parent's and keeps none); entry(i) makes
+ * the WalkEntry of one when it is needed.
+ */
+export class WalkBatchView {
+  readonly length: number;
+  /** Entry i's path is paths[start(i), ends[i]). */
+  readonly paths: Buffer;
+  readonly ends: Uint32Array;
+  /** Per entry NUMS numbers: type code (WALK_TYPES), mode, uid, gid, size, dev, nlink, rdev. */
+  readonly nums: Float64Array;
+  /** Per entry 6 words: mtime, atime, ctime (ns, little-endian int64 as two int32). */
+  readonly timeWords: Int32Array;
+  /** Per entry 2 words: the inode number's low and high 32 bits. */
+  readonly inoWords: Uint32Array;
+  private readonly extras = new Map<number, WalkBatch['extras'][number][1]>();
+
+  constructor(
+    private readonly batch: WalkBatch,
+    private readonly root: Buffer,
+  ) {
+    this.length = batch.ends.length;
+    this.paths = Buffer.from(batch.paths);
+    this.ends = batch.ends;
+    this.nums = batch.nums;
+    this.timeWords = new Int32Array(batch.times.buffer, batch.times.byteOffset, batch.times.length * 2);
+    this.inoWords = new Uint32Array(batch.inos.buffer, batch.inos.byteOffset, batch.inos.length * 2);
+    for (const [i, x] of batch.extras) this.extras.set(i, x);
+  }
+
+  start(i: number): number {
+    return i === 0 ? 0 : this.ends[i - 1];
+  }
+
+  /** Entry i's symlink target, error or mount point flag, when it has any. */
+  extra(i: number): { target?: Uint8Array; error?: string; mountPoint?: boolean } | undefined {
+    return this.extras.get(i);
+  }
+
+  entry(i: number): WalkEntry {
+    const batch = this.batch;
     const k = i * NUMS;
     const stat: EntryStat = {
       mode: batch.nums[k + 1],
@@ -91,16 +138,15 @@ export function decodeWalkBatch(batch: WalkBatch, root: Buffer): WalkEntry[] {
       ctimeNs: batch.times[i * 3 + 2],
       ino: batch.inos[i],
     };
-    out.push(new DecodedEntry(paths.subarray(start, batch.ends[i]), TYPES[batch.nums[k]], stat, root));
-    start = batch.ends[i];
+    const e = new DecodedEntry(this.paths.subarray(this.start(i), this.ends[i]), TYPES[batch.nums[k]], stat, this.root);
+    const x = this.extras.get(i);
+    if (x) {
+      if (x.target) e.target = Buffer.from(x.target.buffer, x.target.byteOffset, x.target.byteLength);
+      if (x.error !== undefined) e.error = x.error;
+      if (x.mountPoint) e.mountPoint = true;
+    }
+    return e;
   }
-  for (const [i, x] of batch.extras) {
-    const e = out[i];
-    if (x.target) e.target = Buffer.from(x.target.buffer, x.target.byteOffset, x.target.byteLength);
-    if (x.error !== undefined) e.error = x.error;
-    if (x.mountPoint) e.mountPoint = true;
-  }
-  return out;
 }
 
 class DecodedEntry implements WalkEntry {

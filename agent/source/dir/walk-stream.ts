@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { CairnError, type ErrorCode } from '../../../shared/errors.js';
 import { embeddedRuntime } from '../../../shared/runtime/embedded.js';
-import { decodeWalkBatch, type WalkBatch, type WalkWorkerInit } from './walk-protocol.js';
+import { WalkBatchView, type WalkBatch, type WalkWorkerInit } from './walk-protocol.js';
 import type { WalkEntry } from './walker.js';
 
 /**
@@ -74,22 +74,22 @@ export class WalkStream implements AsyncIterable<WalkEntry> {
     return this.messages.shift()!;
   }
 
-  private buffered: WalkEntry[] | undefined;
+  private buffered: WalkBatchView | undefined;
 
   /** Waits for the walk's first entries; throws what the walk threw on its root. */
   async first(): Promise<void> {
     this.buffered = await this.nextBatch();
   }
 
-  /** The next batch of entries, or undefined at the end; rethrows the walk's error. */
-  private async nextBatch(): Promise<WalkEntry[] | undefined> {
+  /** The next batch, or undefined at the end; rethrows the walk's error. */
+  private async nextBatch(): Promise<WalkBatchView | undefined> {
     // Never an end: a walk closed early must not pass for the whole tree.
     if (this.closed) throw new CairnError('INTERNAL', 'the walk was closed before its end');
     const m = await this.next();
     if ('batch' in m) {
       Atomics.add(this.credits, 0, 1);
       Atomics.notify(this.credits, 0);
-      return decodeWalkBatch(m.batch, this.root);
+      return new WalkBatchView(m.batch, this.root);
     }
     // Put an end back, so every later call sees it too.
     this.messages.unshift(m);
@@ -105,6 +105,15 @@ export class WalkStream implements AsyncIterable<WalkEntry> {
 
   /** The entries a batch at a time (one await per batch, not per entry), in the same order. */
   async *batches(): AsyncIterable<WalkEntry[]> {
+    for await (const view of this.views()) {
+      const entries: WalkEntry[] = [];
+      for (let i = 0; i < view.length; i++) entries.push(view.entry(i));
+      yield entries;
+    }
+  }
+
+  /** The batches as they came (WalkBatchView: no object per entry until asked for), never empty. */
+  async *views(): AsyncIterable<WalkBatchView> {
     for (;;) {
       const batch = this.buffered ?? (await this.nextBatch());
       this.buffered = undefined;
