@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { link, mkdir, open, opendir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 
 import { CairnError, fromSystemError } from '../errors.js';
@@ -137,13 +137,25 @@ export class LocalStore implements ObjectStore {
     this.requests.LIST++;
     const base = prefix.slice(0, prefix.lastIndexOf('/') + 1);
     if (base !== '' && !isValidKey(base.slice(0, -1))) return; // no valid key starts with this prefix
+    // Files are stat'ed LIST_STATS at a time (each stat is a trip through libuv's thread pool).
+    let found: { key: string; path: string }[] = [];
+    const stats = async function* (this: LocalStore): AsyncGenerator<ObjectInfo> {
+      const infos = await Promise.all(
+        found.map(({ path }) =>
+          statIfPresent(path).catch((err: unknown) => {
+            throw fromSystemError(err, `list ${prefix}`, this.location);
+          }),
+        ),
+      );
+      for (const [i, info] of infos.entries()) if (info) yield { key: found[i].key, size: info.size, modified: info.mtime }; // else deleted while listing
+      found = [];
+    };
     for await (const { key, name, path } of this.files(base, (folderKey) => folderKey.startsWith(prefix))) {
       if (name.startsWith(tempPrefix) || !key.startsWith(prefix)) continue;
-      const info = await statIfPresent(path).catch((err: unknown) => {
-        throw fromSystemError(err, `list ${prefix}`, this.location);
-      });
-      if (info) yield { key, size: info.size, modified: info.mtime }; // else deleted while listing
+      found.push({ key, path });
+      if (found.length === LIST_STATS) yield* stats.call(this);
     }
+    yield* stats.call(this);
   }
 
   /** Idempotent: a missing key succeeds. */
@@ -213,7 +225,9 @@ export class LocalStore implements ObjectStore {
   ): AsyncGenerator<{ key: string; name: string; path: string }> {
     const folder = join(this.location, base);
     try {
-      for await (const entry of await opendir(folder)) {
+      // One readdir per folder: opendir's iteration takes a trip through the thread pool per read
+      // and one more to close (a vault has up to 256 pack folders).
+      for (const entry of await readdir(folder, { withFileTypes: true })) {
         if (!isValidKey(entry.name)) continue;
         const key = base + entry.name;
         if (entry.isDirectory()) {
@@ -266,6 +280,9 @@ async function makeFolders(folder: string): Promise<string[]> {
 
 /** Objects whose first part is at least this long, in aligned memory, are written directly (shared/fs/aligned-memory.ts). */
 const DIRECT_MIN = 1024 * 1024;
+
+/** Files list() stats at once. */
+const LIST_STATS = 64;
 
 /** Ranged gets up to this many bytes are read synchronously (LocalStore.getSmall). */
 const SYNC_GET_MAX = 256 * 1024;
