@@ -131,6 +131,8 @@ describe('incremental backups compare in place as they would as objects', () => 
     execFileSync('mkfifo', [join(root, 'links', 'fifo')]);
     execFileSync('setfattr', ['-n', 'user.colour', '-v', 'blue', join(root, 'd3', 'f5.txt')]);
     writeFileSync(join(root, 'empty'), '');
+    // Unchanged files at the end of the tree: its last part, with new entries after it below.
+    for (let f = 0; f < 150; f++) file(`y/${String(f).padStart(3, '0')}.txt`, `last ${f}\n`);
 
     // An hour ahead: no entry is in the parent's racy window, so unchanged files are reused.
     const now = Date.now() + 3600_000;
@@ -151,6 +153,7 @@ describe('incremental backups compare in place as they would as objects', () => 
     symlinkSync('elsewhere.txt', join(root, 'links', 'rel'));
     execFileSync('setfattr', ['-n', 'user.size', '-v', 'large', join(root, 'd7', 'f1.txt')]);
     file('new/one.txt', 'one\n');
+    file('zz/after.txt', 'after the last part\n');
     rmSync(join(root, 'd11'), { recursive: true });
 
     // Reading a link moves its atime once (relatime), which the later of the two backups would see.
@@ -167,9 +170,9 @@ describe('incremental backups compare in place as they would as objects', () => 
     expect(inPlace.tree.partCount).toBeGreaterThan(8);
     expect([inPlace.filesRead, inPlace.filesReused]).toEqual([asObjects.filesRead, asObjects.filesReused]);
     // Read: f3 (appended), blob.bin (edited), f7 (mode: its ctime), f9 (mtime), renamed.txt (a new
-    // path), f1 (an attribute: its ctime), new/one.txt; hard-linked target.txt and its link are
-    // compared as objects (both ways alike).
-    expect(inPlace.filesRead).toBe(7);
+    // path), f1 (an attribute: its ctime), new/one.txt, zz/after.txt; hard-linked target.txt and
+    // its link are compared as objects (both ways alike).
+    expect(inPlace.filesRead).toBe(8);
     expect(inPlace.filesReused).toBeGreaterThan(1600);
     const entries: TreeEntry[] = [];
     for await (const e of readTree(a, (await a.loadIndex()).index, inPlace.tree)) entries.push(e);

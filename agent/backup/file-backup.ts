@@ -337,6 +337,8 @@ class TreeRun {
   /** Entries taken from the walk, and how many there were when batches were last sent early (FLUSH_PENDING). */
   private added = 0;
   private flushedAt = 0;
+  /** Entries in the queue not written yet (a queued run of the parent's entries counts each). */
+  private waiting = 0;
   /** Entries taken, and the time, when progress was last reported. */
   private reportedAt = 0;
   private reportedTime = 0;
@@ -403,11 +405,15 @@ class TreeRun {
       if (this.immutable) this.usePacks(c.entry().chunks!);
     }
     this.added++;
-    if (this.head === this.queue.length) return this.tree.addStored(part, c.n, 1);
+    if (this.head === this.queue.length) {
+      this.report();
+      return this.tree.addStored(part, c.n, 1);
+    }
     // Behind entries that wait: one queue item for the run.
     const last = this.queue[this.queue.length - 1];
     if (last.entry === undefined && last.from === part && last.at! + last.n! === c.n) last.n!++;
     else this.queue.push({ entry: undefined, wait: undefined, from: part, at: c.n, n: 1 });
+    this.waiting++;
     return this.drain(false);
   }
 
@@ -569,6 +575,7 @@ class TreeRun {
   private enqueue(p: Pending): Promise<void> | undefined {
     this.queue.push(p);
     this.added++;
+    this.waiting++;
     return this.drain(false);
   }
 
@@ -636,7 +643,7 @@ class TreeRun {
    * a promise only when it has to wait.
    */
   private drain(all: boolean): Promise<void> | undefined {
-    const until = all ? 0 : this.queue.length - this.head >= MAX_PENDING ? MAX_PENDING / 2 : Infinity;
+    const until = all ? 0 : this.waiting >= MAX_PENDING ? MAX_PENDING / 2 : Infinity;
     return this.drainTo(until, false);
   }
 
@@ -644,11 +651,11 @@ class TreeRun {
     while (this.head < this.queue.length) {
       const p = this.queue[this.head];
       if (p.wait) {
-        if (this.queue.length - this.head <= until) {
+        if (this.waiting <= until) {
           // The first entry waits, perhaps for a batch that would fill up only much later (a few
           // changed files in an incremental): past FLUSH_PENDING entries queued behind it, its
           // batches go now, rather than letting MAX_PENDING entries pile up (memory, GC).
-          if (this.queue.length - this.head > FLUSH_PENDING && this.added - this.flushedAt > FLUSH_PENDING) {
+          if (this.waiting > FLUSH_PENDING && this.added - this.flushedAt > FLUSH_PENDING) {
             this.flushedAt = this.added;
             this.flushBatches();
           }
@@ -665,6 +672,7 @@ class TreeRun {
         });
       }
       const added = p.entry ? this.tree.add(p.entry) : this.tree.addStored(p.from!, p.at!, p.n!);
+      this.waiting -= p.entry ? 1 : p.n!;
       this.queue[this.head++] = DONE;
       if (added) return added.then(() => this.drainTo(until, flushed));
     }
@@ -672,16 +680,19 @@ class TreeRun {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    // Progress at most every PROGRESS_MS (a report per entry cost more than the merge's compares).
-    if (this.onProgress && this.added - this.reportedAt >= 256) {
-      this.reportedAt = this.added;
-      const now = performance.now();
-      if (now - this.reportedTime >= PROGRESS_MS) {
-        this.reportedTime = now;
-        this.onProgress({ files: this.files, bytesRead: this.data.bytesRead, bytesStored: this.stored() });
-      }
-    }
+    this.report();
     return undefined;
+  }
+
+  /** Progress, at most every PROGRESS_MS (a report per entry cost more than the merge's compares). */
+  private report(): void {
+    if (!this.onProgress || this.added - this.reportedAt < 256) return;
+    this.reportedAt = this.added;
+    const now = performance.now();
+    if (now - this.reportedTime >= PROGRESS_MS) {
+      this.reportedTime = now;
+      this.onProgress({ files: this.files, bytesRead: this.data.bytesRead, bytesStored: this.stored() });
+    }
   }
 
   async finish(): Promise<void> {

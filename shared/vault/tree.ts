@@ -77,6 +77,8 @@ export class RawTreePart {
   bytes = 0;
   partial = 0;
   counted = 0;
+  /** Its last entry's path, once a cursor has read it. */
+  lastPath: Buffer | undefined;
   private decoded: TreeEntry[] | undefined;
 
   constructor(
@@ -338,9 +340,21 @@ export class TreeWriter {
     return this.listPart(id, this.store(id, plain, true));
   }
 
-  /** The copied part, whole: reused by id (stored again, from its entries, if the index lacks it). */
+  /**
+   * The copied part, whole: reused by id where this writer would close it too (its end is a
+   * boundary: not so for a tree's last part, or a part cut by other rules), else its entries stay
+   * in the open part (encoded) and the next ones follow them. Stored again, from its entries, if
+   * the index lacks it.
+   */
   private closeCopy(): Promise<void> | undefined {
     const part = this.copy!;
+    const size = part.plain.length;
+    const last = part.lastPath;
+    const boundary = size >= this.maxBytes || (size >= this.minBytes && last !== undefined && (treeBoundaryHash(this.seed, last) & this.boundaryMask) === 0);
+    if (!boundary) {
+      this.materialize();
+      return undefined;
+    }
     const loc = this.index.get(part.id);
     if (!loc || part.counted !== part.count) {
       // In a pack a pending gc condemned: this backup stores it again, as any new part. (Or, never
@@ -896,6 +910,7 @@ export class PartCursor {
     if (flags & F_WARNING) r.skip(r.varint());
     if (this.n === part.counted) {
       part.counted++;
+      if (part.counted === part.count) part.lastPath = Buffer.from(this.path.subarray(0, length));
       if (flags & F_WARNING) part.partial++;
       if (this.type === TYPE_FILE) {
         part.files++;
