@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { CairnError } from '../../shared/errors.js';
+import { retain } from '../../shared/runtime/sqlite-retain.js';
 import type { IndexCache } from '../../shared/vault/index-cache.js';
 
 export interface BackupRun {
@@ -115,26 +116,30 @@ const MIGRATIONS: readonly string[] = [
   `,
 ];
 
-function migrate(db: Database.Database): void {
-  const applied = db.pragma('user_version', { simple: true }) as number;
+/** `sql`: a statement of the store's own (retained, see StateStore's `statements`). */
+function migrate(db: Database.Database, sql: (text: string) => Database.Statement): void {
+  const applied = sql('PRAGMA user_version').pluck().get() as number;
   for (let i = applied; i < MIGRATIONS.length; i++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[i]!);
-      db.pragma(`user_version = ${i + 1}`);
+      sql(`PRAGMA user_version = ${i + 1}`).run();
     })();
   }
 }
 
 export class StateStore implements IndexCache {
   private readonly db: Database.Database;
+  /** Prepared statements, one per SQL text, retained (shared/runtime/sqlite-retain.ts). */
+  private readonly statements = new Map<string, Database.Statement>();
 
   constructor(readonly path: string) {
     try {
       mkdirSync(dirname(path), { recursive: true });
-      this.db = new Database(path);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('busy_timeout = 5000');
-      migrate(this.db);
+      this.db = retain(new Database(path));
+      // Pragmas as retained statements too (db.pragma prepares one and drops it).
+      this.sql('PRAGMA journal_mode = WAL').get();
+      this.sql('PRAGMA busy_timeout = 5000').get();
+      migrate(this.db, (text) => this.sql(text));
     } catch (err) {
       throw new CairnError(
         'PERMISSION_DENIED',
@@ -145,8 +150,8 @@ export class StateStore implements IndexCache {
   }
 
   recordRun(run: BackupRun): void {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO backup_runs (vault_id, vault_location, backup_id, name, kind, status, started_at, finished_at,
           bytes_read, bytes_stored, duration_ms, error)
          VALUES (@vaultId, @vaultLocation, @backupId, @name, @kind, @status, @startedAt, @finishedAt,
@@ -157,8 +162,8 @@ export class StateStore implements IndexCache {
 
   /** The agent's job history (backups, prunes, gc runs), one row per finished job. */
   recordJob(job: AgentJobRecord): void {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO agent_jobs (job_id, kind, resource, vault, policy, backup, status, started_at, finished_at,
           bytes_read, bytes_stored, duration_ms, error)
          VALUES (@jobId, @kind, @resource, @vault, @policy, @backup, @status, @startedAt, @finishedAt,
@@ -169,8 +174,8 @@ export class StateStore implements IndexCache {
 
   /** Jobs of a kind, oldest first (optionally of one resource). */
   jobs(kind: string, resource?: string): AgentJobRecord[] {
-    return this.db
-      .prepare(
+    return this
+      .sql(
         `SELECT job_id AS jobId, kind, resource, vault, policy, backup, status, started_at AS startedAt,
           finished_at AS finishedAt, bytes_read AS bytesRead, bytes_stored AS bytesStored, duration_ms AS durationMs, error
          FROM agent_jobs WHERE kind = ? ${resource === undefined ? '' : 'AND resource = ?'} ORDER BY seq`,
@@ -180,13 +185,13 @@ export class StateStore implements IndexCache {
 
   /** When a policy last fired for a resource (for catching up a run missed while the agent was down). */
   lastFire(policy: string, resource: string): Date | undefined {
-    const row = this.db.prepare('SELECT last_fire AS t FROM agent_marks WHERE policy = ? AND resource = ?').get(policy, resource) as { t: string } | undefined;
+    const row = this.sql('SELECT last_fire AS t FROM agent_marks WHERE policy = ? AND resource = ?').get(policy, resource) as { t: string } | undefined;
     return row ? new Date(row.t) : undefined;
   }
 
   setLastFire(policy: string, resource: string, at: Date): void {
-    this.db
-      .prepare('INSERT INTO agent_marks (policy, resource, last_fire) VALUES (?, ?, ?) ON CONFLICT (policy, resource) DO UPDATE SET last_fire = excluded.last_fire')
+    this
+      .sql('INSERT INTO agent_marks (policy, resource, last_fire) VALUES (?, ?, ?) ON CONFLICT (policy, resource) DO UPDATE SET last_fire = excluded.last_fire')
       .run(policy, resource, at.toISOString());
   }
 
@@ -201,10 +206,10 @@ export class StateStore implements IndexCache {
    */
   bindControlPlane(agentId: string, at: Date = new Date()): boolean {
     return this.db.transaction(() => {
-      const bound = this.db.prepare('SELECT agent_id AS agentId FROM cp_enrollment WHERE one = 1').get() as { agentId: string } | undefined;
+      const bound = this.sql('SELECT agent_id AS agentId FROM cp_enrollment WHERE one = 1').get() as { agentId: string } | undefined;
       if (bound?.agentId === agentId) return false;
-      this.db
-        .prepare(
+      this
+        .sql(
           `INSERT INTO cp_enrollment (one, agent_id, bound_at) VALUES (1, ?, ?)
            ON CONFLICT (one) DO UPDATE SET agent_id = excluded.agent_id, bound_at = excluded.bound_at`,
         )
@@ -217,13 +222,13 @@ export class StateStore implements IndexCache {
 
   /** The last policy set the control plane pushed and the agent accepted (policies as JSON), or undefined. */
   pushedPolicySet(): { version: number; policies: string } | undefined {
-    return this.db.prepare('SELECT version, policies FROM cp_policy_set WHERE one = 1').get() as { version: number; policies: string } | undefined;
+    return this.sql('SELECT version, policies FROM cp_policy_set WHERE one = 1').get() as { version: number; policies: string } | undefined;
   }
 
   /** Replaces the accepted policy set (one row). */
   savePushedPolicySet(version: number, policies: string, at: Date): void {
-    this.db
-      .prepare(
+    this
+      .sql(
         `INSERT INTO cp_policy_set (one, version, policies, accepted_at) VALUES (1, ?, ?, ?)
          ON CONFLICT (one) DO UPDATE SET version = excluded.version, policies = excluded.policies, accepted_at = excluded.accepted_at`,
       )
@@ -232,8 +237,8 @@ export class StateStore implements IndexCache {
 
   /** A command seen before: its job, and the job-result (message id and frame) once it finished. */
   command(commandId: string): CommandRecord | undefined {
-    return this.db
-      .prepare(
+    return this
+      .sql(
         `SELECT command_id AS commandId, action, job_id AS jobId, result_message_id AS resultMessageId, result
          FROM cp_commands WHERE command_id = ?`,
       )
@@ -243,16 +248,16 @@ export class StateStore implements IndexCache {
   /** Records a command as accepted; false when its id was seen before (then nothing changes). */
   beginCommand(commandId: string, action: string, jobId: string, at: Date): boolean {
     return (
-      this.db
-        .prepare('INSERT OR IGNORE INTO cp_commands (command_id, action, job_id, received_at) VALUES (?, ?, ?, ?)')
+      this
+        .sql('INSERT OR IGNORE INTO cp_commands (command_id, action, job_id, received_at) VALUES (?, ?, ?, ?)')
         .run(commandId, action, jobId, at.toISOString()).changes === 1
     );
   }
 
   /** Commands accepted but never finished (the agent stopped or was killed first), oldest first. */
   unfinishedCommands(): CommandRecord[] {
-    return this.db
-      .prepare(
+    return this
+      .sql(
         `SELECT command_id AS commandId, action, job_id AS jobId, result_message_id AS resultMessageId, result
          FROM cp_commands WHERE result IS NULL ORDER BY rowid`,
       )
@@ -266,13 +271,13 @@ export class StateStore implements IndexCache {
    */
   enqueueJobResult(messageId: string, body: string, commandId: string | null, at: Date = new Date()): void {
     this.db.transaction(() => {
-      this.db
-        .prepare("INSERT OR IGNORE INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'job-result', NULL, ?, ?)")
+      this
+        .sql("INSERT OR IGNORE INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'job-result', NULL, ?, ?)")
         .run(messageId, body, at.toISOString());
       if (commandId !== null) {
-        this.db.prepare('UPDATE cp_commands SET result_message_id = ?, result = ? WHERE command_id = ?').run(messageId, body, commandId);
+        this.sql('UPDATE cp_commands SET result_message_id = ?, result = ? WHERE command_id = ?').run(messageId, body, commandId);
         // Bounded history: the newest 10000 commands are remembered.
-        this.db.prepare('DELETE FROM cp_commands WHERE rowid <= (SELECT MAX(rowid) FROM cp_commands) - 10000').run();
+        this.sql('DELETE FROM cp_commands WHERE rowid <= (SELECT MAX(rowid) FROM cp_commands) - 10000').run();
       }
     })();
   }
@@ -283,27 +288,27 @@ export class StateStore implements IndexCache {
    */
   enqueueCatalogSync(vault: string, parts: { messageId: string; body: string }[], at: Date = new Date()): void {
     this.db.transaction(() => {
-      this.db.prepare("DELETE FROM cp_outbox WHERE type = 'catalog-sync' AND vault = ?").run(vault);
-      const insert = this.db.prepare("INSERT INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'catalog-sync', ?, ?, ?)");
+      this.sql("DELETE FROM cp_outbox WHERE type = 'catalog-sync' AND vault = ?").run(vault);
+      const insert = this.sql("INSERT INTO cp_outbox (message_id, type, vault, body, created_at) VALUES (?, 'catalog-sync', ?, ?, ?)");
       for (const p of parts) insert.run(p.messageId, vault, p.body, at.toISOString());
     })();
   }
 
   /** Outbox messages after `afterSeq`, in the order they were stored. */
   outbox(afterSeq = 0): (OutboxEntry & { seq: number })[] {
-    return this.db
-      .prepare('SELECT seq, message_id AS messageId, type, vault, body FROM cp_outbox WHERE seq > ? ORDER BY seq')
+    return this
+      .sql('SELECT seq, message_id AS messageId, type, vault, body FROM cp_outbox WHERE seq > ? ORDER BY seq')
       .all(afterSeq) as (OutboxEntry & { seq: number })[];
   }
 
   /** Removes an acknowledged message; false when it was not in the outbox. */
   ackOutbox(messageId: string): boolean {
-    return this.db.prepare('DELETE FROM cp_outbox WHERE message_id = ?').run(messageId).changes === 1;
+    return this.sql('DELETE FROM cp_outbox WHERE message_id = ?').run(messageId).changes === 1;
   }
 
   runs(vaultId?: string): BackupRun[] {
-    const rows = this.db
-      .prepare(
+    const rows = this
+      .sql(
         `SELECT vault_id AS vaultId, vault_location AS vaultLocation, backup_id AS backupId, name, kind, status,
           started_at AS startedAt, finished_at AS finishedAt, bytes_read AS bytesRead, bytes_stored AS bytesStored,
           duration_ms AS durationMs, error FROM backup_runs ${vaultId ? 'WHERE vault_id = ?' : ''} ORDER BY seq`,
@@ -314,20 +319,20 @@ export class StateStore implements IndexCache {
 
   // IndexCache
   getIndex(vaultId: string, key: string): Buffer | undefined {
-    const row = this.db.prepare('SELECT body FROM index_cache WHERE vault_id = ? AND key = ?').get(vaultId, key) as
+    const row = this.sql('SELECT body FROM index_cache WHERE vault_id = ? AND key = ?').get(vaultId, key) as
       | { body: Buffer }
       | undefined;
     return row?.body;
   }
 
   putIndex(vaultId: string, key: string, body: Buffer): void {
-    this.db.prepare('INSERT OR REPLACE INTO index_cache (vault_id, key, body) VALUES (?, ?, ?)').run(vaultId, key, body);
+    this.sql('INSERT OR REPLACE INTO index_cache (vault_id, key, body) VALUES (?, ?, ?)').run(vaultId, key, body);
   }
 
   retainIndexes(vaultId: string, keys: string[]): void {
     const keep = new Set(keys);
-    const all = this.db.prepare('SELECT key FROM index_cache WHERE vault_id = ?').all(vaultId) as { key: string }[];
-    const del = this.db.prepare('DELETE FROM index_cache WHERE vault_id = ? AND key = ?');
+    const all = this.sql('SELECT key FROM index_cache WHERE vault_id = ?').all(vaultId) as { key: string }[];
+    const del = this.sql('DELETE FROM index_cache WHERE vault_id = ? AND key = ?');
     this.db.transaction(() => {
       for (const { key } of all) if (!keep.has(key)) del.run(vaultId, key);
     })();
@@ -335,5 +340,14 @@ export class StateStore implements IndexCache {
 
   close(): void {
     this.db.close();
+  }
+
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = retain(this.db.prepare(text));
+      this.statements.set(text, statement);
+    }
+    return statement;
   }
 }

@@ -4,6 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import { CairnError } from '../../shared/errors.js';
+import { retain } from '../../shared/runtime/sqlite-retain.js';
 import type {
   AgentInput,
   AgentRecord,
@@ -252,7 +253,7 @@ export class SqliteCatalog implements Catalog {
     let db: Database.Database;
     try {
       mkdirSync(dirname(path), { recursive: true });
-      db = new Database(path);
+      db = retain(new Database(path));
     } catch (err) {
       throw new CairnError(
         'PERMISSION_DENIED',
@@ -261,10 +262,15 @@ export class SqliteCatalog implements Catalog {
       );
     }
     try {
-      db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`);
-      db.pragma('foreign_keys = ON');
+      // Pragmas as retained statements (db.pragma prepares one and drops it; sqlite-retain.ts).
+      const pragma = (text: string) => {
+        const statement = retain(db.prepare(`PRAGMA ${text}`));
+        return statement.reader ? statement.get() : statement.run();
+      };
+      pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`);
+      pragma('foreign_keys = ON');
       migrate(db, path);
-      db.pragma('journal_mode = WAL');
+      retain(db.prepare('PRAGMA journal_mode = WAL')).get();
     } catch (err) {
       db.close();
       throw translate(err, 'opening the catalog', path);
@@ -893,7 +899,7 @@ export class SqliteCatalog implements Catalog {
   private statement(sql: string): Database.Statement {
     let s = this.statements.get(sql);
     if (!s) {
-      s = this.db.prepare(sql);
+      s = retain(this.db.prepare(sql));
       this.statements.set(sql, s);
     }
     return s;
@@ -943,9 +949,9 @@ export class SqliteCatalog implements Catalog {
 /** Brings the database at `path` to SCHEMA_VERSION, in one transaction. */
 function migrate(db: Database.Database, path: string): void {
   db.transaction(() => {
-    const hasVersionTable = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`).get();
+    const hasVersionTable = retain(db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`)).get();
     if (!hasVersionTable) {
-      const tables = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).all() as { name: string }[];
+      const tables = retain(db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`)).all() as { name: string }[];
       if (tables.length) {
         throw new CairnError(
           'USAGE',
@@ -955,7 +961,7 @@ function migrate(db: Database.Database, path: string): void {
       db.exec('CREATE TABLE schema_version (version INTEGER NOT NULL)');
       db.exec('INSERT INTO schema_version (version) VALUES (0)');
     }
-    const found = (db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined)?.version ?? 0;
+    const found = (retain(db.prepare('SELECT version FROM schema_version')).get() as { version: number } | undefined)?.version ?? 0;
     if (found > SCHEMA_VERSION) {
       // No code of the catalogue names this exactly: VAULT_VERSION is about vaults, not the control
       // plane's database. USAGE is the closest: nothing is damaged (not VAULT_CORRUPT) and nothing
@@ -970,7 +976,7 @@ function migrate(db: Database.Database, path: string): void {
     for (const m of MIGRATIONS) {
       if (m.version <= found) continue;
       db.exec(m.sql);
-      db.prepare('UPDATE schema_version SET version = ?').run(m.version);
+      retain(db.prepare('UPDATE schema_version SET version = ?')).run(m.version);
     }
   }).immediate();
 }

@@ -1,0 +1,14 @@
+/**
+ * Keeps better-sqlite3 objects referenced until the process exits. better-sqlite3 12 on Node.js 24
+ * (the runtime of the single executable) aborts the process when the garbage collector frees a
+ * Statement or Database from a V8 task, outside a Node.js environment: its destructor asserts on
+ * one ("Assertion failed: (env) != nullptr" in RemoveEnvironmentCleanupHook). Retained, they are
+ * freed by the environment's cleanup at exit instead. Only objects made a bounded number of times
+ * belong here (a statement per SQL text, a database per opened file).
+ */
+const retained: object[] = [];
+
+export function retain<T extends object>(o: T): T {
+  retained.push(o);
+  return o;
+}
