@@ -2,7 +2,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { CairnError } from '../../shared/errors.js';
-import { retain } from '../../shared/runtime/sqlite-retain.js';
+import { retain, StatementCache } from '../../shared/runtime/sqlite-retain.js';
 import type { IndexCache } from '../../shared/vault/index-cache.js';
 
 export interface BackupRun {
@@ -130,12 +130,13 @@ function migrate(db: Database.Database, sql: (text: string) => Database.Statemen
 export class StateStore implements IndexCache {
   private readonly db: Database.Database;
   /** Prepared statements, one per SQL text, retained (shared/runtime/sqlite-retain.ts). */
-  private readonly statements = new Map<string, Database.Statement>();
+  private readonly statements: StatementCache;
 
   constructor(readonly path: string) {
     try {
       mkdirSync(dirname(path), { recursive: true });
       this.db = retain(new Database(path));
+      this.statements = new StatementCache(this.db);
       // Pragmas as retained statements too (db.pragma prepares one and drops it).
       this.sql('PRAGMA journal_mode = WAL').get();
       this.sql('PRAGMA busy_timeout = 5000').get();
@@ -343,11 +344,6 @@ export class StateStore implements IndexCache {
   }
 
   private sql(text: string): Database.Statement {
-    let statement = this.statements.get(text);
-    if (!statement) {
-      statement = retain(this.db.prepare(text));
-      this.statements.set(text, statement);
-    }
-    return statement;
+    return this.statements.get(text);
   }
 }

@@ -4,7 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import { CairnError } from '../../shared/errors.js';
-import { retain } from '../../shared/runtime/sqlite-retain.js';
+import { retain, StatementCache } from '../../shared/runtime/sqlite-retain.js';
 import type {
   AgentInput,
   AgentRecord,
@@ -235,7 +235,7 @@ interface PolicyRow {
 
 export class SqliteCatalog implements Catalog {
   private readonly db: Database.Database;
-  private readonly statements = new Map<string, Database.Statement>();
+  private readonly statements: StatementCache;
   private readonly events = new EventEmitter();
   /** Notices of the write transaction running now, emitted once it commits. */
   private notices: CatalogEvent[] = [];
@@ -276,6 +276,7 @@ export class SqliteCatalog implements Catalog {
       throw translate(err, 'opening the catalog', path);
     }
     this.db = db;
+    this.statements = new StatementCache(db);
   }
 
   // Enrollment tokens
@@ -897,12 +898,7 @@ export class SqliteCatalog implements Catalog {
   }
 
   private statement(sql: string): Database.Statement {
-    let s = this.statements.get(sql);
-    if (!s) {
-      s = retain(this.db.prepare(sql));
-      this.statements.set(sql, s);
-    }
-    return s;
+    return this.statements.get(sql);
   }
 
   private get<T = unknown>(sql: string, ...params: unknown[]): T | undefined {

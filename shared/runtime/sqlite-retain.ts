@@ -1,3 +1,5 @@
+import type Database from 'better-sqlite3';
+
 /**
  * Keeps better-sqlite3 objects referenced until the process exits. better-sqlite3 12 on Node.js 24
  * (the runtime of the single executable) aborts the process when the garbage collector frees a
@@ -11,4 +13,20 @@ const retained: object[] = [];
 export function retain<T extends object>(o: T): T {
   retained.push(o);
   return o;
+}
+
+/** The prepared statements of one database, one per SQL text, each retained. */
+export class StatementCache {
+  private readonly statements = new Map<string, Database.Statement>();
+
+  constructor(private readonly db: Database.Database) {}
+
+  get(sql: string): Database.Statement {
+    let statement = this.statements.get(sql);
+    if (!statement) {
+      statement = retain(this.db.prepare(sql));
+      this.statements.set(sql, statement);
+    }
+    return statement;
+  }
 }
