@@ -19,7 +19,7 @@ import { InlineFirstPool } from '../../shared/vault/worker-pool.js';
 import { cutOutputBytes, type BatchSlot, type CutSegment } from '../../shared/vault/worker-protocol.js';
 import { ExcludeMatcher } from '../source/dir/exclude.js';
 import { displayPath } from '../source/dir/path-bytes.js';
-import { NUMS, type WalkBatchView } from '../source/dir/walk-protocol.js';
+import { NUMS, WALK_TYPES, type WalkBatchView } from '../source/dir/walk-protocol.js';
 import { WalkStream } from '../source/dir/walk-stream.js';
 import { errText, type EntryStat, type WalkEntry } from '../source/dir/walker.js';
 import { XattrReader } from '../source/dir/xattrs.js';
@@ -117,8 +117,6 @@ const WARN_PATHS = 20;
 const LIST_PATHS = 1000;
 /** How often the merge reports progress (ms). */
 const PROGRESS_MS = 100;
-/** How often the walk yields to the event loop (entries). */
-const WALK_YIELD = 256;
 
 /**
  * Backs up a folder into the vault as one file-system backup (FORMAT.md, "Trees"). Write order:
@@ -306,8 +304,8 @@ function isZeroId(bytes: Buffer, at: number): boolean {
   return true;
 }
 
-/** Tree type codes (tree.ts) of the walk's (walk-protocol.ts: no hard links). */
-const TREE_TYPE_OF_WALK = [0, 1, 2, 4, 5, 6, 7];
+/** The tree's type code (tree.ts) of each of the walk's (walk-protocol.ts: no hard links). */
+const TREE_TYPE_OF_WALK = WALK_TYPES.map((t) => TREE_TYPE_CODES[t]);
 
 /**
  * Turns walk entries into tree entries in tree order: merges with the parent's tree, decides what
@@ -503,7 +501,7 @@ class TreeRun {
   }
 
   /** Takes the walk's entry `w`, its parent's entry being `prev`; returns a promise as addBatch does. */
-  add(w: WalkEntry, prev: TreeEntry | undefined): Promise<void> | undefined {
+  private add(w: WalkEntry, prev: TreeEntry | undefined): Promise<void> | undefined {
     const st = w.stat;
     const entry: TreeEntry = {
       path: w.path,

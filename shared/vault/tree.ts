@@ -60,12 +60,6 @@ export interface TreeEntry {
   warning?: string;
 }
 
-/** A part of a stored tree, as TreeReader reads it: its chunk id and its entries. */
-export interface StoredPart {
-  id: Buffer;
-  entries: TreeEntry[];
-}
-
 /**
  * A part of a stored tree as its checked plaintext (TreeReader.nextRawPart): a PartCursor reads it
  * entry by entry without an object per entry, and entries() decodes them all when they are needed.
@@ -521,18 +515,12 @@ export class TreeReader {
 
   /** The next part's entries (never empty), or undefined after the last. */
   async nextPart(): Promise<TreeEntry[] | undefined> {
-    return (await this.nextStoredPart())?.entries;
-  }
-
-  /** The next part (its entries never empty), or undefined after the last. */
-  async nextStoredPart(): Promise<StoredPart | undefined> {
     const fetched = await this.nextFetched();
     if (!fetched) return undefined;
-    const { n, hex } = fetched;
     const entries = this.parts.decode(fetched);
-    this.check(entries, n, hex);
+    this.check(entries, fetched.n, fetched.hex);
     this.total += entries.length;
-    return entries.length ? { id: Buffer.from(hex, 'hex'), entries } : this.nextStoredPart();
+    return entries.length ? entries : this.nextPart();
   }
 
   /**
@@ -544,7 +532,7 @@ export class TreeReader {
     const fetched = await this.nextFetched();
     if (!fetched) return undefined;
     const what = `tree part ${fetched.hex}`;
-    const plain = this.parts.plain(fetched, what);
+    const plain = this.parts.open(fetched, what);
     if (plain.length < 12 || !plain.subarray(0, 8).equals(TREE_MAGIC)) {
       throw new CairnError('VAULT_VERSION', `${what} has an unknown format; upgrade Cairn`);
     }
@@ -721,12 +709,8 @@ class TreePartReader {
     return decodeTreeEntries(this.open(fetched, what), what);
   }
 
-  plain(fetched: { hex: string; blob: Buffer }, what: string): Buffer {
-    return this.open(fetched, what);
-  }
-
   /** The plaintext of a fetched chunk, checked (authenticated, its length and id). */
-  private open({ hex, blob }: { hex: string; blob: Buffer }, what: string): Buffer {
+  open({ hex, blob }: { hex: string; blob: Buffer }, what: string): Buffer {
     const id = Buffer.from(hex, 'hex');
     const loc = this.index.get(id)!;
     try {

@@ -71,14 +71,6 @@ export function encodeWalkBatch(entries: WalkEntry[]): { batch: WalkBatch; trans
   };
 }
 
-/** The entries of a batch; `abs` is made from `root` (absolute, raw bytes) when first asked for. */
-export function decodeWalkBatch(batch: WalkBatch, root: Buffer): WalkEntry[] {
-  const view = new WalkBatchView(batch, root);
-  const out: WalkEntry[] = [];
-  for (let i = 0; i < view.length; i++) out.push(view.entry(i));
-  return out;
-}
-
 /** Type codes of a batch's `nums` (walk types: no 'hardlink'), by code. */
 export const WALK_TYPES = TYPES;
 
@@ -122,6 +114,14 @@ export class WalkBatchView {
     return this.extras.get(i);
   }
 
+  /** Every entry, as entry() makes them. */
+  entries(): WalkEntry[] {
+    const out: WalkEntry[] = [];
+    for (let i = 0; i < this.length; i++) out.push(this.entry(i));
+    return out;
+  }
+
+  /** Entry i; its `abs` is made from the root (absolute, raw bytes) when first asked for. */
   entry(i: number): WalkEntry {
     const batch = this.batch;
     const k = i * NUMS;

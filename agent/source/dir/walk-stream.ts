@@ -105,11 +105,7 @@ export class WalkStream implements AsyncIterable<WalkEntry> {
 
   /** The entries a batch at a time (one await per batch, not per entry), in the same order. */
   async *batches(): AsyncIterable<WalkEntry[]> {
-    for await (const view of this.views()) {
-      const entries: WalkEntry[] = [];
-      for (let i = 0; i < view.length; i++) entries.push(view.entry(i));
-      yield entries;
-    }
+    for await (const view of this.views()) yield view.entries();
   }
 
   /** The batches as they came (WalkBatchView: no object per entry until asked for), never empty. */
