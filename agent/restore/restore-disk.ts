@@ -50,14 +50,17 @@ export async function restoreDisk(
   }
   const device = existing?.isBlockDevice() ?? false;
   const writePath = device ? path : join(dirname(path), `.${basename(path)}.cairn-partial-${randomBytes(4).toString('hex')}`);
+  // Registered before the open: an interrupt that comes once the file exists, but before the open's
+  // continuation runs, still removes it (and one before it finds nothing to remove).
+  const forget = device ? undefined : onInterrupt(() => unlink(writePath));
   let fh: FileHandle;
   try {
     fh = await open(writePath, device ? 'r+' : 'wx');
   } catch (err) {
+    forget?.();
     throw toTargetError(err, device ? path : dirname(path));
   }
   let bytesWritten = 0;
-  const forget = device ? undefined : onInterrupt(() => unlink(writePath));
   try {
     if (!device) await fh.truncate(disk.size);
     await writeDiskChunks(vault, index, map, pool, fh.fd, (n) => {
